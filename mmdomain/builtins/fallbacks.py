@@ -1,0 +1,51 @@
+"""The core's last-resort answers to the firstresult hooks (``trylast``)."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+from ..hookspecs import hookimpl
+
+
+@hookimpl(trylast=True)
+def detect_modality(path: Path) -> str | None:
+    from ..plugins import get_registry
+
+    suffix = "".join(path.suffixes[-2:]).lower() if len(path.suffixes) > 1 else path.suffix.lower()
+    for spec in get_registry().specs("modality"):
+        if any(suffix.endswith(ext.lower()) for ext in spec.extensions):
+            return spec.name
+    return None
+
+
+def sample_meta(dataset: Any, i: int) -> dict[str, Any]:
+    """A sample's metadata, cheaply where the dataset offers ``sample_meta(i)``."""
+    if hasattr(dataset, "sample_meta"):
+        return dataset.sample_meta(i)
+    return dataset[i].meta
+
+
+@hookimpl(trylast=True)
+def partition(dataset: Any, num_sites: int, site: int, scheme: str):
+    if num_sites < 1 or not 0 <= site < num_sites:
+        raise DataError(f"site must be in [0, {num_sites}), got {site}")
+    n = len(dataset)
+    if scheme == "iid":
+        order = list(range(n))
+        random.Random(1234 + num_sites).shuffle(order)
+        return sorted(order[site::num_sites])
+    if scheme.startswith("by-meta:"):
+        key = scheme.split(":", 1)[1]
+        groups: dict[Any, list[int]] = defaultdict(list)
+        for i in range(n):
+            groups[sample_meta(dataset, i).get(key)].append(i)
+        keys = sorted(groups, key=str)
+        if len(keys) != num_sites:
+            raise DataError(f"partition {scheme!r}: the dataset has {len(keys)} distinct {key!r} values "
+                            f"({keys[:10]}), not {num_sites} sites")
+        return groups[keys[site]]
+    return None

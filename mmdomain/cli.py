@@ -1,0 +1,193 @@
+"""The ``mmdomain`` command line.
+
+Errors mmdomain raises on purpose (``MMDomainError``) are printed as one clear line and
+exit with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import MMDomainError
+
+
+class _Group(click.Group):
+    """Turns MMDomainError into a one-line message and exit status 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MMDomainError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mmdomain")
+def cli() -> None:
+    """Multi-modal learning with missing modalities, across sites that cannot pool data."""
+
+
+# -- plugins ---------------------------------------------------------------------------------
+@cli.group()
+def plugins() -> None:
+    """Inspect and check installed plugins."""
+
+
+@plugins.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def plugins_list(as_json: bool) -> None:
+    """Show every plugin, its version, its status and what it registered."""
+    from .plugins import get_plugin_manager
+
+    infos = get_plugin_manager().plugins()
+    if as_json:
+        click.echo(json.dumps([i.as_dict() for i in infos], indent=2))
+        return
+    rows = [("plugin", "distribution", "version", "status", "registered")]
+    for i in infos:
+        what = "; ".join(f"{k}: {', '.join(v)}" for k, v in i.registered.items()) if i.status == "ok" else i.error
+        rows.append((i.name, i.distribution, i.version, i.status, what or "-"))
+    widths = [max(len(r[c]) for r in rows) for c in range(4)]
+    for r in rows:
+        click.echo("  ".join(r[c].ljust(widths[c]) for c in range(4)) + "  " + r[4])
+
+
+@plugins.command("check")
+@click.argument("names", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON results.")
+def plugins_check(names: tuple[str, ...], as_json: bool) -> None:
+    """Run the plugin contract tests against installed plugins (all, or NAMES)."""
+    from .plugins import get_plugin_manager
+    from .testing.contract import run_contract
+
+    manager = get_plugin_manager()
+    infos = [i for i in manager.plugins() if i.distribution != "mmdomain" and i.status != "blocked"]
+    if names:
+        unknown = sorted(set(names) - {i.name for i in infos})
+        if unknown:
+            raise MMDomainError(f"no installed plugin named {unknown}; installed: {[i.name for i in infos]}")
+        infos = [i for i in infos if i.name in names]
+    results = [r for i in infos for r in run_contract(manager, i.name)]
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in results], indent=2))
+    else:
+        for r in results:
+            mark = click.style("PASS", fg="green") if r.ok else click.style("FAIL", fg="red")
+            click.echo(f"{mark}  {r.plugin:<20} {r.check:<24} {r.detail.splitlines()[0] if r.detail else ''}")
+        failed = {r.plugin for r in results if not r.ok}
+        click.echo(f"{len(infos) - len(failed)} of {len(infos)} plugins pass the contract")
+    if any(not r.ok for r in results):
+        sys.exit(1)
+
+
+# -- data --------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("dataset")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--sites", default=3, show_default=True, help="Number of site folders to write.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--quick", is_flag=True, help="A small dataset (the generator's quick options).")
+def synth(dataset: str, out: Path, sites: int, seed: int, quick: bool) -> None:
+    """Write seeded synthetic data for DATASET into OUT (one folder per site)."""
+    from .plugins import get_registry
+
+    spec = get_registry().synthetic_for(dataset)
+    folders = spec.generate(out, num_sites=sites, seed=seed, **(spec.quick_options if quick else {}))
+    for f in folders:
+        click.echo(str(f))
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+def detect(path: Path) -> None:
+    """Say which installed plugin's modality reads PATH."""
+    from .plugins import detect_modality, get_registry
+
+    name = detect_modality(path)
+    if name is None:
+        raise MMDomainError(f"no installed plugin reads {path}; modalities: {get_registry().names('modality')}")
+    click.echo(f"{name} ({get_registry().owner('modality', name)})")
+
+
+# -- train / evaluate ----------------------------------------------------------------------------
+@cli.command()
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
+              help="Run config (.toml, .yaml or .json).")
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (overrides train.out_dir).")
+@click.option("--epochs", type=int, help="Override train.epochs.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def train(config_path: Path, out: Path | None, epochs: int | None, no_progress: bool) -> None:
+    """Train a fusion model; writes model.safetensors and metrics.jsonl."""
+    from .config import load_config
+    from .plugins import get_registry
+    from .training import fit
+
+    config = load_config(config_path)
+    if out:
+        config.train.out_dir = out
+    if epochs:
+        config.train.epochs = epochs
+    if no_progress:
+        config.train.progress = False
+    result = fit(config, get_registry(), log=click.echo)
+    click.echo(f"checkpoint: {result.checkpoint}")
+
+
+@cli.command()
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="A model.safetensors file.")
+@click.option("--data-root", type=click.Path(path_type=Path), help="Evaluate on this folder instead of the one "
+              "the model was trained on.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--drop", multiple=True, help="Treat this modality as absent (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def evaluate(checkpoint: Path, data_root: Path | None, split: str, drop: tuple[str, ...], as_json: bool) -> None:
+    """Evaluate a checkpoint: metrics overall and per availability pattern."""
+    from .checkpoint import load_checkpoint
+    from .config import DataConfig, RunConfig, parse
+    from .plugins import get_registry
+    from .training import build_dataset, evaluate as run_eval, make_loader, select_device
+
+    registry = get_registry()
+    model, extra = load_checkpoint(checkpoint, registry)
+    data = parse(DataConfig, extra.get("data") or {}, f"{checkpoint} (data config)")
+    if data_root:
+        data.root = data_root
+    unknown = [m for m in drop if m not in model.modalities]
+    if unknown:
+        raise MMDomainError(f"--drop {unknown}: the model's modalities are {model.modalities}")
+    config = RunConfig(data=data)
+    device = select_device("auto")
+    model.to(device)
+    loader = make_loader(build_dataset(config, registry, split), model.modalities, 32, shuffle=False)
+    result = run_eval(model, loader, device=device, drop=drop)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{split}: n={result['n']} loss={result['loss']:.4f} "
+               + " ".join(f"{k}={v:.4f}" for k, v in result["overall"].items()))
+    for pattern, values in result["by_pattern"].items():
+        click.echo(f"  {pattern:<30} " + " ".join(f"{k}={v:.4f}" if k != "n" else f"n={v}" for k, v in values.items()))
+
+
+def _add_plugin_commands() -> None:
+    from .plugins import get_plugin_manager
+
+    get_plugin_manager().hook.register_commands(cli=cli)
+
+
+def main() -> None:
+    try:
+        _add_plugin_commands()
+    except MMDomainError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(2)
+    cli(prog_name="mmdomain")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,125 @@
+"""Typed run configuration, loadable from TOML or YAML.
+
+A bad value is reported as ``ConfigError`` naming the field (``train.lr: ...``); an
+unknown key is an error too, so a misspelling is never silently ignored.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Component(_Strict):
+    """A registered component by name, with its options (passed to its ``build``)."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    fitted: bool = False  # tokenizers: options already hold the fitted vocabulary
+
+
+class ModelConfig(_Strict):
+    modalities: list[str] = Field(min_length=1)
+    encoders: dict[str, Component]
+    tokenizers: dict[str, Component] = Field(default_factory=dict)
+    fusion: Component = Field(default_factory=lambda: Component(name="concat"))
+    task: Component
+    modality_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    encode_absent: bool = False  # run encoders on zero-filled rows too (needed by per-sample-gradient DP)
+    max_text_length: int = Field(128, ge=1)
+
+    @field_validator("modalities")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"modalities repeat a name: {v}")
+        return sorted(v)
+
+    @model_validator(mode="after")
+    def _every_modality_has_an_encoder(self) -> "ModelConfig":
+        missing = [m for m in self.modalities if m not in self.encoders]
+        if missing:
+            raise ValueError(f"encoders: no encoder given for modalities {missing}")
+        extra = [m for m in self.encoders if m not in self.modalities]
+        if extra:
+            raise ValueError(f"encoders: given for {extra}, which are not in modalities {self.modalities}")
+        return self
+
+
+class DataConfig(_Strict):
+    dataset: str
+    root: Path
+    options: dict[str, Any] = Field(default_factory=dict)
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    num_workers: int = Field(0, ge=0)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = True  # autocast to bf16 on CUDA; ignored on CPU
+    out_dir: Path = Path("runs/latest")
+    progress: bool = True
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+
+
+class RunConfig(_Strict):
+    data: DataConfig
+    model: ModelConfig | None = None  # None: the dataset's default model
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+def _format(exc: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+        lines.append(f"{prefix}{where}: {err['msg']}{got}")
+    return "; ".join(lines)
+
+
+def parse(model: type[BaseModel], data: Any, source: str = "config") -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_format(exc)}") from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a RunConfig from ``.toml``, ``.yaml``/``.yml`` or ``.json``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in {".yaml", ".yml", ".json"}:
+            data = yaml.safe_load(text)
+        else:
+            raise ConfigError(f"{path}: config must be .toml, .yaml, .yml or .json")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a table of settings at the top level")
+    config = parse(RunConfig, data, str(path))
+    if not config.data.root.is_absolute():  # relative data roots are relative to the config file
+        config.data.root = (path.parent / config.data.root).resolve()
+    return config

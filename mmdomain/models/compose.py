@@ -1,0 +1,162 @@
+"""Compose ``encoders -> fusion -> task`` from registry names and a ModelConfig.
+
+Encoders run only on the rows where their modality is present (absent rows get a zero
+embedding that the fusion heads mask out), so a missing modality costs nothing and its
+fill values cannot reach the output. ``encode_absent=True`` runs encoders on every row
+instead, which per-sample-gradient DP (Opacus) needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from ..config import Component, ModelConfig
+from ..data.sample import Batch
+from ..errors import ConfigError, MMDomainError
+from ..fusion.base import modality_dropout
+from ..registry import Registry, Tokenizer
+
+
+@dataclass
+class ModelOutput:
+    output: Any  # the task's output (tensor or dict of tensors)
+    embeddings: dict[str, Tensor]
+    present: dict[str, Tensor]  # after modality dropout
+    fused: Tensor
+
+
+def _build(kind: str, component: Component, builder, *args, **extra) -> Any:
+    try:
+        return builder(*args, **component.options, **extra)
+    except TypeError as exc:  # an option the builder does not take
+        raise ConfigError(f"{kind} {component.name!r}: {exc}") from None
+
+
+def build_tokenizer(registry: Registry, component: Component) -> Tokenizer:
+    return _build("tokenizer", component, registry.tokenizer(component.name).build)
+
+
+def fit_tokenizers(config: ModelConfig, registry: Registry, texts: dict[str, Iterable[str]]) -> ModelConfig:
+    """Fit every tokenizer that has a ``fit`` and is not fitted yet; return the new config."""
+    config = config.model_copy(deep=True)
+    for m, comp in config.tokenizers.items():
+        spec = registry.tokenizer(comp.name)
+        if spec.fit is None or comp.fitted:
+            continue
+        if m not in texts:
+            raise ConfigError(f"tokenizers.{m}: tokenizer {comp.name!r} must be fitted, but no texts were given")
+        comp.options = spec.fit(texts[m], **comp.options)
+        comp.fitted = True
+    return config
+
+
+class FusionModel(nn.Module):
+    def __init__(self, config: ModelConfig, registry: Registry):
+        super().__init__()
+        self.config = config
+        self.modalities = list(config.modalities)
+        task_spec = registry.task(config.task.name)
+        self.dense = task_spec.kind == "segmentation"
+        self.tokenizers: dict[str, Tokenizer] = {}
+        encoders: dict[str, nn.Module] = {}
+        for m in self.modalities:
+            mspec = registry.modality(m)
+            comp = config.encoders[m]
+            espec = registry.encoder(comp.name)
+            if mspec.kind not in espec.kinds:
+                raise ConfigError(
+                    f"encoders.{m}: encoder {comp.name!r} takes {list(espec.kinds)} modalities, "
+                    f"but {m!r} is {mspec.kind!r}; encoders for {mspec.kind}: "
+                    f"{[s.name for s in registry.specs('encoder') if mspec.kind in s.kinds]}"
+                )
+            extra: dict[str, Any] = {}
+            if mspec.kind == "text":
+                tcomp = config.tokenizers.get(m)
+                if tcomp is None:
+                    raise ConfigError(f"tokenizers.{m}: text modality {m!r} needs a tokenizer; "
+                                      f"available: {registry.names('tokenizer')}")
+                spec = registry.tokenizer(tcomp.name)
+                if spec.fit is not None and not tcomp.fitted:
+                    raise ConfigError(f"tokenizers.{m}: {tcomp.name!r} must be fitted first (fit_tokenizers)")
+                tok = build_tokenizer(registry, tcomp)
+                self.tokenizers[m] = tok
+                extra = {"vocab_size": tok.vocab_size, "pad_id": tok.pad_id}
+            if self.dense and mspec.kind != "text":
+                if not espec.supports_dense:
+                    raise ConfigError(f"encoders.{m}: segmentation needs a dense encoder; {comp.name!r} is not")
+                extra["dense"] = True
+            encoders[m] = _build("encoder", comp, espec.build, mspec, **extra)
+            if not isinstance(getattr(encoders[m], "out_dim", None), int):
+                raise MMDomainError(f"encoder {comp.name!r} built a module without an int out_dim")
+        self.encoders = nn.ModuleDict(encoders)
+        self.dims = {m: e.out_dim for m, e in encoders.items()}
+        self.fusion = _build("fusion", config.fusion, registry.fusion(config.fusion.name).build, dict(self.dims))
+        self.task = _build("task", config.task, task_spec.build, self.fusion.out_dim, dict(self.dims))
+
+    # -- inputs -----------------------------------------------------------------------
+    def tokenize(self, batch: Batch) -> Batch:
+        """Text lists -> token id tensors, using the model's own tokenizers."""
+        inputs = dict(batch.inputs)
+        for m, tok in self.tokenizers.items():
+            value = inputs.get(m)
+            if value is not None and not isinstance(value, Tensor):
+                inputs[m] = tok(list(value), self.config.max_text_length)
+        return Batch(inputs, batch.present, batch.target, batch.meta)
+
+    def encode(self, batch: Batch) -> dict[str, Tensor]:
+        embeddings = {}
+        device = next(self.parameters()).device
+        for m in self.modalities:
+            x, present = batch.inputs.get(m), batch.present[m]
+            if self.config.encode_absent and x is not None:
+                embeddings[m] = self.encoders[m](x)
+                continue
+            idx = present.nonzero().squeeze(1)
+            if x is None or idx.numel() == 0:
+                embeddings[m] = None
+                continue
+            h = self.encoders[m](x if idx.numel() == len(present) else x[idx])
+            if idx.numel() == len(present):
+                embeddings[m] = h
+            else:
+                full = h.new_zeros((len(present), *h.shape[1:]))
+                embeddings[m] = full.index_copy(0, idx, h)
+        return self._fill_empty(embeddings, batch, device)
+
+    def _fill_empty(self, embeddings: dict[str, Tensor | None], batch: Batch, device) -> dict[str, Tensor]:
+        ref = next((e for e in embeddings.values() if e is not None), None)
+        n = len(batch)
+        for m, e in embeddings.items():
+            if e is None:  # no row has it: a zero embedding, broadcast below when dense
+                embeddings[m] = torch.zeros((n, self.dims[m]), device=device, dtype=ref.dtype if ref is not None else None)
+        if self.dense:  # text (or pooled) embeddings broadcast over the largest feature map
+            maps = [e for e in embeddings.values() if e.dim() > 2]
+            if maps:
+                size = max((e.shape[2:] for e in maps), key=lambda s: torch.Size(s).numel())
+                for m, e in embeddings.items():
+                    if e.dim() == 2:
+                        embeddings[m] = e[(...,) + (None,) * len(size)].expand(*e.shape, *size)
+                    elif e.shape[2:] != size:
+                        embeddings[m] = nn.functional.interpolate(e, size=size, mode="bilinear", align_corners=False)
+        return embeddings
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        batch = self.tokenize(batch)
+        present = batch.present
+        if self.training and self.config.modality_dropout > 0:
+            present = modality_dropout(present, self.config.modality_dropout)
+            batch = Batch(batch.inputs, present, batch.target, batch.meta)
+        embeddings = self.encode(batch)
+        fused = self.fusion(embeddings, present)
+        return ModelOutput(self.task(fused, embeddings, present), embeddings, present, fused)
+
+    def loss(self, out: ModelOutput, batch: Batch) -> Tensor:
+        return self.task.loss(out.output, batch.target, out.present)
+
+
+def build_model(config: ModelConfig, registry: Registry) -> FusionModel:
+    return FusionModel(config, registry)

@@ -1,0 +1,69 @@
+"""Small domain-free encoders the core ships: a conv net for images/rasters/volumes and
+two text encoders over token ids. Domain plugins bring the real backbones."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..registry import ModalitySpec
+
+
+class ConvEncoder(nn.Module):
+    """Strided conv stages with GroupNorm (safe for the small sub-batches of present rows)."""
+
+    def __init__(self, modality: ModalitySpec, out_dim: int = 128, width: int = 32, depth: int = 3,
+                 dense: bool = False, in_channels: int | None = None):
+        super().__init__()
+        conv = nn.Conv3d if modality.kind == "volume" else nn.Conv2d
+        c_in = in_channels or modality.channels or 1
+        layers: list[nn.Module] = []
+        c = c_in
+        for i in range(depth):
+            c_out = width * 2**i
+            layers += [conv(c, c_out, 3, stride=2, padding=1), nn.GroupNorm(min(8, c_out), c_out), nn.GELU()]
+            c = c_out
+        self.body = nn.Sequential(*layers)
+        self.dense = dense
+        self.out_dim = out_dim
+        self.head = conv(c, out_dim, 1) if dense else nn.Linear(c, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.body(x)
+        if self.dense:
+            return self.head(h)
+        return self.head(h.flatten(2).mean(-1))
+
+
+class BagOfWordsEncoder(nn.Module):
+    """Mean of token embeddings, ignoring padding."""
+
+    def __init__(self, modality: ModalitySpec, vocab_size: int, pad_id: int = 0, out_dim: int = 128):
+        super().__init__()
+        self.pad_id, self.out_dim = pad_id, out_dim
+        self.embed = nn.EmbeddingBag(vocab_size, out_dim, mode="mean", padding_idx=pad_id)
+        self.norm = nn.LayerNorm(out_dim)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.norm(self.embed(ids))
+
+
+class TinyTransformerEncoder(nn.Module):
+    """A small transformer over token ids, masked mean-pooled."""
+
+    def __init__(self, modality: ModalitySpec, vocab_size: int, pad_id: int = 0, out_dim: int = 128,
+                 layers: int = 2, heads: int = 4, max_length: int = 512):
+        super().__init__()
+        self.pad_id, self.out_dim = pad_id, out_dim
+        self.embed = nn.Embedding(vocab_size, out_dim, padding_idx=pad_id)
+        self.pos = nn.Parameter(torch.randn(max_length, out_dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(out_dim, heads, 2 * out_dim, dropout=0.1, batch_first=True, norm_first=True)
+        self.body = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(out_dim)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        ids = ids[:, : self.pos.shape[0]]
+        pad = ids == self.pad_id
+        h = self.body(self.embed(ids) + self.pos[: ids.shape[1]], src_key_padding_mask=pad)
+        keep = (~pad).unsqueeze(-1).to(h.dtype)
+        return self.norm((h * keep).sum(1) / keep.sum(1).clamp(min=1))

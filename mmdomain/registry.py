@@ -1,0 +1,289 @@
+"""Spec dataclasses plugins register, and the registry that collects them.
+
+A plugin contributes through ``register`` callbacks the core owns (see ``hookspecs``).
+The registry records which plugin registered each name and rejects a duplicate,
+naming both plugins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Protocol, Sequence
+
+from torch import Tensor, nn
+
+from .errors import DuplicateNameError, InvalidSpecError, UnknownComponentError
+
+ModalityKind = Literal["image", "volume", "raster", "text"]
+MODALITY_KINDS: tuple[str, ...] = ("image", "volume", "raster", "text")
+TASK_KINDS: tuple[str, ...] = ("classification", "segmentation", "contrastive")
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """One kind of signal. ``channels`` is None for text.
+
+    ``loader(path) -> Tensor | str`` reads one file of this modality (optional);
+    ``extensions`` lets the core's fallback ``detect_modality`` guess by suffix.
+    """
+
+    name: str
+    kind: ModalityKind
+    channels: int | None = None
+    description: str = ""
+    loader: Callable[[Path], Any] | None = None
+    extensions: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        _check_name(self.name)
+        if self.kind not in MODALITY_KINDS:
+            raise InvalidSpecError(f"modality {self.name!r}: kind {self.kind!r} is not one of {MODALITY_KINDS}")
+        if self.kind != "text" and (not isinstance(self.channels, int) or self.channels < 1):
+            raise InvalidSpecError(f"modality {self.name!r}: a {self.kind} modality needs channels >= 1")
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """``build(modality: ModalitySpec, **options) -> nn.Module``.
+
+    The module maps ``[B, C, *spatial]`` (or token ids ``[B, L]`` for text) to
+    ``[B, out_dim]``; built with ``dense=True`` (when ``supports_dense``) it returns a
+    feature map ``[B, out_dim, h, w]``. The module exposes ``out_dim``; ``out_dim`` here
+    is the default options' value, checked by the contract tests.
+    """
+
+    name: str
+    kinds: tuple[str, ...]
+    build: Callable[..., nn.Module]
+    out_dim: int
+    description: str = ""
+    supports_dense: bool = False
+
+    def validate(self) -> None:
+        _check_name(self.name)
+        _check_callable(self, "build")
+        bad = [k for k in self.kinds if k not in MODALITY_KINDS]
+        if not self.kinds or bad:
+            raise InvalidSpecError(f"encoder {self.name!r}: kinds must be a non-empty subset of {MODALITY_KINDS}")
+        if not isinstance(self.out_dim, int) or self.out_dim < 1:
+            raise InvalidSpecError(f"encoder {self.name!r}: out_dim must be a positive int")
+
+
+class Tokenizer(Protocol):
+    """Turns raw strings into token ids. ``config()`` rebuilds it via its spec's ``build``."""
+
+    pad_id: int
+    vocab_size: int
+
+    def __call__(self, texts: Sequence[str], max_length: int) -> Tensor: ...
+
+    def config(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """``build(**options) -> Tokenizer``; optional ``fit(texts, **options) -> options``
+    learns a vocabulary from a site's own texts and returns the options that rebuild it."""
+
+    name: str
+    build: Callable[..., Tokenizer]
+    fit: Callable[..., dict[str, Any]] | None = None
+    description: str = ""
+
+    def validate(self) -> None:
+        _check_name(self.name)
+        _check_callable(self, "build")
+
+
+@dataclass(frozen=True)
+class FusionSpec:
+    """``build(dims: dict[str, int], **options) -> nn.Module`` with ``out_dim`` and
+    ``forward(embeddings, present) -> Tensor``; see ``mmdomain.fusion``."""
+
+    name: str
+    build: Callable[..., nn.Module]
+    description: str = ""
+
+    def validate(self) -> None:
+        _check_name(self.name)
+        _check_callable(self, "build")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """``build(in_dim, modality_dims, **options) -> Task`` (see ``mmdomain.tasks.base``).
+
+    ``kind`` is classification, segmentation (dense encoders) or contrastive.
+    """
+
+    name: str
+    kind: str
+    build: Callable[..., nn.Module]
+    description: str = ""
+
+    def validate(self) -> None:
+        _check_name(self.name)
+        _check_callable(self, "build")
+        if self.kind not in TASK_KINDS:
+            raise InvalidSpecError(f"task {self.name!r}: kind {self.kind!r} is not one of {TASK_KINDS}")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A paired multimodal dataset. ``build(root, split, **options)`` returns a
+    ``torch.utils.data.Dataset`` of ``Sample``; splits are "train", "val", "test".
+
+    ``default_model`` is a ModelConfig-shaped dict (encoders, fusion, task) that suits
+    the dataset, used by the demo and as defaults in configs.
+    """
+
+    name: str
+    modalities: tuple[str, ...]
+    build: Callable[..., Any]
+    description: str = ""
+    default_model: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        _check_name(self.name)
+        _check_callable(self, "build")
+        if not self.modalities:
+            raise InvalidSpecError(f"dataset {self.name!r}: modalities must not be empty")
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """A seeded generator writing realistic files for ``dataset``.
+
+    ``generate(root, *, num_sites, seed, **options) -> list[Path]`` writes one folder
+    per site under ``root`` and returns them; ``dataset.build(site_folder, split)``
+    must read each. Same seed, same bytes.
+    """
+
+    name: str
+    dataset: str
+    generate: Callable[..., list[Path]]
+    description: str = ""
+    quick_options: dict[str, Any] = field(default_factory=dict)  # a small dataset, for tests and --quick
+
+    def validate(self) -> None:
+        _check_name(self.name)
+        _check_callable(self, "generate")
+
+
+SPEC_TYPES: dict[str, type] = {
+    "modality": ModalitySpec,
+    "encoder": EncoderSpec,
+    "tokenizer": TokenizerSpec,
+    "fusion": FusionSpec,
+    "task": TaskSpec,
+    "dataset": DatasetSpec,
+    "synthetic": SyntheticSpec,
+}
+
+
+def _check_name(name: object) -> None:
+    if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise InvalidSpecError(f"spec name {name!r} must be a non-empty string of letters, digits, '_' or '-'")
+
+
+def _check_callable(spec: object, attr: str) -> None:
+    if not callable(getattr(spec, attr)):
+        raise InvalidSpecError(f"{type(spec).__name__} {getattr(spec, 'name', '?')!r}: {attr} must be callable")
+
+
+@dataclass
+class Entry:
+    spec: Any
+    plugin: str
+
+
+class Registry:
+    """Every spec that plugins registered, by kind and name, with who registered it."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in SPEC_TYPES}
+
+    def add(self, kind: str, spec: Any, plugin: str) -> None:
+        expected = SPEC_TYPES[kind]
+        if not isinstance(spec, expected):
+            raise InvalidSpecError(
+                f"plugin {plugin!r} registered {type(spec).__name__} where a {expected.__name__} is expected"
+            )
+        spec.validate()
+        table = self._entries[kind]
+        if spec.name in table:
+            other = table[spec.name].plugin
+            raise DuplicateNameError(
+                f"{kind} {spec.name!r} is registered by both plugin {other!r} and plugin {plugin!r}; "
+                f"uninstall one, or block it with MMDOMAIN_BLOCK_PLUGINS={plugin}"
+            )
+        table[spec.name] = Entry(spec, plugin)
+
+    def discard_plugin(self, plugin: str) -> None:
+        """Forget everything ``plugin`` registered (used when it fails part-way)."""
+        for table in self._entries.values():
+            for name in [n for n, e in table.items() if e.plugin == plugin]:
+                del table[name]
+
+    def get(self, kind: str, name: str) -> Any:
+        table = self._entries[kind]
+        if name not in table:
+            raise UnknownComponentError(kind, name, list(table))
+        return table[name].spec
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._entries[kind])
+
+    def specs(self, kind: str) -> list[Any]:
+        return [self._entries[kind][n].spec for n in self.names(kind)]
+
+    def owner(self, kind: str, name: str) -> str:
+        self.get(kind, name)
+        return self._entries[kind][name].plugin
+
+    def by_plugin(self, plugin: str) -> dict[str, list[str]]:
+        return {
+            kind: sorted(n for n, e in table.items() if e.plugin == plugin)
+            for kind, table in self._entries.items()
+            if any(e.plugin == plugin for e in table.values())
+        }
+
+    def iter_entries(self) -> Iterable[tuple[str, str, str]]:
+        for kind, table in self._entries.items():
+            for name in sorted(table):
+                yield kind, name, table[name].plugin
+
+    # convenience accessors, typed for readers
+    def modality(self, name: str) -> ModalitySpec:
+        return self.get("modality", name)
+
+    def encoder(self, name: str) -> EncoderSpec:
+        return self.get("encoder", name)
+
+    def tokenizer(self, name: str) -> TokenizerSpec:
+        return self.get("tokenizer", name)
+
+    def fusion(self, name: str) -> FusionSpec:
+        return self.get("fusion", name)
+
+    def task(self, name: str) -> TaskSpec:
+        return self.get("task", name)
+
+    def dataset(self, name: str) -> DatasetSpec:
+        return self.get("dataset", name)
+
+    def synthetic(self, name: str) -> SyntheticSpec:
+        return self.get("synthetic", name)
+
+    def synthetic_for(self, dataset: str) -> SyntheticSpec:
+        for spec in self.specs("synthetic"):
+            if spec.dataset == dataset:
+                return spec
+        raise UnknownComponentError(
+            f"synthetic generator for dataset", dataset, [s.dataset for s in self.specs("synthetic")]
+        )
+
+
+def spec_fields(kind: str) -> list[str]:
+    return [f.name for f in fields(SPEC_TYPES[kind])]

@@ -1,0 +1,39 @@
+"""A task is a head on the fused features plus its loss and metrics.
+
+``TaskSpec.build(in_dim, modality_dims, **options)`` returns a ``Task``:
+
+- ``forward(fused, embeddings, present) -> output`` (a tensor, or a dict of tensors
+  for contrastive tasks; dim 0 is always the batch)
+- ``loss(output, target, present) -> scalar tensor``
+- ``make_metrics() -> torchmetrics.MetricCollection`` (fresh, un-updated)
+- ``metric_inputs(output, target, present) -> (preds, target) | None`` (None: nothing to
+  score in these rows, e.g. no pair for retrieval)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+
+
+class Task(nn.Module):
+    kind: str = "classification"
+    needs_target: bool = True
+
+    def loss(self, output: Any, target: Tensor | None, present: dict[str, Tensor]) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def make_metrics(self) -> MetricCollection:  # pragma: no cover
+        raise NotImplementedError
+
+    def metric_inputs(self, output: Any, target: Tensor | None, present: dict[str, Tensor]) -> Any:
+        return output, target
+
+
+def take(output: Any, index: Tensor) -> Any:
+    """Rows ``index`` of a task output (tensor or dict of tensors)."""
+    if isinstance(output, dict):
+        return {k: v[index] for k, v in output.items()}
+    return output[index]

@@ -1,0 +1,101 @@
+"""Multi-class and multi-label classification heads on the fused features.
+
+Multi-label targets use ``-1`` for "unknown / uncertain, do not score" (the plugin's
+uncertainty policy decides which labels become -1); those entries add no loss and are
+ignored by the metrics.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassAUROC,
+    MulticlassF1Score,
+    MultilabelAUROC,
+    MultilabelAveragePrecision,
+    MultilabelF1Score,
+)
+
+from .base import Task
+
+
+def _pool(x: Tensor) -> Tensor:
+    return x.flatten(2).mean(-1) if x.dim() > 2 else x
+
+
+class MulticlassTask(Task):
+    kind = "classification"
+
+    def __init__(self, in_dim: int, modality_dims: dict[str, int], num_classes: int = 2, dropout: float = 0.1,
+                 label_smoothing: float = 0.0):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"multiclass: num_classes must be >= 2, got {num_classes}")
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, num_classes))
+
+    def forward(self, fused: Tensor, embeddings: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+        return self.head(_pool(fused))
+
+    def loss(self, output: Tensor, target: Tensor | None, present: dict[str, Tensor]) -> Tensor:
+        return F.cross_entropy(output.float(), target.long(), label_smoothing=self.label_smoothing)
+
+    def make_metrics(self) -> MetricCollection:
+        n = self.num_classes
+        return MetricCollection(
+            {
+                "accuracy": MulticlassAccuracy(n, average="micro"),
+                "macro_f1": MulticlassF1Score(n, average="macro"),
+                "macro_auroc": MulticlassAUROC(n, average="macro"),
+            }
+        )
+
+    def metric_inputs(self, output, target, present):
+        return output.float().softmax(-1), target.long()
+
+
+class MultilabelTask(Task):
+    kind = "classification"
+
+    def __init__(self, in_dim: int, modality_dims: dict[str, int], num_labels: int = 2, dropout: float = 0.1,
+                 pos_weight: list[float] | None = None, labels: list[str] | None = None):
+        super().__init__()
+        if num_labels < 1:
+            raise ValueError(f"multilabel: num_labels must be >= 1, got {num_labels}")
+        if labels is not None and len(labels) != num_labels:
+            raise ValueError(f"multilabel: {len(labels)} label names for num_labels={num_labels}")
+        self.num_labels = num_labels
+        self.labels = labels
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, num_labels))
+        self.register_buffer(
+            "pos_weight", torch.tensor(pos_weight, dtype=torch.float32) if pos_weight else None, persistent=False
+        )
+
+    def forward(self, fused: Tensor, embeddings: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+        return self.head(_pool(fused))
+
+    def loss(self, output: Tensor, target: Tensor | None, present: dict[str, Tensor]) -> Tensor:
+        target = target.float()
+        known = target >= 0
+        raw = F.binary_cross_entropy_with_logits(
+            output.float(), target.clamp(min=0), pos_weight=self.pos_weight, reduction="none"
+        )
+        return (raw * known).sum() / known.sum().clamp(min=1)
+
+    def make_metrics(self) -> MetricCollection:
+        n = self.num_labels
+        return MetricCollection(
+            {
+                "macro_auroc": MultilabelAUROC(n, average="macro", ignore_index=-1),
+                "macro_ap": MultilabelAveragePrecision(n, average="macro", ignore_index=-1),
+                "macro_f1": MultilabelF1Score(n, average="macro", ignore_index=-1),
+            }
+        )
+
+    def metric_inputs(self, output, target, present):
+        return output.float().sigmoid(), target.long()

@@ -1,0 +1,50 @@
+"""Semantic segmentation: a 1x1 head on fused feature maps, upsampled to the label grid.
+
+Needs encoders built with ``dense=True`` (the model does this for segmentation tasks).
+Label value ``ignore_index`` (default 255) is not scored.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+from .base import Task
+
+
+class SegmentationTask(Task):
+    kind = "segmentation"
+
+    def __init__(self, in_dim: int, modality_dims: dict[str, int], num_classes: int = 2, ignore_index: int = 255):
+        super().__init__()
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.head = nn.Sequential(nn.Conv2d(in_dim, in_dim, 3, padding=1), nn.GELU(), nn.Conv2d(in_dim, num_classes, 1))
+        self.output_size: tuple[int, int] | None = None
+
+    def forward(self, fused: Tensor, embeddings: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+        if fused.dim() != 4:
+            raise ValueError("segmentation needs dense (feature-map) encoders; got fused features of shape "
+                             f"{tuple(fused.shape)}")
+        return self.head(fused)
+
+    def _resize(self, output: Tensor, target: Tensor) -> Tensor:
+        if output.shape[-2:] != target.shape[-2:]:
+            output = F.interpolate(output.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
+        return output.float()
+
+    def loss(self, output: Tensor, target: Tensor | None, present: dict[str, Tensor]) -> Tensor:
+        return F.cross_entropy(self._resize(output, target), target.long(), ignore_index=self.ignore_index)
+
+    def make_metrics(self) -> MetricCollection:
+        n = self.num_classes
+        return MetricCollection(
+            {
+                "miou": MulticlassJaccardIndex(n, average="macro", ignore_index=self.ignore_index),
+                "pixel_accuracy": MulticlassAccuracy(n, average="micro", ignore_index=self.ignore_index),
+            }
+        )
+
+    def metric_inputs(self, output, target, present):
+        return self._resize(output, target).argmax(1), target.long()
