@@ -135,7 +135,9 @@ class DatasetSpec:
     ``torch.utils.data.Dataset`` of ``Sample``; splits are "train", "val", "test".
 
     ``default_model`` is a ModelConfig-shaped dict (encoders, fusion, task) that suits
-    the dataset, used by the demo and as defaults in configs.
+    the dataset, used by the demo and as defaults in configs. ``describe(dataset) -> dict``
+    (optional) returns domain statistics of one built dataset (counts, vendor mix, cloud
+    fraction...): aggregate, JSON-able and free of anything identifying.
     """
 
     name: str
@@ -143,6 +145,7 @@ class DatasetSpec:
     build: Callable[..., Any]
     description: str = ""
     default_model: dict[str, Any] = field(default_factory=dict)
+    describe: Callable[[Any], dict[str, Any]] | None = None
 
     def validate(self) -> None:
         _check_name(self.name)
