@@ -18,7 +18,7 @@ def _image(rng: np.random.Generator, ring: bool) -> np.ndarray:
     cy, cx = rng.uniform(10, 22, size=2)
     r = np.hypot(y - cy, x - cx)
     shape = (np.abs(r - 6) < 1.5) if ring else (r < 5)
-    img = 0.6 * shape + rng.normal(0, 0.35, (SIZE, SIZE))
+    img = 0.6 * shape + rng.normal(0, 0.2, (SIZE, SIZE))
     return img[None].astype(np.float32)  # [1, H, W]
 
 

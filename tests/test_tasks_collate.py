@@ -1,0 +1,97 @@
+"""Collate, tasks (losses and metrics), the composed model on the fixture batch."""
+
+import pytest
+import torch
+
+from mmdomain import Collate, DataError, ModalitySpec, Sample, hookimpl
+from mmdomain.config import ModelConfig
+from mmdomain.models import build_model
+from mmdomain.tasks import ContrastiveTask, MultilabelTask, SegmentationTask
+
+
+def test_collate_zero_fills_and_masks():
+    samples = [Sample({"a": torch.ones(2, 3), "t": "hello"}, torch.tensor(1)),
+               Sample({"t": "bye"}, torch.tensor(0)),
+               Sample({"a": torch.full((2, 3), 2.0)}, torch.tensor(1))]
+    batch = Collate(["t", "a", "never"])(samples)
+    assert batch.present["a"].tolist() == [True, False, True]
+    assert batch.present["never"].tolist() == [False, False, False] and batch.inputs["never"] is None
+    assert torch.equal(batch.inputs["a"][1], torch.zeros(2, 3))
+    assert batch.inputs["t"] == ["hello", "bye", ""]
+    assert batch.patterns() == ["a+t", "t", "a"]
+
+
+def test_collate_rejects_mismatched_shapes():
+    with pytest.raises(DataError, match="'a'.*share a shape"):
+        Collate(["a"])([Sample({"a": torch.ones(2)}), Sample({"a": torch.ones(3)})])
+
+
+def test_multilabel_ignores_unknown_labels():
+    task = MultilabelTask(8, {}, num_labels=3)
+    out = torch.tensor([[5.0, -5.0, 100.0]])
+    assert task.loss(out, torch.tensor([[1, 0, -1]]), {}).item() < 0.01  # the wild logit is not scored
+    assert task.loss(out, torch.tensor([[1, 0, 0]]), {}).item() > 10
+
+
+def test_contrastive_loss_and_recall():
+    task = ContrastiveTask(8, {"a": 4, "b": 4})
+    emb = torch.eye(4)
+    out = task(None, {"a": emb, "b": emb}, {})
+    present = {"a": torch.ones(4, dtype=torch.bool), "b": torch.tensor([True, True, True, False])}
+    assert torch.isfinite(task.loss(out, None, present))
+    metrics = task.make_metrics()
+    preds, _ = task.metric_inputs(out, None, present)
+    metrics.update(preds)
+    values = metrics.compute()
+    assert set(values) == {"recall@1", "recall@5", "recall@10"}
+    assert 0.0 <= float(values["recall@1"]) <= 1.0 and float(values["recall@10"]) == 1.0
+
+
+def test_segmentation_resizes_to_label_grid():
+    task = SegmentationTask(6, {}, num_classes=3)
+    out = task(torch.randn(2, 6, 4, 4), {}, {})
+    target = torch.randint(0, 3, (2, 16, 16))
+    target[0, 0, 0] = 255
+    assert torch.isfinite(task.loss(out, target, {}))
+    preds, tgt = task.metric_inputs(out, target, {})
+    assert preds.shape == (2, 16, 16)
+
+
+class TwoModalities:
+    @hookimpl
+    def register_modalities(self, register):
+        register(ModalitySpec("image", "image", channels=1))
+        register(ModalitySpec("text", "text"))
+
+
+@pytest.mark.parametrize("fusion", ["concat", "late", "gated", "cross_attention"])
+def test_composed_model_is_independent_of_absent_fill(register_plugin, fake_batch, fusion):
+    registry = register_plugin(TwoModalities()).registry
+    cfg = ModelConfig(modalities=["image", "text"],
+                      encoders={"image": {"name": "cnn", "options": {"out_dim": 16, "width": 8}},
+                                "text": {"name": "bag_of_words", "options": {"out_dim": 16}}},
+                      tokenizers={"text": {"name": "hashing"}}, fusion={"name": fusion},
+                      task={"name": "multiclass", "options": {"num_classes": 3}})
+    torch.manual_seed(0)
+    model = build_model(cfg, registry).eval()
+    out = model(fake_batch).output
+    noisy = fake_batch.inputs["image"] + 50 * (~fake_batch.present["image"]).float()[:, None, None, None]
+    fake_batch.inputs["image"] = noisy
+    fake_batch.inputs["text"] = [t or "garbage words here" for t in fake_batch.inputs["text"]]
+    torch.testing.assert_close(model(fake_batch).output, out)
+
+
+def test_segmentation_model_with_text_broadcast(register_plugin):
+    registry = register_plugin(TwoModalities()).registry
+    cfg = ModelConfig(modalities=["image", "text"],
+                      encoders={"image": {"name": "cnn", "options": {"out_dim": 16, "width": 8, "depth": 2}},
+                                "text": {"name": "bag_of_words", "options": {"out_dim": 16}}},
+                      tokenizers={"text": {"name": "hashing"}}, fusion={"name": "cross_attention", "options": {"dim": 16}},
+                      task={"name": "segmentation", "options": {"num_classes": 3}})
+    model = build_model(cfg, registry)
+    batch = Collate(["image", "text"])([Sample({"image": torch.randn(1, 32, 32), "text": "x"},
+                                               torch.randint(0, 3, (32, 32))),
+                                        Sample({"text": "only text"}, torch.randint(0, 3, (32, 32)))])
+    out = model(batch)
+    assert out.output.shape == (2, 3, 8, 8)
+    model.loss(out, batch).backward()
