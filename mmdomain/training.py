@@ -32,7 +32,7 @@ from .config import ModelConfig, RunConfig, parse
 from .data.collate import Collate
 from .data.sample import Batch
 from .errors import ConfigError, DataError, MMDomainError
-from .models.compose import FusionModel, build_model, fit_tokenizers
+from .models.compose import FusionModel, build_model, fit_tokenizers, needs_fitting
 from .registry import Registry
 from .tasks.base import take
 
@@ -219,10 +219,14 @@ def build_dataset(config: RunConfig, registry: Registry, split: str):
 
 
 def texts_for_fitting(dataset, modalities: Iterable[str], registry: Registry) -> dict[str, list[str]]:
+    """Every text of each text modality in ``dataset``; uses ``dataset.texts(m)`` when the
+    dataset offers it (no need to load images just to read reports)."""
     text_mods = [m for m in modalities if registry.modality(m).kind == "text"]
     out: dict[str, list[str]] = {m: [] for m in text_mods}
     if not text_mods:
         return out
+    if hasattr(dataset, "texts"):
+        return {m: list(dataset.texts(m)) for m in text_mods}
     for i in range(len(dataset)):
         sample = dataset[i]
         for m in text_mods:
@@ -255,8 +259,8 @@ def fit(config: RunConfig, registry: Registry, *, log: Callable[[str], None] = p
     if missing:
         raise ConfigError(f"model.modalities: dataset {config.data.dataset!r} has no {missing}; "
                           f"it has {list(registry.dataset(config.data.dataset).modalities)}")
-    model_cfg = fit_tokenizers(model_cfg, registry, texts_for_fitting(train_ds, model_cfg.modalities, registry)
-                               if model_cfg.tokenizers else {})
+    if needs_fitting(model_cfg, registry):
+        model_cfg = fit_tokenizers(model_cfg, registry, texts_for_fitting(train_ds, model_cfg.modalities, registry))
     config = config.model_copy(update={"model": model_cfg})
     model = build_model(model_cfg, registry).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)

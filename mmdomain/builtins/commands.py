@@ -5,8 +5,11 @@ from __future__ import annotations
 from ..hookspecs import hookimpl
 
 
-@hookimpl
+@hookimpl(trylast=True)
 def register_commands(cli):
+    """``demo`` here is the local-only demo; an installed plugin that adds its own ``demo``
+    (the federated layer's full demo) takes precedence."""
     from ..demo import demo_command
 
-    cli.add_command(demo_command, name="demo")
+    if "demo" not in cli.commands:
+        cli.add_command(demo_command, name="demo")

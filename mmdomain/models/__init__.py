@@ -1,5 +1,5 @@
 """Model composition: encoders -> fusion -> task head."""
 
-from .compose import FusionModel, ModelOutput, build_model, fit_tokenizers
+from .compose import FusionModel, ModelOutput, build_model, fit_tokenizers, needs_fitting
 
-__all__ = ["FusionModel", "ModelOutput", "build_model", "fit_tokenizers"]
+__all__ = ["FusionModel", "ModelOutput", "build_model", "fit_tokenizers", "needs_fitting"]

@@ -40,6 +40,10 @@ def build_tokenizer(registry: Registry, component: Component) -> Tokenizer:
     return _build("tokenizer", component, registry.tokenizer(component.name).build)
 
 
+def needs_fitting(config: ModelConfig, registry: Registry) -> bool:
+    return any(registry.tokenizer(c.name).fit is not None and not c.fitted for c in config.tokenizers.values())
+
+
 def fit_tokenizers(config: ModelConfig, registry: Registry, texts: dict[str, Iterable[str]]) -> ModelConfig:
     """Fit every tokenizer that has a ``fit`` and is not fitted yet; return the new config."""
     config = config.model_copy(deep=True)
