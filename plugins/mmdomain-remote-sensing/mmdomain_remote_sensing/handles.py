@@ -1,0 +1,103 @@
+"""Raster handles opened lazily, once per process.
+
+A dataset handle inherited across ``fork`` (DataLoader workers) shares GDAL state with
+its parent and broke reads; handles here are keyed by PID, so each worker opens its own.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import rasterio
+from rasterio.errors import RasterioIOError
+from rasterio.vrt import WarpedVRT
+
+from mmdomain import DataError
+
+_cache: dict[int, dict[Any, Any]] = {}
+_lock = threading.Lock()
+
+
+def _table() -> dict[Any, Any]:
+    pid = os.getpid()
+    table = _cache.get(pid)
+    if table is None:
+        with _lock:
+            for other in [p for p in _cache if p != pid]:
+                _cache.pop(other)  # the parent's handles: never touched here, never closed here
+            table = _cache.setdefault(pid, {})
+    return table
+
+
+@atexit.register
+def close_all() -> None:
+    """Close this process's handles, VRTs before their sources, while GDAL is still alive
+    (left to interpreter shutdown, their destructors raised inside sys.excepthook)."""
+    table = _cache.pop(os.getpid(), {})
+    for key in sorted(table, key=lambda k: k[0] != "vrt"):
+        try:
+            table[key].close()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+
+
+def open_raster(path: str | Path):
+    """The process's handle on ``path`` (opened on first use); DataError if GDAL cannot read it."""
+    key = ("src", str(path))
+    table = _table()
+    src = table.get(key)
+    if src is None:
+        try:
+            src = rasterio.open(path)
+        except (RasterioIOError, OSError) as exc:
+            raise DataError(f"{path}: not a readable raster ({str(exc).splitlines()[0]})") from None
+        table[key] = src
+    return src
+
+
+def source_crs(src) -> Any:
+    """The CRS of ``src`` or of its GCPs; DataError when it has neither."""
+    if src.crs is not None:
+        return src.crs
+    gcps, gcp_crs = src.gcps
+    if gcps and gcp_crs is not None:
+        return gcp_crs
+    raise DataError(f"{src.name}: has no CRS and no ground control points; it cannot be placed on a grid "
+                    "(georeference it, e.g. `gdal_edit.py -a_srs EPSG:... -a_ullr ...`)")
+
+
+def warped(path: str | Path, grid, *, resampling, nodata: float | None = None, src_nodata: float | None = None,
+           dtype: str = "float32"):
+    """A WarpedVRT of ``path`` onto ``grid`` (cached per process); reads are windows of the grid."""
+    key = ("vrt", str(path), grid.key(), int(resampling), nodata, src_nodata, dtype)
+    table = _table()
+    vrt = table.get(key)
+    if vrt is None:
+        src = open_raster(path)
+        source_crs(src)
+        kw: dict[str, Any] = {}
+        if src_nodata is not None:
+            kw["src_nodata"] = src_nodata
+        if nodata is not None:
+            kw["nodata"] = nodata
+        try:
+            vrt = WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                            resampling=resampling, dtype=dtype, **kw)
+        except Exception as exc:  # noqa: BLE001 - GDAL's reasons are varied; say which file
+            raise DataError(f"{path}: cannot be warped onto {grid.describe()} ({exc})") from None
+        table[key] = vrt
+    return vrt
+
+
+def clear() -> None:
+    """Close this process's handles (tests; long-lived notebooks)."""
+    table = _cache.pop(os.getpid(), {})
+    for h in reversed(list(table.values())):
+        try:
+            h.close()
+        except Exception:  # noqa: BLE001
+            pass

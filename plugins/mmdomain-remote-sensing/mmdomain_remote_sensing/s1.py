@@ -1,0 +1,139 @@
+"""Sentinel-1 GRD/RTC: group per-polarisation GeoTIFFs into acquisitions, read them on a
+grid in dB with nodata masked (any CRS, or GCP-only georeferencing)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from rasterio.enums import Resampling
+
+from mmdomain import DataError
+
+from .bands import S1_DB_RANGE, S1_DEFAULT_MEAN, S1_POLARISATIONS
+from .grid import Bounds, Grid, source_bounds
+from .handles import open_raster, warped
+from .timeparse import time_from
+
+_POL = re.compile(r"(?<![A-Za-z])(vv|vh)(?![A-Za-z])", re.IGNORECASE)
+UNITS = ("db", "linear")
+
+
+@dataclass
+class S1Acquisition:
+    key: str
+    files: dict[str, Path]  # "VV"/"VH" -> file
+    units: str  # "db" or "linear" (of the files; reads always return dB)
+    time: datetime | None
+    crs: object
+    bounds: Bounds  # in ``crs``
+    nodata: float | None
+
+    @property
+    def polarisations(self) -> tuple[str, ...]:
+        return tuple(p for p in S1_POLARISATIONS if p in self.files)
+
+
+def polarisation_of(path: Path) -> str | None:
+    m = _POL.search(path.stem.replace("-", "_"))
+    return m.group(1).upper() if m else None
+
+
+def _units(tags: dict[str, str], declared: str | None, path: Path) -> str:
+    for key in ("UNITS", "units", "UNIT", "unit", "BACKSCATTER_UNITS"):
+        if key in tags:
+            v = tags[key].strip().lower()
+            if v in ("db", "decibel", "decibels"):
+                return "db"
+            if v in ("linear", "power", "intensity", "amplitude^2", "gamma0", "sigma0"):
+                return "linear"
+    if declared is not None:
+        if declared.lower() not in UNITS:
+            raise DataError(f"s1_units must be one of {UNITS}, got {declared!r}")
+        return declared.lower()
+    src = open_raster(path)  # no declaration anywhere: decide from the values (dB backscatter is mostly < 0)
+    ov = src.read(1, out_shape=(1, min(src.height, 64), min(src.width, 64)), masked=True).astype("float64")
+    vals = ov.compressed()
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0:
+        raise DataError(f"{path}: no valid pixel to tell dB from linear; declare s1_units='db' or 'linear'")
+    return "db" if np.median(vals) < 0 else "linear"
+
+
+def open_s1(files: list[str | Path], *, units: str | None = None, time: datetime | None = None) -> S1Acquisition:
+    """One acquisition from its per-polarisation files (VV and/or VH)."""
+    pols: dict[str, Path] = {}
+    for f in map(Path, files):
+        p = polarisation_of(f)
+        if p is None:
+            raise DataError(f"{f}: cannot tell the polarisation (expected VV or VH in the file name)")
+        pols[p] = f
+    if not pols:
+        raise DataError("an S1 acquisition needs at least one VV or VH file")
+    first = pols.get("VV") or pols["VH"]
+    src = open_raster(first)
+    tags = src.tags()
+    bounds, crs = source_bounds(src)
+    key = _POL.sub("POL", first.stem)
+    return S1Acquisition(key, pols, _units(tags, units, first), time or time_from(tags, first.name), crs, bounds,
+                         src.nodata)
+
+
+def find_s1(root: Path, *, units: str | None = None) -> list[S1Acquisition]:
+    """Every acquisition under ``root``: VV/VH GeoTIFFs grouped by their name minus the polarisation."""
+    groups: dict[tuple[Path, str], list[Path]] = {}
+    for f in sorted(root.rglob("*")):
+        if f.suffix.lower() in (".tif", ".tiff") and polarisation_of(f) is not None:
+            groups.setdefault((f.parent, _POL.sub("POL", f.stem)), []).append(f)
+    return [open_s1(v, units=units) for _, v in sorted(groups.items())]
+
+
+def to_db(x: np.ndarray) -> np.ndarray:
+    """Linear power -> dB (values <= 0 clamp to the floor of the dB range)."""
+    return (10.0 * np.log10(np.maximum(x, 10 ** (S1_DB_RANGE[0] / 10)))).astype(np.float32)
+
+
+def to_linear(db: np.ndarray) -> np.ndarray:
+    return (10.0 ** (db / 10.0)).astype(np.float32)
+
+
+def read_s1(acq: S1Acquisition, grid: Grid, window=None, *, fill: str = "median") -> tuple[np.ndarray, np.ndarray]:
+    """Backscatter in dB ``float32 [2, h, w]`` (VV, VH) on ``grid`` and a validity mask ``bool [h, w]``.
+
+    Nodata, pixels outside the footprint and non-finite values are invalid; they are filled
+    (``fill="median"``: the median of the valid pixels of that channel; ``"nan"``: NaN) so no
+    -9999 ever reaches a tensor. Values are clipped to ``S1_DB_RANGE``. Linear files are
+    interpolated in linear power, dB files are never interpolated in dB (nearest). A missing
+    polarisation is filled with its declared mean (``S1_DEFAULT_MEAN``).
+    """
+    chans, valid = [], None
+    for p in S1_POLARISATIONS:
+        f = acq.files.get(p)
+        if f is None:
+            h = window.height if window is not None else grid.height
+            w = window.width if window is not None else grid.width
+            chans.append(np.full((h, w), S1_DEFAULT_MEAN[S1_POLARISATIONS.index(p)], np.float32))
+            continue
+        vrt = warped(f, grid, resampling=Resampling.nearest if acq.units == "db" else Resampling.bilinear,
+                     src_nodata=acq.nodata, nodata=np.nan, dtype="float32")
+        x = vrt.read(1, window=window)
+        ok = np.isfinite(x)
+        if acq.units == "linear":
+            ok &= x > 0
+            x = to_db(np.where(ok, x, 1.0))
+        chans.append(x)
+        valid = ok if valid is None else valid & ok
+    db = np.stack(chans)
+    if valid is None:
+        raise DataError(f"S1 acquisition {acq.key}: no VV or VH file")
+    db = np.clip(db, *S1_DB_RANGE)
+    for c in range(db.shape[0]):
+        if fill == "nan":
+            db[c][~valid] = np.nan
+        else:
+            v = db[c][valid]
+            db[c][~valid] = float(np.median(v)) if v.size else 0.0
+    return db.astype(np.float32), valid

@@ -1,0 +1,196 @@
+"""Sentinel-2 L2A: find the bands of a product (SAFE folder of JP2s, or a GeoTIFF/COG stack),
+its offset and quantification, and read surface reflectance + SCL cloud mask on a grid."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from rasterio.enums import Resampling
+
+from mmdomain import DataError
+
+from .bands import (S2_ALL_BANDS, S2_BANDS, S2_BOA_ADD_OFFSET, S2_NODATA_DN, S2_QUANTIFICATION, S2_RESOLUTION_M,
+                    SCL_CLOUDY, SCL_INVALID)
+from .grid import Bounds, Grid, source_bounds
+from .handles import open_raster, warped
+from .timeparse import time_from
+
+RASTER_SUFFIXES = (".jp2", ".tif", ".tiff")
+
+
+@dataclass
+class S2Product:
+    """Where each band of one L2A acquisition lives; ``bands[b] = (file, 1-based band index)``."""
+
+    path: Path
+    bands: dict[str, tuple[Path, int]]
+    scl: tuple[Path, int] | None
+    offset: dict[str, float]
+    quantification: float
+    time: datetime | None
+    crs: object = None
+    bounds: Bounds = (0, 0, 0, 0)
+    res: float = 10.0
+    metadata_source: str = "declared defaults"
+    tile: str = ""
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def grid(self, res: float | None = None) -> Grid:
+        return Grid(self.crs, res or self.res, self.bounds)
+
+
+def is_s2_product(path: Path) -> bool:
+    name = path.name.upper()
+    if path.is_dir():
+        return (path / "GRANULE").is_dir() or any(path.glob("MTD_MSIL2A*.xml"))
+    return path.suffix.lower() in (".tif", ".tiff") and ("MSIL2A" in name or name.startswith("S2")) \
+        and "_SCL" not in name
+
+
+def _band_key(stem: str) -> str | None:
+    m = re.search(r"(?:^|_)(B0[1-9]|B1[0-2]|B8A|SCL)(?:_(\d+)M)?$", stem.upper())
+    return m.group(1) if m else None
+
+
+def _safe_bands(root: Path) -> tuple[dict[str, tuple[Path, int]], tuple[Path, int] | None]:
+    found: dict[str, list[tuple[int, Path]]] = {}
+    for f in sorted(root.glob("GRANULE/*/IMG_DATA/**/*")):
+        if f.suffix.lower() not in RASTER_SUFFIXES:
+            continue
+        key = _band_key(f.stem)
+        if key is None:
+            continue
+        m = re.search(r"_(\d+)m$", f.stem)
+        res = int(m.group(1)) if m else S2_RESOLUTION_M.get(key, 20)
+        found.setdefault(key, []).append((res, f))
+    # each band at its finest available resolution (L2A also ships downsampled copies)
+    best = {k: (min(v)[1], 1) for k, v in found.items()}
+    scl = best.pop("SCL", None)
+    return best, scl
+
+
+def _read_mtd(root: Path) -> tuple[dict[str, float] | None, float | None, datetime | None, str | None]:
+    mtd = next(iter(sorted(root.glob("MTD_MSIL2A*.xml"))), None)
+    if mtd is None:
+        return None, None, None, None
+    try:
+        tree = ET.parse(mtd)
+    except ET.ParseError as exc:
+        raise DataError(f"{mtd}: not valid XML ({exc})") from None
+    offsets: dict[str, float] = {}
+    quant = baseline = when = None
+    for el in tree.iter():
+        tag = el.tag.rsplit("}", 1)[-1]
+        if tag == "BOA_ADD_OFFSET" and el.get("band_id") is not None:
+            offsets[S2_ALL_BANDS[int(el.get("band_id"))]] = float(el.text)
+        elif tag == "BOA_QUANTIFICATION_VALUE":
+            quant = float(el.text)
+        elif tag == "PROCESSING_BASELINE":
+            baseline = el.text.strip()
+        elif tag in ("PRODUCT_START_TIME", "DATATAKE_SENSING_START") and when is None:
+            when = time_from({"DATETIME": el.text}, "")
+    if not offsets and baseline is not None and baseline < "04.00":
+        offsets = {b: 0.0 for b in S2_BANDS}  # before baseline 04.00 there was no offset
+    return offsets or None, quant, when, mtd.name
+
+
+def open_s2(path: str | Path, *, offset: float | None = None, quantification: float | None = None,
+            time: datetime | None = None) -> S2Product:
+    """Describe an L2A product: a SAFE(-like) folder or a multi-band GeoTIFF/COG.
+
+    Offset and quantification come from the product metadata (MTD xml or GeoTIFF tags
+    ``BOA_ADD_OFFSET``/``BOA_QUANTIFICATION_VALUE``) when present, else from ``offset``/
+    ``quantification``, else the declared baseline >= 04.00 values (-1000, 10000).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such Sentinel-2 product")
+    offsets, quant, when, source = None, None, None, None
+    if path.is_dir():
+        bands, scl = _safe_bands(path)
+        offsets, quant, when, source = _read_mtd(path)
+        if when is None:
+            when = time_from({}, path.name)
+    else:
+        src = open_raster(path)
+        tags = src.tags()
+        names = [(d or "").upper() for d in src.descriptions]
+        if all(b in names for b in S2_BANDS):
+            bands = {b: (path, names.index(b) + 1) for b in S2_BANDS}
+        elif src.count in (12, 13):
+            bands = {b: (path, i + 1) for i, b in enumerate(S2_BANDS)}
+        else:
+            raise DataError(f"{path}: a Sentinel-2 stack needs 12 bands ({', '.join(S2_BANDS)}), it has {src.count}"
+                            " and no band descriptions naming them")
+        scl = (path, names.index("SCL") + 1) if "SCL" in names else (path, 13) if src.count == 13 else None
+        if scl is None:
+            side = path.with_name(path.stem + "_SCL" + path.suffix)
+            scl = (side, 1) if side.exists() else None
+        if "BOA_ADD_OFFSET" in tags:
+            offsets = {b: float(tags["BOA_ADD_OFFSET"]) for b in S2_BANDS}
+        quant = float(tags["BOA_QUANTIFICATION_VALUE"]) if "BOA_QUANTIFICATION_VALUE" in tags else None
+        source = "GeoTIFF tags" if offsets or quant else None
+        when = time_from(tags, path.name)
+    missing = [b for b in S2_BANDS if b not in bands]
+    if missing:
+        raise DataError(f"{path}: Sentinel-2 product lacks bands {missing} (found {sorted(bands)})")
+    if offsets is None:
+        value = S2_BOA_ADD_OFFSET if offset is None else offset
+        offsets = {b: value for b in S2_BANDS}
+    quant = quant or quantification or S2_QUANTIFICATION
+    ref = open_raster(bands["B02"][0])
+    bounds, crs = source_bounds(ref)
+    res = abs(ref.transform.a) if ref.crs is not None else 10.0
+    tile = (re.search(r"_T(\d{2}[A-Z]{3})_", path.name) or re.search(r"T(\d{2}[A-Z]{3})", path.name) or [None, ""])[1]
+    return S2Product(path, bands, scl, offsets, quant, time or when, crs, bounds, res,
+                     metadata_source=source or "declared defaults", tile=tile)
+
+
+def read_s2(product: S2Product, grid: Grid, window=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Surface reflectance ``float32 [12, h, w]`` on ``grid`` (window of it), a validity mask
+    ``bool [h, w]`` (inside the footprint, DN != 0) and the SCL classes ``uint8 [h, w]`` (or None)."""
+    out, valid = [], None
+    for b in S2_BANDS:
+        f, idx = product.bands[b]
+        vrt = warped(f, grid, resampling=Resampling.bilinear, src_nodata=S2_NODATA_DN, nodata=S2_NODATA_DN,
+                     dtype="float32")
+        dn = vrt.read(idx, window=window)
+        ok = dn > 0
+        valid = ok if valid is None else valid & ok
+        out.append((dn + product.offset[b]) / product.quantification)
+    refl = np.stack(out).astype(np.float32)
+    refl[:, ~valid] = 0.0
+    scl = read_scl(product, grid, window)
+    if scl is not None:
+        valid &= ~np.isin(scl, SCL_INVALID)
+    return refl, valid, scl
+
+
+def read_scl(product: S2Product, grid: Grid, window=None) -> np.ndarray | None:
+    if product.scl is None:
+        return None
+    f, idx = product.scl
+    vrt = warped(f, grid, resampling=Resampling.nearest, src_nodata=0, nodata=0, dtype="uint8")
+    return vrt.read(idx, window=window)
+
+
+def cloud_mask(scl: np.ndarray) -> np.ndarray:
+    """True where SCL says cloud, cloud shadow or cirrus."""
+    return np.isin(scl, SCL_CLOUDY)
+
+
+def cloud_fraction(scl: np.ndarray | None, valid: np.ndarray | None = None) -> float:
+    if scl is None:
+        return 0.0
+    keep = (scl > 0) if valid is None else valid
+    n = int(keep.sum())
+    return float((cloud_mask(scl) & keep).sum() / n) if n else 1.0

@@ -1,0 +1,189 @@
+"""Seeded synthetic sites: real L2A-like SAFE products (JP2 at 10/20/60 m, UTM, SCL, MTD with
+offsets, clouds over part of the scene), S1 VV/VH GeoTIFFs in EPSG:4326 (dB, nodata, partial
+overlap, a couple of days later) and a land-cover raster.
+
+Labels need both sensors: urban vs arable and water vs wetland share one optical spectrum
+and differ only in backscatter; broad-leaved vs coniferous forest share backscatter and differ
+only optically; clouds hide the optical signal. Sites are regions with different class mixes.
+Same seed, same bytes (no clock time is written anywhere).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.transform import from_origin
+from rasterio.warp import transform as warp_points
+from rasterio.warp import transform_bounds
+
+from .bands import S2_ALL_BANDS, S2_BANDS, S2_RESOLUTION_M
+
+CLASSES = ("Urban fabric", "Arable land", "Broad-leaved forest", "Coniferous forest", "Inland waters",
+           "Inland wetlands")
+CLASS_VALUES = (1, 2, 3, 4, 5, 6)  # values in the label rasters
+_BARE = (0.12, 0.14, 0.17, 0.21, 0.23, 0.24, 0.25, 0.27, 0.28, 0.28, 0.32, 0.28)
+_BROAD = (0.03, 0.05, 0.08, 0.04, 0.11, 0.29, 0.36, 0.40, 0.42, 0.41, 0.21, 0.10)
+_CONIF = (0.02, 0.03, 0.05, 0.03, 0.07, 0.17, 0.21, 0.23, 0.24, 0.24, 0.12, 0.05)
+_WATER = (0.06, 0.07, 0.06, 0.04, 0.03, 0.02, 0.02, 0.02, 0.02, 0.01, 0.01, 0.005)
+SPECTRA = np.array([_BARE, _BARE, _BROAD, _CONIF, _WATER, _WATER], np.float32)  # optical: 4 distinct looks
+BACKSCATTER_DB = np.array([[-2.0, -9.0], [-13.0, -20.0], [-8.0, -14.0], [-8.0, -14.0], [-22.0, -29.0],
+                           [-5.0, -17.0]], np.float32)  # VV, VH: 5 distinct looks
+SCL_OF_CLASS = np.array([5, 5, 4, 4, 6, 6], np.uint8)
+SITE_MIXES = ([4, 3, 2, 1, 1, 1], [1, 1, 1, 3, 2, 3])
+UTM = "EPSG:32632"
+ENL = 10.0  # equivalent number of looks of the speckle
+
+
+def _labels(rng, n: int, mix) -> np.ndarray:
+    seeds = max(6, int(2.5 * (n / 32) ** 2))
+    pts = rng.uniform(0, n, (seeds, 2))
+    cls = rng.choice(len(CLASSES), seeds, p=np.asarray(mix, float) / np.sum(mix))
+    yy, xx = np.mgrid[:n, :n].astype(np.float32) + 0.5
+    d = (yy[None] - pts[:, 0, None, None]) ** 2 + (xx[None] - pts[:, 1, None, None]) ** 2
+    return cls[d.argmin(0)].astype(np.uint8)
+
+
+def _clouds(rng, n: int, cover: float) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[:n, :n].astype(np.float32)
+    core = np.zeros((n, n), bool)
+    edge = np.zeros((n, n), bool)
+    while core.mean() < cover:
+        cy, cx, r = rng.uniform(0, n), rng.uniform(0, n), rng.uniform(n / 12, n / 6)
+        d = np.hypot(yy - cy, xx - cx)
+        core |= d < r
+        edge |= d < 1.25 * r
+    return core, edge & ~core
+
+
+def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
+    if f == 1:
+        return a
+    n = -(-a.shape[0] // f) * f
+    pad = np.pad(a, ((0, n - a.shape[0]), (0, n - a.shape[1])), mode="edge")
+    return pad.reshape(n // f, f, n // f, f).mean((1, 3))
+
+
+def _block_mode(a: np.ndarray, f: int) -> np.ndarray:
+    n = -(-a.shape[0] // f) * f
+    pad = np.pad(a, ((0, n - a.shape[0]), (0, n - a.shape[1])), mode="edge")
+    return pad.reshape(n // f, f, n // f, f)[:, 0, :, 0]  # top-left sample: deterministic, class-preserving
+
+
+def _write(path: Path, arr: np.ndarray, *, crs, transform, nodata=None, tags=None, jp2=False, descriptions=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = arr[None] if arr.ndim == 2 else arr
+    opts = dict(driver="JP2OpenJPEG", QUALITY=100, REVERSIBLE="YES") if jp2 else \
+        dict(driver="GTiff", tiled=True, blockxsize=128, blockysize=128, compress="deflate")
+    with rasterio.open(path, "w", width=arr.shape[2], height=arr.shape[1], count=arr.shape[0], dtype=arr.dtype,
+                       crs=crs, transform=transform, nodata=nodata, **opts) as dst:
+        dst.write(arr)
+        if tags:
+            dst.update_tags(**tags)
+        for i, d in enumerate(descriptions or []):
+            dst.set_band_description(i + 1, d)
+
+
+def _mtd(path: Path, when: datetime) -> None:
+    offsets = "\n".join(f'        <BOA_ADD_OFFSET band_id="{i}">-1000</BOA_ADD_OFFSET>' for i in range(len(S2_ALL_BANDS)))
+    path.write_text(f"""<?xml version="1.0" encoding="UTF-8"?>
+<n1:Level-2A_User_Product xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_Level-2A.xsd">
+  <n1:General_Info>
+    <Product_Info>
+      <PRODUCT_START_TIME>{when:%Y-%m-%dT%H:%M:%S}.024Z</PRODUCT_START_TIME>
+      <PROCESSING_LEVEL>Level-2A</PROCESSING_LEVEL>
+      <PRODUCT_TYPE>S2MSI2A</PRODUCT_TYPE>
+      <PROCESSING_BASELINE>05.09</PROCESSING_BASELINE>
+    </Product_Info>
+    <Product_Image_Characteristics>
+      <QUANTIFICATION_VALUES_LIST>
+        <BOA_QUANTIFICATION_VALUE unit="none">10000</BOA_QUANTIFICATION_VALUE>
+      </QUANTIFICATION_VALUES_LIST>
+      <BOA_ADD_OFFSET_VALUES_LIST>
+{offsets}
+      </BOA_ADD_OFFSET_VALUES_LIST>
+    </Product_Image_Characteristics>
+  </n1:General_Info>
+</n1:Level-2A_User_Product>
+""")
+
+
+def write_s2_safe(folder: Path, refl: np.ndarray, scl20: np.ndarray, *, x0: float, y0: float, when: datetime,
+                  tile: str = "32TMT") -> Path:
+    """An L2A SAFE-like product from 10 m reflectance ``[12, n, n]`` (bands are averaged to their resolution)."""
+    stamp = f"{when:%Y%m%dT%H%M%S}"
+    safe = folder / f"S2A_MSIL2A_{stamp}_N0509_R065_T{tile}_{stamp}.SAFE"
+    granule = safe / "GRANULE" / f"L2A_T{tile}_A000000_{stamp}" / "IMG_DATA"
+    for i, b in enumerate(S2_BANDS):
+        r = S2_RESOLUTION_M[b]
+        dn = np.clip(np.round(_block_mean(refl[i], r // 10) * 10000 + 1000), 1, 65535).astype(np.uint16)
+        _write(granule / f"R{r}m" / f"T{tile}_{stamp}_{b}_{r}m.jp2", dn, crs=UTM,
+               transform=from_origin(x0, y0, r, r), nodata=0, jp2=True)
+    _write(granule / "R20m" / f"T{tile}_{stamp}_SCL_20m.jp2", scl20, crs=UTM, transform=from_origin(x0, y0, 20, 20),
+           nodata=0, jp2=True)
+    _mtd(safe / "MTD_MSIL2A.xml", when)
+    return safe
+
+
+def write_s1(folder: Path, label: np.ndarray, rng, *, x0: float, y0: float, when: datetime, shift: float = 0.25,
+             res_deg: float = 0.00016, nodata_rows: float = 0.08) -> list[Path]:
+    """VV/VH dB GeoTIFFs in EPSG:4326 over the S2 footprint shifted east by ``shift`` of its width."""
+    n = label.shape[0]
+    w, s, e, nb = transform_bounds(UTM, "EPSG:4326", x0, y0 - 10 * n, x0 + 10 * n, y0)
+    dx = (e - w) * shift
+    w, e = w + dx, e + dx
+    cols, rows = int(np.ceil((e - w) / res_deg)), int(np.ceil((nb - s) / res_deg))
+    lon = w + (np.arange(cols) + 0.5) * res_deg
+    lat = nb - (np.arange(rows) + 0.5) * res_deg
+    lo, la = np.meshgrid(lon, lat)
+    xs, ys = warp_points("EPSG:4326", UTM, lo.ravel().tolist(), la.ravel().tolist())
+    c = np.floor((np.asarray(xs) - x0) / 10).astype(int).reshape(rows, cols)
+    r = np.floor((y0 - np.asarray(ys)) / 10).astype(int).reshape(rows, cols)
+    inside = (c >= 0) & (c < n) & (r >= 0) & (r < n)
+    cls = np.where(inside, label[np.clip(r, 0, n - 1), np.clip(c, 0, n - 1)], 1)  # outside S2: arable
+    stamp = f"{when:%Y%m%dT%H%M%S}"
+    out = []
+    for p, pol in enumerate(("VV", "VH")):
+        lin = 10 ** (BACKSCATTER_DB[cls, p] / 10) * rng.gamma(ENL, 1 / ENL, cls.shape)
+        db = (10 * np.log10(lin)).astype(np.float32)
+        db[: int(nodata_rows * rows)] = -9999.0  # a no-data border, as GRD products have
+        path = folder / f"S1A_IW_GRDH_1SDV_{stamp}_{pol}_db.tif"
+        _write(path, db, crs="EPSG:4326", transform=from_origin(w, nb, res_deg, res_deg), nodata=-9999.0,
+               tags={"UNITS": "dB", "ACQUISITION_TIME": f"{when:%Y-%m-%dT%H:%M:%S}", "POLARISATION": pol})
+        out.append(path)
+    return out
+
+
+def generate(root: str | Path, *, num_sites: int = 2, seed: int = 0, scenes_per_site: int = 2, size: int = 256,
+             patch_size: int = 64, cloud_cover: tuple[float, float] = (0.05, 0.25), s1_days_after: float = 2.0,
+             s1_shift: float = 0.2) -> list[Path]:
+    root = Path(root)
+    sites = []
+    for s in range(num_sites):
+        rng = np.random.default_rng([seed, s])
+        mix = SITE_MIXES[s] if s < len(SITE_MIXES) else rng.dirichlet(np.ones(len(CLASSES))) * 10 + 0.5
+        site = root / f"site-{s}"
+        for j in range(scenes_per_site):
+            x0, y0 = 300000.0 + 30000.0 * (s * scenes_per_site + j), 5000000.0 + 10000.0 * s
+            label = _labels(rng, size, mix)
+            when = datetime(2023, 6, 1, 10, 30, 31) + timedelta(days=11 * j + 3 * s)
+            refl = SPECTRA[label].transpose(2, 0, 1) + rng.normal(0, 0.012, (12, size, size)).astype(np.float32)
+            core, edge = _clouds(rng, size, rng.uniform(*cloud_cover))
+            refl[:, core] = 0.55 + rng.normal(0, 0.03, (12, int(core.sum()))).astype(np.float32)
+            refl[:, edge] = 0.5 * refl[:, edge] + 0.25
+            scl10 = SCL_OF_CLASS[label].copy()
+            scl10[edge], scl10[core] = 8, 9
+            safe = write_s2_safe(site / "s2", np.clip(refl, 0.0, 1.5), _block_mode(scl10, 2), x0=x0, y0=y0,
+                                 when=when, tile=f"32T{'MNPQRS'[s % 6]}{'TUVWXY'[j % 6]}")
+            write_s1(site / "s1", label, rng, x0=x0, y0=y0, when=when + timedelta(days=s1_days_after),
+                     shift=s1_shift)
+            _write(site / "labels" / f"{safe.stem}_landcover.tif", np.asarray(CLASS_VALUES, np.uint8)[label],
+                   crs=UTM, transform=from_origin(x0, y0, 10, 10), nodata=0)
+        (site / "classes.json").write_text(json.dumps({"names": list(CLASSES), "values": list(CLASS_VALUES)},
+                                                      indent=1) + "\n")
+        (site / "dataset.json").write_text(json.dumps({"patch_size": patch_size}) + "\n")
+        sites.append(site)
+    return sites
