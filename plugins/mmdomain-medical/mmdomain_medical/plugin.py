@@ -1,0 +1,165 @@
+"""The medical plugin: everything it contributes, through mmdomain's hooks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmdomain import (DatasetSpec, EncoderSpec, ModalitySpec, SyntheticSpec, TokenizerSpec, hookimpl)
+
+from .facts import CHEXPERT_LABELS, DICOM_SUFFIXES
+
+# Federated-safe default: the core ``hashing`` tokenizer gives identical ids at every site.
+DEFAULT_MODEL = {
+    "modalities": ["dicom_image", "report"],
+    "encoders": {"dicom_image": {"name": "monai_resnet", "options": {"out_dim": 128}},
+                 "report": {"name": "bert_text", "options": {"out_dim": 128}}},
+    "tokenizers": {"report": {"name": "hashing", "options": {"buckets": 4096}}},
+    "fusion": {"name": "concat", "options": {"out_dim": 128}},
+    "task": {"name": "multilabel", "options": {"num_labels": len(CHEXPERT_LABELS), "labels": list(CHEXPERT_LABELS)}},
+    "modality_dropout": 0.1,
+    "max_text_length": 64,
+}
+
+
+def _load_image(path: Path):
+    from .dataset import image_tensor
+
+    from .deid import DEFAULT_KEY
+
+    return image_tensor(Path(path), size=128, window=None, key=DEFAULT_KEY, burned_in="refuse")
+
+
+def _load_volume(path: Path):
+    import torch
+
+    from .dicom_read import normalise, read_dicom
+    from .series import load_series
+
+    path = Path(path)
+    img = load_series(path) if path.is_dir() else read_dicom(path)
+    x = normalise(img)
+    return torch.from_numpy(x if x.ndim == 4 else x[:, None])
+
+
+def _load_report(path: Path) -> str:
+    from .reports import read_text_report, scrub_text
+    from .sr import read_sr
+
+    path = Path(path)
+    return scrub_text(read_sr(path) if path.suffix.lower() in DICOM_SUFFIXES else read_text_report(path))
+
+
+def _build_dataset(root, split="train", **options):
+    from .dataset import MedicalDataset
+
+    return MedicalDataset(root, split, **options)
+
+
+def _describe(dataset):
+    from .dataset import describe
+
+    return describe(dataset)
+
+
+def _generate(root, *, num_sites=2, seed=0, **options):
+    from .synthetic import generate
+
+    return generate(root, num_sites=num_sites, seed=seed, **options)
+
+
+def _resnet(modality, **options):
+    from .encoders import MonaiResNetEncoder
+
+    return MonaiResNetEncoder(modality, **options)
+
+
+def _densenet(modality, **options):
+    from .encoders import MonaiDenseNetEncoder
+
+    return MonaiDenseNetEncoder(modality, **options)
+
+
+def _bert(modality, **options):
+    from .encoders import BertTextEncoder
+
+    return BertTextEncoder(modality, **options)
+
+
+def _wordpiece(**options):
+    from .tokenizer import WordPieceTokenizer
+
+    return WordPieceTokenizer(**options)
+
+
+def _wordpiece_fit(texts, **options):
+    from .tokenizer import WordPieceTokenizer
+
+    return WordPieceTokenizer.fit(texts, **options)
+
+
+@hookimpl
+def register_modalities(register):
+    register(ModalitySpec("dicom_image", "image", channels=1, loader=_load_image, extensions=DICOM_SUFFIXES,
+                          description="2D DICOM image (CR/DX), de-identified, [0,1], MONOCHROME1 inverted"))
+    register(ModalitySpec("dicom_volume", "volume", channels=1, loader=_load_volume,
+                          description="CT/MR series or multi-frame DICOM as [1, D, H, W]"))
+    register(ModalitySpec("report", "text", loader=_load_report,
+                          description="radiology report text, PHI-scrubbed; sections chosen by report_sections"))
+
+
+@hookimpl
+def register_encoders(register):
+    register(EncoderSpec("monai_resnet", ("image", "volume"), _resnet, out_dim=128,
+                         description="MONAI ResNet (basic blocks 1-1-1-1, widths 16..128, GroupNorm), 2D or 3D"))
+    register(EncoderSpec("monai_densenet", ("image", "volume"), _densenet, out_dim=128,
+                         description="small MONAI DenseNet (GroupNorm), 2D or 3D"))
+    register(EncoderSpec("bert_text", ("text",), _bert, out_dim=128,
+                         description="BERT-like encoder: local dir via path=, else tiny random BertConfig (2x128)"))
+
+
+@hookimpl
+def register_tokenizers(register):
+    register(TokenizerSpec("wordpiece", _wordpiece, fit=_wordpiece_fit,
+                           description="WordPiece fitted on the site's scrubbed reports, or path= a local tokenizer"))
+
+
+@hookimpl
+def register_datasets(register):
+    register(DatasetSpec("medical", ("dicom_image", "report"), _build_dataset, default_model=DEFAULT_MODEL,
+                         describe=_describe,
+                         description="DICOM chest X-ray + report per study (MIMIC-CXR layout, SR, OpenI XML, "
+                                     "manifest); CheXpert 14 labels; options report_sections, uncertain, "
+                                     "image_size, window, cache, burned_in"))
+
+
+@hookimpl
+def register_synthetic(register):
+    register(SyntheticSpec("medical", "medical", _generate, quick_options={"studies_per_site": 24},
+                           description="seeded chest X-ray sites: real DICOM (vendor mix, RLE/J2K), "
+                                       "MIMIC-style reports with fake PHI, labels needing image AND text"))
+
+
+@hookimpl
+def detect_modality(path: Path):
+    path = Path(path)
+    if path.is_dir():
+        return None
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        try:
+            from .dicom_read import read_header
+            from .sr import is_sr
+
+            ds = read_header(path, stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - not ours
+            return None
+        if is_sr(ds):
+            return "report"
+        return "dicom_volume" if int(ds.get("NumberOfFrames", 1) or 1) > 1 else "dicom_image"
+    return None
+
+
+@hookimpl
+def register_commands(cli):
+    from .commands import medical
+
+    cli.add_command(medical)

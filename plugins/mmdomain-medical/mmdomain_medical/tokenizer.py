@@ -1,0 +1,80 @@
+"""``wordpiece``: a WordPiece tokenizer (HF ``tokenizers``) fitted on the site's own scrubbed
+reports (``fit`` returns the vocabulary as options), or loaded from a local tokenizer
+directory / ``tokenizer.json`` (``path=``).
+
+Federated note: a vocabulary fitted per site gives each site different token ids, so the
+medical dataset's default model uses the core ``hashing`` tokenizer (identical at every
+site, nothing to share). Use ``wordpiece`` with a vocabulary fixed in the config (fitted
+once, or ``path=`` to a shared tokenizer) when the sites must agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from mmdomain import ConfigError
+
+SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def _pipeline(tok):
+    from tokenizers import normalizers, pre_tokenizers
+
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    return tok
+
+
+class WordPieceTokenizer:
+    def __init__(self, vocab: list[str] | None = None, path: str | None = None):
+        from tokenizers import Tokenizer
+        from tokenizers.models import WordPiece
+
+        self.vocab, self.path = vocab, path
+        if path:
+            p = Path(path)
+            f = p / "tokenizer.json" if p.is_dir() else p
+            if f.is_file():
+                self.tok = Tokenizer.from_file(str(f))
+            elif (p / "vocab.txt").is_file():
+                words = [w.rstrip("\n") for w in (p / "vocab.txt").read_text(encoding="utf-8").splitlines()]
+                self.tok = _pipeline(Tokenizer(WordPiece({w: i for i, w in enumerate(words)}, unk_token="[UNK]")))
+            else:
+                raise ConfigError(f"wordpiece: {path} holds no tokenizer.json or vocab.txt (nothing is downloaded)")
+        elif vocab:
+            self.tok = _pipeline(Tokenizer(WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]")))
+        else:
+            raise ConfigError("wordpiece: give vocab= (from fit) or path= (a local tokenizer directory)")
+        self.pad_id = self.tok.token_to_id("[PAD]") if self.tok.token_to_id("[PAD]") is not None else 0
+        self.cls_id = self.tok.token_to_id("[CLS]")
+        self.vocab_size = self.tok.get_vocab_size()
+
+    @staticmethod
+    def fit(texts: Iterable[str], vocab_size: int = 2000, min_frequency: int = 2, **_: Any) -> dict[str, Any]:
+        from tokenizers import Tokenizer
+        from tokenizers.models import WordPiece
+        from tokenizers.trainers import WordPieceTrainer
+
+        tok = _pipeline(Tokenizer(WordPiece(unk_token="[UNK]")))
+        trainer = WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIALS))
+        tok.train_from_iterator([t for t in texts if t], trainer=trainer)
+        vocab = tok.get_vocab()
+        return {"vocab": sorted(vocab, key=vocab.get)}
+
+    def __call__(self, texts: Sequence[str], max_length: int = 128) -> Tensor:
+        encs = self.tok.encode_batch([t or "" for t in texts])
+        rows = [([self.cls_id] if self.cls_id is not None else []) + e.ids for e in encs]
+        width = max(1, min(max_length, max(len(r) for r in rows) if rows else 1))
+        out = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        for i, r in enumerate(rows):
+            r = r[:width]
+            if r:
+                out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        return out
+
+    def config(self) -> dict[str, Any]:
+        return {"path": self.path} if self.path else {"vocab": self.vocab}

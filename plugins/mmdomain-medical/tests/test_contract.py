@@ -1,0 +1,5 @@
+from mmdomain.testing import PluginContract
+
+
+class TestContract(PluginContract):
+    plugin_name = "medical"
