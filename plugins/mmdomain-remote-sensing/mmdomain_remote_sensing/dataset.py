@@ -213,13 +213,14 @@ class SceneFolderDataset(torch.utils.data.Dataset):
         vrt = warped(scene.label, scene.grid, resampling=Resampling.nearest, nodata=IGNORE, dtype="uint8")
         return self._lut[vrt.read(1, window=window)]
 
-    def _sample(self, p: Patch) -> Sample:
+    def _sample(self, p: Patch, read: dict[str, Any] | None = None) -> Sample:
         inputs: dict[str, torch.Tensor] = {}
+        read = read or {}
         if "s2" not in p.absent:
-            refl, _, _ = self._read("s2", p.scene, p.window)
+            refl = read["s2"] if "s2" in read else self._read("s2", p.scene, p.window)[0]
             inputs["s2"] = torch.from_numpy(np.ascontiguousarray(refl))
         if "s1" not in p.absent:
-            db, _ = self._read("s1", p.scene, p.window)
+            db = read["s1"] if "s1" in read else self._read("s1", p.scene, p.window)[0]
             inputs["s1"] = torch.from_numpy(np.ascontiguousarray(db))
         return Sample(inputs, self._target(p), self._meta(p))
 
@@ -243,9 +244,9 @@ class SceneFolderDataset(torch.utils.data.Dataset):
     def __getitem__(self, index) -> Sample:
         if isinstance(index, (int, np.integer)):
             return self._sample(self.patches[index])
-        return self._sample(self._patch_at(index))
+        return self._sample(*self._patch_at(index))
 
-    def _patch_at(self, index) -> Patch:
+    def _patch_at(self, index) -> tuple[Patch, dict[str, Any]]:
         """A patch for a torchgeo-style ``(x, y[, t])`` slice, availability decided from its own pixels."""
         if isinstance(index, slice):
             index = (index,)
@@ -269,15 +270,17 @@ class SceneFolderDataset(torch.utils.data.Dataset):
                 elif cloud > self.max_cloud:
                     absent["s2"] = f"S2 cloud fraction {cloud:.0%} > max_cloud {self.max_cloud:.0%}"
                 v1 = 0.0
+                read = {"s2": refl}  # the pixels read to decide availability are the sample's pixels
                 if s.s1 is None:
                     absent["s1"] = s.s1_reason
                 else:
-                    v1 = float(read_s1(s.s1, g, win)[1].mean())
+                    read["s1"], ok1 = read_s1(s.s1, g, win)
+                    v1 = float(ok1.mean())
                     if v1 < self.min_valid:
                         absent["s1"] = f"only {v1:.0%} of the patch has valid S1 pixels"
                 if len(absent) == 2:
                     raise DataError(f"no usable modality at {want}: {absent}")
-                return Patch(k, win, g.window_bounds(win), "all", cloud, v2, v1, absent)
+                return Patch(k, win, g.window_bounds(win), "all", cloud, v2, v1, absent), read
         raise DataError(f"bounds {want} (CRS {self.crs.to_string()}) are not inside any scene of {self.root}; "
                         f"dataset extent x {full[0].start:.1f}..{full[0].stop:.1f}, y {full[1].start:.1f}.."
                         f"{full[1].stop:.1f}")

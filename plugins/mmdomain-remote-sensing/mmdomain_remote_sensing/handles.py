@@ -12,7 +12,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.vrt import WarpedVRT
 
@@ -38,7 +42,7 @@ def close_all() -> None:
     """Close this process's handles, VRTs before their sources, while GDAL is still alive
     (left to interpreter shutdown, their destructors raised inside sys.excepthook)."""
     table = _cache.pop(os.getpid(), {})
-    for key in sorted(table, key=lambda k: k[0] != "vrt"):
+    for key in sorted(table, key=lambda k: (k[0] != "vrt", len(k) > 2 and k[2] == "gcp")):  # grid VRTs, GCP VRTs, sources
         try:
             table[key].close()
         except Exception:  # noqa: BLE001 - best effort at exit
@@ -70,6 +74,25 @@ def source_crs(src) -> Any:
                     "(georeference it, e.g. `gdal_edit.py -a_srs EPSG:... -a_ullr ...`)")
 
 
+def gcp_transform(src, tolerance_px: float = 0.05):
+    """The affine transform the GCPs of ``src`` describe, or None when they bend more than
+    ``tolerance_px`` source pixels away from any affine (then GDAL's GCP transformer is needed)."""
+    gcps, _ = src.gcps
+    if len(gcps) < 3:
+        return None
+    pix = np.array([[g.col, g.row, 1.0] for g in gcps])
+    xy = np.array([[g.x, g.y] for g in gcps])
+    coef, *_ = np.linalg.lstsq(pix, xy, rcond=None)
+    (a, d), (b, e), (c, f) = coef
+    if abs(a * e - b * d) < 1e-30:
+        return None
+    resid = np.abs(pix @ coef - xy)
+    px = np.array([np.hypot(a, d), np.hypot(b, e)])  # pixel size along x and y
+    if resid.size and (resid / px).max() > tolerance_px:
+        return None
+    return Affine(a, b, c, d, e, f)
+
+
 def warped(path: str | Path, grid, *, resampling, nodata: float | None = None, src_nodata: float | None = None,
            dtype: str = "float32"):
     """A WarpedVRT of ``path`` onto ``grid`` (cached per process); reads are windows of the grid."""
@@ -78,17 +101,44 @@ def warped(path: str | Path, grid, *, resampling, nodata: float | None = None, s
     vrt = table.get(key)
     if vrt is None:
         src = open_raster(path)
-        source_crs(src)
+        crs = source_crs(src)
         kw: dict[str, Any] = {}
+        base = src
+        if src.crs is None:
+            # GCP-only (e.g. S1 GRD): rasterio's WarpedVRT ignores GCPs when the output grid is given
+            # (it warps from the identity pixel transform). GCPs that describe an affine become the
+            # source transform; otherwise GDAL's GCP transformer warps onto the grid's CRS first
+            # (nearest, near the source resolution) and that VRT is then resampled onto the grid.
+            fitted = gcp_transform(src)
+            if fitted is not None:
+                kw.update(src_crs=crs, src_transform=fitted)
+            else:
+                base = _gcp_vrt(path, src, grid.crs, src_nodata)
         if src_nodata is not None:
             kw["src_nodata"] = src_nodata
         if nodata is not None:
             kw["nodata"] = nodata
         try:
-            vrt = WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+            vrt = WarpedVRT(base, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
                             resampling=resampling, dtype=dtype, **kw)
         except Exception as exc:  # noqa: BLE001 - GDAL's reasons are varied; say which file
             raise DataError(f"{path}: cannot be warped onto {grid.describe()} ({exc})") from None
+        table[key] = vrt
+    return vrt
+
+
+def _gcp_vrt(path, src, crs, src_nodata):
+    key = ("vrt", str(path), "gcp", CRS.from_user_input(crs).to_string(), src_nodata)
+    table = _table()
+    vrt = table.get(key)
+    if vrt is None:
+        kw: dict[str, Any] = {"nodata": np.nan if src_nodata is None else src_nodata}
+        if src_nodata is not None:
+            kw["src_nodata"] = src_nodata
+        try:
+            vrt = WarpedVRT(src, crs=crs, resampling=Resampling.nearest, dtype="float32", **kw)
+        except Exception as exc:  # noqa: BLE001
+            raise DataError(f"{path}: its ground control points cannot be used ({exc})") from None
         table[key] = vrt
     return vrt
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mmdomain import DatasetSpec, EncoderSpec, ModalitySpec, SyntheticSpec, hookimpl
 
-from .bands import S1_POLARISATIONS, S2_BANDS
+from .bands import BIGEARTHNET19, S1_POLARISATIONS, S2_BANDS, SEN12MS_CLASSES
 from .synthetic import CLASSES
 
 DEFAULT_MODEL = {
@@ -38,10 +38,11 @@ def _load_s1(path: Path):
     path = Path(path)
     files = [f for f in path.parent.glob(path.name.replace(polarisation_of(path) or "", "*")) if polarisation_of(f)]
     acq = open_s1(files or [path])
-    from .handles import open_raster
+    from .handles import gcp_transform, open_raster
 
     src = open_raster(next(iter(acq.files.values())))
-    res = abs(src.transform.a) if src.crs is not None else 10.0
+    t = src.transform if src.crs is not None else gcp_transform(src, tolerance_px=1e9)
+    res = abs(t.a) if t is not None else 10.0
     db, _ = read_s1(acq, Grid(acq.crs, res, acq.bounds))
     return torch.from_numpy(db)
 
@@ -50,6 +51,29 @@ def _build_scenes(root, split="train", **options):
     from .dataset import SceneFolderDataset
 
     return SceneFolderDataset(root, split, **options)
+
+
+def _model_for(task: dict) -> dict:
+    m = {k: v for k, v in DEFAULT_MODEL.items() if k != "task"}
+    return {**m, "task": task}
+
+
+# Suggested models (not declared as DatasetSpec.default_model: the contract then requires a synthetic
+# generator for the layout, which these two do not have yet).
+BIGEARTHNET_MODEL = _model_for({"name": "multilabel", "options": {"num_labels": 19, "labels": list(BIGEARTHNET19)}})
+SEN12MS_MODEL = _model_for({"name": "multiclass", "options": {"num_classes": len(SEN12MS_CLASSES)}})
+
+
+def _build_bigearthnet(root, split="train", **options):
+    from .layouts.patches import BigEarthNetV2
+
+    return BigEarthNetV2(root, split, **options)
+
+
+def _build_sen12ms(root, split="train", **options):
+    from .layouts.patches import SEN12MS
+
+    return SEN12MS(root, split, **options)
 
 
 def _describe(dataset):
@@ -100,6 +124,14 @@ def register_datasets(register):
                          description="S2 L2A + S1 scene folder, co-registered on the fly, paired in time; "
                                      "options: task=multilabel|segmentation|contrastive, patch_size, max_cloud, "
                                      "time_tolerance_days, s1_units, res, crs"))
+    register(DatasetSpec("bigearthnet_v2", ("s1", "s2"), _build_bigearthnet,
+                         description="BigEarthNet v2 / reBEN: S2 L2A patch folders (per-band GeoTIFFs at 10/20/60 m) "
+                                     "+ S1 VV/VH, metadata.parquet; 19-class multilabel; S1 absent when unpaired; "
+                                     "options: s2_offset (default 0, pre-04.00), s2_dir, s1_dir, metadata"))
+    register(DatasetSpec("sen12ms", ("s1", "s2"), _build_sen12ms,
+                         description="SEN12MS ROI folders: S1 (VV, VH dB), S2 L1C 13 bands (B10 dropped -> 12, "
+                                     "DN/10000, TOA), IGBP simplified to 10 classes; options: "
+                                     "task=multiclass (majority)|segmentation|contrastive"))
 
 
 @hookimpl

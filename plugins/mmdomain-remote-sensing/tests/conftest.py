@@ -59,7 +59,8 @@ def s1_pair(folder, when="20230603T053000", res=0.00013, shift=(0.0, 0.0), units
         kw = {}
         if gcps:
             from rasterio.control import GroundControlPoint as G
-            kw["gcps"] = [G(0, 0, w, n), G(0, cols, e, n), G(rows, 0, w, s), G(rows, cols, e, s)]
+            e2, s2 = w + cols * res, n - rows * res  # the same georeferencing as the transform below
+            kw["gcps"] = [G(0, 0, w, n), G(0, cols, e2, n), G(rows, 0, w, s2), G(rows, cols, e2, s2)]
         out.append(write(Path(folder) / f"S1A_IW_GRDH_{when}_{pol}.tif", arr, crs,
                          from_origin(w, n, res, res), nodata=nodata, tags=tags, **kw))
     return out
