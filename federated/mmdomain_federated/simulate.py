@@ -1,0 +1,101 @@
+"""Run the app in Flower's local simulation (Ray) with a private FLWR_HOME, and stop the
+local SuperLink that ``flwr run`` leaves behind (by its PID, found through our own FLWR_HOME)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+APP_DIR = Path(__file__).resolve().parents[1]
+FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+              "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return '"' + str(v).replace('"', '\\"') + '"'
+
+
+def run_config_arg(config: dict[str, Any]) -> str:
+    return " ".join(f"{k}={_toml_value(v)}" for k, v in config.items())
+
+
+def write_flwr_home(home: Path, num_sites: int, *, num_cpus: float = 1, num_gpus: float = 0.0) -> Path:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(f"""[superlink]
+default = "local"
+
+[superlink.local]
+address = ":local:"
+options.num-supernodes = {num_sites}
+options.backend.client-resources.num-cpus = {num_cpus}
+options.backend.client-resources.num-gpus = {num_gpus}
+""")
+    return home
+
+
+def _pids_using(path_fragment: str) -> list[int]:
+    """PIDs of processes whose command line contains our private FLWR_HOME path."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if path_fragment in cmd and "flower-superlink" in cmd:
+            pids.append(int(entry.name))
+    return pids
+
+
+def stop_local_superlink(home: Path) -> list[int]:
+    pids = _pids_using(str(home))
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGTERM)  # detached: its own process group (Ray, flwr-simulation too)
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.time() + 10
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        if Path(f"/proc/{pid}").exists():
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    return pids
+
+
+def run_simulation(num_sites: int, run_config: dict[str, Any], *, flwr_home: Path | None = None,
+                   num_cpus: float = 1, num_gpus: float = 0.0, timeout: float = 900,
+                   app_dir: Path = APP_DIR, port_base: int | None = None) -> subprocess.CompletedProcess:
+    """``flwr run <app> local --stream`` with a temp FLWR_HOME; always stops the SuperLink."""
+    home = flwr_home or Path(tempfile.mkdtemp(prefix="mmdomain-flwr-home-"))
+    write_flwr_home(home, num_sites, num_cpus=num_cpus, num_gpus=num_gpus)
+    env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(home),
+           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+    if port_base:
+        env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(port_base)
+        env["FLWR_LOCAL_CONTROL_API_PORT"] = str(port_base + 2)
+    flwr = str(Path(sys.executable).with_name("flwr"))
+    cmd = [flwr, "run", str(app_dir), "local", "--stream"]
+    if run_config:
+        cmd += ["--run-config", run_config_arg(run_config)]
+    try:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=str(app_dir))
+    finally:
+        stop_local_superlink(home)
