@@ -179,12 +179,21 @@ def _update(model: FusionModel, metrics, output, target, present) -> None:
 
 
 def _compute(metrics) -> dict[str, float]:
-    if not any(getattr(m, "update_count", 1) for m in metrics.values()):
-        return {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. AUROC on a pattern with no positives
-        values = metrics.compute()
-    return {k: round(float(v), 6) for k, v in values.items() if math.isfinite(float(v))}
+    """Each metric on its own: one that is undefined on these rows (e.g. average precision of a
+    label whose targets are all unknown, which torchmetrics cannot compute) is left out, not fatal."""
+    out: dict[str, float] = {}
+    for name, metric in metrics.items():
+        if not getattr(metric, "update_count", 1):
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. AUROC on a pattern with no positives
+            try:
+                value = float(metric.compute())
+            except (IndexError, RuntimeError, ValueError):
+                continue
+        if math.isfinite(value):
+            out[name] = round(value, 6)
+    return out
 
 
 # -- a whole run ------------------------------------------------------------------------------

@@ -95,3 +95,33 @@ def test_segmentation_model_with_text_broadcast(register_plugin):
     out = model(batch)
     assert out.output.shape == (2, 3, 8, 8)
     model.loss(out, batch).backward()
+
+
+def test_metrics_undefined_on_a_subset_are_left_out_not_fatal():
+    from mmdomain.training import _compute
+
+    task = MultilabelTask(8, {}, num_labels=3)
+    metrics = task.make_metrics()
+    metrics.update(*task.metric_inputs(torch.randn(2, 3), torch.tensor([[-1, 1, 0], [-1, 0, 1]]), {}))
+    values = _compute(metrics)  # label 0 is never known: torchmetrics' multilabel AUROC/AP raise on it
+    assert set(values) == {"macro_auroc", "macro_ap", "macro_f1"}
+
+
+def test_known_label_macro_matches_per_label_auroc():
+    def roc_auc_score(t, p):  # probability that a positive outranks a negative (Mann-Whitney)
+        pos, neg = p[t == 1], p[t == 0]
+        return float(((pos[:, None] > neg[None, :]).float().mean()))
+
+    from mmdomain.tasks.classification import KnownLabelMacro
+    from torchmetrics.functional.classification import binary_auroc
+
+    g = torch.Generator().manual_seed(0)
+    preds, target = torch.rand(40, 3, generator=g), torch.randint(0, 2, (40, 3), generator=g)
+    target[:10, 1] = -1
+    target[:, 2] = 0  # never positive: undefined, left out of the macro mean
+    metric = KnownLabelMacro(binary_auroc)
+    metric.update(preds[:20], target[:20])
+    metric.update(preds[20:], target[20:])
+    keep = target[:, 1] >= 0
+    expected = (roc_auc_score(target[:, 0], preds[:, 0]) + roc_auc_score(target[keep, 1], preds[keep, 1])) / 2
+    assert float(metric.compute()) == pytest.approx(expected, abs=1e-6)

@@ -10,21 +10,50 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassAUROC,
     MulticlassF1Score,
-    MultilabelAUROC,
-    MultilabelAveragePrecision,
     MultilabelF1Score,
 )
+from torchmetrics.functional.classification import binary_auroc, binary_average_precision
 
 from .base import Task
 
 
 def _pool(x: Tensor) -> Tensor:
     return x.flatten(2).mean(-1) if x.dim() > 2 else x
+
+
+class KnownLabelMacro(Metric):
+    """Macro average of a binary metric over the labels that are defined on the rows seen:
+    those with at least one known positive and one known negative (targets of -1 are unknown).
+    torchmetrics' multilabel AUROC/AP fail outright when one label is never known."""
+
+    full_state_update = False
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+        self.add_state("preds", default=[], dist_reduce_fx="cat")
+        self.add_state("target", default=[], dist_reduce_fx="cat")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        self.preds.append(preds.detach().float())
+        self.target.append(target.detach().long())
+
+    def compute(self) -> Tensor:
+        if not self.preds:
+            return torch.tensor(float("nan"))
+        preds, target = torch.cat(self.preds), torch.cat(self.target)
+        values = []
+        for j in range(target.shape[1]):
+            known = target[:, j] >= 0
+            t = target[known, j]
+            if t.numel() and bool((t == 1).any()) and bool((t == 0).any()):
+                values.append(self.fn(preds[known, j], t))
+        return torch.stack(values).mean() if values else torch.tensor(float("nan"))
 
 
 class MulticlassTask(Task):
@@ -91,8 +120,8 @@ class MultilabelTask(Task):
         n = self.num_labels
         return MetricCollection(
             {
-                "macro_auroc": MultilabelAUROC(n, average="macro", ignore_index=-1),
-                "macro_ap": MultilabelAveragePrecision(n, average="macro", ignore_index=-1),
+                "macro_auroc": KnownLabelMacro(binary_auroc),
+                "macro_ap": KnownLabelMacro(binary_average_precision),
                 "macro_f1": MultilabelF1Score(n, average="macro", ignore_index=-1),
             }
         )
