@@ -75,4 +75,7 @@ def fed_deploy(sites: int, rounds: int, work: Path | None, sets: tuple[str, ...]
 
 @hookimpl
 def register_commands(cli):
+    from .demo import demo
+
     cli.add_command(fed, name="fed")
+    cli.add_command(demo, name="demo")  # the full demo; the core's local-only demo steps aside

@@ -80,6 +80,25 @@ def stop_local_superlink(home: Path) -> list[int]:
     return pids
 
 
+def free_port_base(tries: int = 50) -> int:
+    """A port p with p and p + 2 free on 127.0.0.1 (the local SuperLink's HTTP and control APIs),
+    so simulations started side by side (a notebook while the demo runs) do not collide on
+    Flower's fixed defaults (39091/39093)."""
+    import random
+    import socket
+
+    for _ in range(tries):
+        p = random.randint(20000, 60000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", p))
+                b.bind(("127.0.0.1", p + 2))
+            return p
+        except OSError:
+            continue
+    raise OSError("no free pair of loopback ports for the local SuperLink")
+
+
 def run_simulation(num_sites: int, run_config: dict[str, Any], *, flwr_home: Path | None = None,
                    num_cpus: float = 1, num_gpus: float = 0.0, timeout: float = 900,
                    app_dir: Path = APP_DIR, port_base: int | None = None) -> subprocess.CompletedProcess:
@@ -88,6 +107,7 @@ def run_simulation(num_sites: int, run_config: dict[str, Any], *, flwr_home: Pat
     write_flwr_home(home, num_sites, num_cpus=num_cpus, num_gpus=num_gpus)
     env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(home),
            "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+    port_base = port_base or free_port_base()
     if port_base:
         env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(port_base)
         env["FLWR_LOCAL_CONTROL_API_PORT"] = str(port_base + 2)

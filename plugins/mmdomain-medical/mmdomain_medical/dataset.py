@@ -6,6 +6,23 @@ OpenI XML reports, or a ``manifest.csv`` / ``manifest.parquet`` (columns ``path`
 ``report`` or ``report_path``, optional ``study``, ``split`` and label columns).
 Headers are read through the de-identifying reader; report text is scrubbed (regex +
 the study header's own PHI values) before a section is selected.
+
+What can leave the loader (the contract ``tests/test_deid_phi.py`` checks): pixels (after
+the BurnedInAnnotation refuse/warn policy), the scrubbed text of the chosen sections, and
+``Sample.meta`` built from a whitelist of acquisition facts (modality, manufacturer,
+photometric, spacing, view, bits, transfer syntax) plus keyed pseudonyms; no header value
+outside that whitelist, no path of a study, no UID. Errors name the file and the reason,
+never a header value or report text.
+
+Limits of the text scrubbing (documented, not solved):
+- report-only studies get the PHI of the same patient's other studies in this dataset
+  (MIMIC layout: the subject folder) plus the patterns; a report-only patient with no
+  image anywhere is scrubbed by patterns only, so an untitled bare name ("seen with
+  Smith") can survive;
+- names of third parties never present in any header (family, other staff) are removed
+  only after a title or label ("Dr.", "discussed with", "signed by"...);
+- free-text dates/ages in unusual formats and rare identifiers (device serials in prose)
+  may survive; pixels are not OCR-scrubbed (BurnedInAnnotation is trusted).
 """
 
 from __future__ import annotations
@@ -80,6 +97,10 @@ class MedicalDataset(torch.utils.data.Dataset):
         self.label_table: dict[str, dict[str, str]] = {}
         self.studies = self._index()
         self.studies = [s for s in self.studies if split == "all" or s.get("split") == split]
+        self._by_subject: dict[str, list[int]] = {}
+        for i, st in enumerate(self.studies):
+            if st.get("subject"):
+                self._by_subject.setdefault(st["subject"], []).append(i)
 
     # -- index ------------------------------------------------------------------------------
     def _index(self) -> list[dict]:
@@ -92,7 +113,7 @@ class MedicalDataset(torch.utils.data.Dataset):
         out = []
         for st in index_tree(self.root):
             out.append({"images": sorted(st.images), "report": st.report, "report_kind": st.report_kind,
-                        "report_text": None, "key": st.key, "split": split_of(st.subject),
+                        "report_text": None, "key": st.key, "subject": st.subject, "split": split_of(st.subject),
                         "values": self.label_table.get(st.label_key) if st.label_key else None})
         if not out:
             raise MedicalDataError(self.root, "no DICOM image or report found under this folder")
@@ -127,6 +148,12 @@ class MedicalDataset(torch.utils.data.Dataset):
             if st["images"]:
                 ds = read_header(st["images"][0], stop_before_pixels=True)
                 meta, phi = safe_meta(ds, self.key), known_phi(ds)
+            else:  # a report-only study: the same patient's other studies name the PHI to scrub
+                found: set[str] = set()
+                for j in self._by_subject.get(st.get("subject") or "", []):
+                    if j != i and self.studies[j]["images"]:
+                        found.update(self._header_info(j)[1])
+                phi = sorted(found, key=len, reverse=True)
             self._header[i] = (meta, phi)
         return self._header[i]
 

@@ -1,8 +1,14 @@
 """Read one DICOM file into a float32 array (channel first) and a PHI-free meta dict.
 
-- Uncompressed little-endian pixel data is read straight from the file into numpy
-  (header parsed with ``defer_size`` so the pixel bytes are never read twice); every
-  compressed syntax goes through pydicom 3 and its pylibjpeg / openjpeg / RLE decoders.
+- The file is read once into memory and its header parsed by pydicom up to PixelData
+  (``stop_before_pixels``); uncompressed little-endian pixels are then viewed in place
+  with ``np.frombuffer`` (no copy), and every compressed syntax is decoded from the same
+  bytes by pydicom 3's ``pixels.pixel_array`` (pylibjpeg / openjpeg / RLE plugins).
+  A header handed in by the caller (``ds=``, parsed with ``defer_size``) reads the
+  pixels straight from the file offset instead.
+- pydicom's reading validation is silenced only while this module reads (its warnings
+  quote header values, i.e. PHI): ``pydicom.config`` is set and restored around each
+  call, never changed for other users at import.
 - Modality LUT (rescale slope/intercept or LUT sequence) is always applied; VOI LUT /
   window only when asked (``window="auto"`` uses the header's, or a preset name, or
   ``(centre, width)``).
@@ -15,7 +21,9 @@
 
 from __future__ import annotations
 
+import io
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +38,21 @@ from .deid import DEFAULT_KEY, pseudonym
 from .errors import MedicalDataError, library_failure
 from .facts import NATIVE_LITTLE_ENDIAN, SR_SOP_CLASSES, WINDOW_PRESETS
 
-# pydicom's reading-validation warnings quote header values (PHI): keep them out of logs.
-pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+@contextmanager
+def quiet_validation():
+    """pydicom's reading-validation warnings quote header values (PHI): keep them out of logs,
+    for the duration of our own reads only (restored afterwards; not thread-safe, like pydicom's
+    own settings object)."""
+    settings = pydicom.config.settings
+    before = settings.reading_validation_mode
+    settings.reading_validation_mode = pydicom.config.IGNORE
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        settings.reading_validation_mode = before
 
 PIXEL_DATA = 0x7FE00010
 _DEFER = 2048  # bytes: larger values (pixel data, big LUTs) are read only if used
@@ -55,20 +76,73 @@ def read_header(path: str | Path, *, stop_before_pixels: bool = False) -> Datase
     if not path.is_file():
         raise MedicalDataError(path, "is a folder, not a file" if path.is_dir() else "no such file")
     try:
-        try:
-            ds = pydicom.dcmread(path, defer_size=_DEFER, stop_before_pixels=stop_before_pixels)
-        except InvalidDicomError:
-            # no preamble/meta: some real files are like that; accept only if it parses as DICOM
-            # (not deferred: a deferred value is re-read later without force, which fails)
-            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
-            if "SOPClassUID" not in ds and PIXEL_DATA not in ds and "Modality" not in ds:
-                raise MedicalDataError(path, "not a DICOM file (no preamble, no DICOM attributes)") from None
-            _infer_transfer_syntax(ds)
+        with quiet_validation():
+            return _read_header(path, stop_before_pixels)
     except MedicalDataError:
         raise
     except Exception as exc:  # noqa: BLE001 - every library failure becomes our error, without its text
         raise library_failure(path, "DICOM header parse", exc) from None
+
+
+def _read_header(path: Path, stop_before_pixels: bool) -> Dataset:
+    try:
+        ds = pydicom.dcmread(path, defer_size=_DEFER, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        # no preamble/meta: some real files are like that; accept only if it parses as DICOM
+        # (not deferred: a deferred value is re-read later without force, which fails)
+        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+        if "SOPClassUID" not in ds and PIXEL_DATA not in ds and "Modality" not in ds:
+            raise MedicalDataError(path, "not a DICOM file (no preamble, no DICOM attributes)") from None
+        _infer_transfer_syntax(ds)
     return ds
+
+
+_STREAM_SYNTAXES = frozenset({"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})  # big endian, deflated
+_PIXEL_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
+
+
+def _read_in_memory(path: Path) -> tuple[Dataset, bytes, int] | None:
+    """(header, file bytes, offset of the PixelData element or -1), parsed once from memory;
+    None when the file needs the tolerant path (no preamble / file meta)."""
+    if not path.is_file():
+        raise MedicalDataError(path, "is a folder, not a file" if path.is_dir() else "no such file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise MedicalDataError(path, f"unreadable ({type(exc).__name__})") from None
+    bio = io.BytesIO(data)
+    try:
+        with quiet_validation():
+            ds = pydicom.dcmread(bio, stop_before_pixels=True)
+    except InvalidDicomError:
+        return None
+    except Exception as exc:  # noqa: BLE001
+        raise library_failure(path, "DICOM header parse", exc) from None
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta or str(meta.TransferSyntaxUID) in _STREAM_SYNTAXES:
+        return None  # no file meta, big endian or deflated: the general (deferred) path
+    pos = bio.tell()
+    if data[pos:pos + 2] == b"\xe0\x7f" and data[pos:pos + 4] != _PIXEL_TAG:
+        return None  # float / double float pixel data: the general path
+    return ds, data, pos if data[pos:pos + 4] == _PIXEL_TAG else -1
+
+
+def _native_from_bytes(ds: Dataset, data: bytes, pos: int, path: Path) -> np.ndarray | None:
+    """Uncompressed little-endian pixels viewed in ``data`` (no copy), or None if not eligible."""
+    ts = _tsyntax(ds)
+    if ts not in NATIVE_LITTLE_ENDIAN:
+        return None
+    implicit = ts == "1.2.840.10008.1.2"
+    if implicit:
+        length, offset = int.from_bytes(data[pos + 4:pos + 8], "little"), pos + 8
+    else:
+        if data[pos + 4:pos + 6] not in (b"OB", b"OW"):
+            return None
+        length, offset = int.from_bytes(data[pos + 8:pos + 12], "little"), pos + 12
+    if length == 0xFFFFFFFF:
+        return None
+    return _native_array(ds, path, length, lambda dtype, count: np.frombuffer(data, dtype, count, offset)
+                         if offset + count * dtype.itemsize <= len(data) else np.empty(0, dtype))
 
 
 def _infer_transfer_syntax(ds: Dataset) -> None:
@@ -142,6 +216,11 @@ def _fast_native(ds: Dataset, path: Path) -> np.ndarray | None:
     raw = ds.get_item(PIXEL_DATA, keep_deferred=True) if PIXEL_DATA in ds else None
     if raw is None or getattr(raw, "value", None) is not None or getattr(raw, "value_tell", None) is None:
         return None
+    return _native_array(ds, path, raw.length,
+                         lambda dtype, count: np.fromfile(path, dtype=dtype, count=count, offset=raw.value_tell))
+
+
+def _native_array(ds: Dataset, path: Path, length: int, read) -> np.ndarray | None:
     bits, samples = int(ds.get("BitsAllocated", 0) or 0), int(ds.get("SamplesPerPixel", 1) or 1)
     if bits not in (8, 16, 32) or samples not in (1, 3) or (samples == 3 and int(ds.get("PlanarConfiguration", 0) or 0)):
         return None
@@ -153,10 +232,10 @@ def _fast_native(ds: Dataset, path: Path) -> np.ndarray | None:
     dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
     rows, cols, frames = int(ds.Rows), int(ds.Columns), int(ds.get("NumberOfFrames", 1) or 1)
     count = rows * cols * frames * samples
-    if raw.length < count * dtype.itemsize:
-        raise MedicalDataError(path, f"pixel data is shorter ({raw.length} bytes) than its header says "
+    if length < count * dtype.itemsize:
+        raise MedicalDataError(path, f"pixel data is shorter ({length} bytes) than its header says "
                                      f"({count * dtype.itemsize} bytes)")
-    arr = np.fromfile(path, dtype=dtype, count=count, offset=raw.value_tell)
+    arr = read(dtype, count)
     if arr.size != count:
         raise MedicalDataError(path, "pixel data is truncated")
     stored = int(ds.get("BitsStored", bits) or bits)
@@ -170,13 +249,19 @@ def _fast_native(ds: Dataset, path: Path) -> np.ndarray | None:
     return arr.reshape(shape) if samples > 1 else arr.reshape(shape[:-1])
 
 
-def _decoded(ds: Dataset, path: Path) -> np.ndarray:
-    from pydicom.pixels import apply_color_lut
+def _decoded(ds: Dataset, path: Path, data: bytes | None = None) -> np.ndarray:
+    from pydicom.pixels import apply_color_lut, pixel_array
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            arr = ds.pixel_array
+        with quiet_validation():
+            # from the bytes already in memory: pydicom decodes frame by frame into one array
+            if data is None:
+                arr = ds.pixel_array
+            else:
+                try:
+                    arr = pixel_array(io.BytesIO(data))
+                except Exception:  # noqa: BLE001 - some odd files decode only via the Dataset route
+                    arr = pydicom.dcmread(io.BytesIO(data)).pixel_array
             if str(ds.get("PhotometricInterpretation", "")) == "PALETTE COLOR":
                 arr = apply_color_lut(arr, ds)
     except MedicalDataError:
@@ -227,7 +312,13 @@ def read_dicom(path: str | Path, *, window: Any = None, key: str = DEFAULT_KEY, 
                ds: Dataset | None = None) -> DicomImage:
     """Decode ``path`` into a ``DicomImage`` (modality units, channel first, PHI-free meta)."""
     path = Path(path)
-    ds = ds if ds is not None else read_header(path)
+    data, pos = None, -1
+    if ds is None:
+        parsed = _read_in_memory(path)
+        if parsed is None:
+            ds = read_header(path)
+        else:
+            ds, data, pos = parsed
     if str(ds.get("BurnedInAnnotation", "") or "").upper() == "YES":
         if burned_in == "refuse":
             raise MedicalDataError(path, "BurnedInAnnotation is YES: the pixels may show identifying text; "
@@ -235,20 +326,20 @@ def read_dicom(path: str | Path, *, window: Any = None, key: str = DEFAULT_KEY, 
         warnings.warn(f"{path}: BurnedInAnnotation is YES; pixels may show identifying text", stacklevel=2)
     if str(ds.get("SOPClassUID", "")) in SR_SOP_CLASSES:
         raise MedicalDataError(path, "a structured report (SR) has no image; read it with mmdomain_medical.sr")
-    if PIXEL_DATA not in ds:
+    if PIXEL_DATA not in ds and pos < 0:
         if "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
             raise MedicalDataError(path, "no pixel data in this DICOM file")
     for kw in ("Rows", "Columns"):
         if not ds.get(kw):
             raise MedicalDataError(path, f"{kw} is missing or zero")
     try:
-        arr = _fast_native(ds, path)
+        arr = _fast_native(ds, path) if data is None else _native_from_bytes(ds, data, pos, path) if pos >= 0 else None
     except MedicalDataError:
         raise
     except Exception as exc:  # noqa: BLE001
         raise library_failure(path, "reading pixel data", exc) from None
     if arr is None:
-        arr = _decoded(ds, path)
+        arr = _decoded(ds, path, data)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     color = arr.ndim == (4 if frames > 1 else 3)

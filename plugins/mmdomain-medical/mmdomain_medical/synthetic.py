@@ -68,9 +68,9 @@ def _uid(*parts) -> str:
     return generate_uid(entropy_srcs=[str(p) for p in parts])
 
 
-def chest_image(rng: np.random.Generator, signs: tuple[bool, bool, bool]) -> np.ndarray:
-    """Attenuation map in [0, 1] (1 = dense), ``SIZE x SIZE``."""
-    n = SIZE
+def chest_image(rng: np.random.Generator, signs: tuple[bool, bool, bool], size: int | None = None) -> np.ndarray:
+    """Attenuation map in [0, 1] (1 = dense), ``size x size`` (default ``SIZE``)."""
+    n = int(size or SIZE)
     y, x = np.mgrid[:n, :n].astype(np.float32) / n
     cx = 0.5 + rng.normal(0, 0.015)
     body = ((x - cx) / 0.46) ** 2 + ((y - 0.55) / 0.5) ** 2 < 1
@@ -90,7 +90,7 @@ def chest_image(rng: np.random.Generator, signs: tuple[bool, bool, bool]) -> np.
         for _ in range(int(rng.integers(3, 6))):
             k = int(rng.integers(len(ys)))
             r2 = (y - ys[k] / n) ** 2 + (x - xs[k] / n) ** 2
-            img += 0.35 * np.exp(-r2 / (2 * rng.uniform(0.02, 0.035) ** 2)) * lungs
+            img += 0.35 * np.exp(-r2 / (2 * rng.uniform(0.025, 0.04) ** 2)) * lungs
     if signs[2]:  # basal effusion with a meniscus on one or both sides
         level = rng.uniform(0.62, 0.7)
         for side in ((-1,), (1,), (-1, 1))[int(rng.integers(3))]:
@@ -212,8 +212,12 @@ def _labels(rng, signs, cues, uncertain_rate: float) -> dict[str, str]:
 
 
 def generate(root: str | Path, *, num_sites: int = 2, seed: int = 0, studies_per_site: int = 120,
-             missing_report: float = 0.12, missing_image: float = 0.05, uncertain_rate: float = 0.05) -> list[Path]:
+             missing_report: float = 0.12, missing_image: float = 0.05, uncertain_rate: float = 0.05,
+             image_size: int = SIZE) -> list[Path]:
+    """Write ``num_sites`` sites under ``root``; ``image_size`` is the stored pixel matrix (square)."""
     root = Path(root)
+    if image_size < 16:
+        raise ValueError(f"image_size must be >= 16, got {image_size}")
     sites = []
     for s in range(num_sites):
         profile = SITE_PROFILES[s % len(SITE_PROFILES)]
@@ -247,7 +251,7 @@ def generate(root: str | Path, *, num_sites: int = 2, seed: int = 0, studies_per
                 signs = tuple(bool(v) for v in rng.random(3) < 0.5)
                 cues = tuple(bool(v) for v in rng.random(3) < 0.5)
                 labels = _labels(rng, signs, cues, uncertain_rate)
-                img = chest_image(rng, signs)
+                img = chest_image(rng, signs, image_size)
                 drop = rng.random()
                 has_image = drop >= missing_image
                 has_report = not (missing_image <= drop < missing_image + missing_report)

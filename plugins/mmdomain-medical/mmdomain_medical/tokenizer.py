@@ -54,7 +54,12 @@ class WordPieceTokenizer:
         self.vocab_size = self.tok.get_vocab_size()
 
     @staticmethod
-    def fit(texts: Iterable[str], vocab_size: int = 2000, min_frequency: int = 2, **_: Any) -> dict[str, Any]:
+    def fit(texts: Iterable[str], vocab_size: int = 2000, min_frequency: int = 2, path: str | None = None,
+            **_: Any) -> dict[str, Any]:
+        """Train a vocabulary on ``texts``; with ``path=`` (a local tokenizer) nothing is trained."""
+        if path:
+            WordPieceTokenizer(path=path)  # fail now, clearly, if it is not a readable local tokenizer
+            return {"path": path}
         from tokenizers import Tokenizer
         from tokenizers.models import WordPiece
         from tokenizers.trainers import WordPieceTrainer
@@ -66,7 +71,8 @@ class WordPieceTokenizer:
         return {"vocab": sorted(vocab, key=vocab.get)}
 
     def __call__(self, texts: Sequence[str], max_length: int = 128) -> Tensor:
-        encs = self.tok.encode_batch([t or "" for t in texts])
+        # a saved tokenizer.json may carry its own [CLS] ... [SEP] template: add ours only, once
+        encs = self.tok.encode_batch([t or "" for t in texts], add_special_tokens=False)
         rows = [([self.cls_id] if self.cls_id is not None else []) + e.ids for e in encs]
         width = max(1, min(max_length, max(len(r) for r in rows) if rows else 1))
         out = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
