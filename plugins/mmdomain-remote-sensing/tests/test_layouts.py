@@ -11,7 +11,7 @@ from rasterio.transform import from_origin
 from mmdomain import DataError, get_registry
 from mmdomain_remote_sensing.bands import BIGEARTHNET19, S2_ALL_BANDS, S2_BANDS, S2_RESOLUTION_M
 
-from conftest import write
+from rs_rasters import write
 
 UTM33 = "EPSG:32633"
 TILE = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP"

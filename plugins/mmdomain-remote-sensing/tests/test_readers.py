@@ -13,7 +13,7 @@ from mmdomain_remote_sensing.s1 import open_s1, read_s1, to_db
 from mmdomain_remote_sensing.s2 import open_s2, read_s2
 from mmdomain_remote_sensing.samplers import GridPatchSampler, RandomPatchSampler
 
-from conftest import FEATURE, N, UTM, X0, Y0, s1_pair, s2_stack, write
+from rs_rasters import FEATURE, N, UTM, X0, Y0, s1_pair, s2_stack, write
 
 
 def _ds(root, **kw):
