@@ -146,3 +146,30 @@ def test_env_blocks_and_restricts_plugins(broken_dist):
     only = json.loads(_cli(["plugins", "list", "--json"], broken_dist, MMDOMAIN_PLUGINS="example").stdout)
     statuses = {i["name"]: i["status"] for i in only}
     assert statuses["example"] == "ok" and statuses["broken"] == "blocked"
+
+
+class _Metaset:
+    def __init__(self, sites):
+        self.sites = sites
+
+    def __len__(self):
+        return len(self.sites)
+
+    def sample_meta(self, i):
+        return {"site": self.sites[i]}
+
+
+def test_partition_fallbacks(mm_bare_manager):
+    from mmdomain import DataError
+
+    hook = mm_bare_manager.hook.partition
+    ds = _Metaset(["b", "a", "c", "a", "b", "c", "a"])
+    shares = [hook(dataset=ds, num_sites=3, site=s, scheme="iid") for s in range(3)]
+    assert sorted(i for share in shares for i in share) == list(range(7))  # disjoint, complete
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    assert hook(dataset=ds, num_sites=3, site=0, scheme="iid") == shares[0]  # deterministic
+    by_site = [hook(dataset=ds, num_sites=3, site=s, scheme="by-meta:site") for s in range(3)]
+    assert by_site == [[1, 3, 6], [0, 4], [2, 5]]
+    assert hook(dataset=ds, num_sites=3, site=0, scheme="by-region") is None  # unknown: nobody answers
+    with pytest.raises(DataError, match="3 distinct 'site' values"):
+        hook(dataset=ds, num_sites=2, site=0, scheme="by-meta:site")
