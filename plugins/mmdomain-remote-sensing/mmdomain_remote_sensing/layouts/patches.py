@@ -203,7 +203,7 @@ class BigEarthNetV2(torch.utils.data.Dataset):
                 rs = Resampling.nearest if (src.height, src.width) == (self.size, self.size) else Resampling.bilinear
                 out[i] = src.read(1, out_shape=(self.size, self.size), resampling=rs)
                 if b == "B02":
-                    ref = (src.crs, src.transform * src.transform.scale(src.width / self.size, src.height / self.size))
+                    ref = (src.crs, src.transform @ src.transform.scale(src.width / self.size, src.height / self.size))
         out += self.offset
         out /= self.quant
         return out, ref
