@@ -34,11 +34,12 @@ class ModalityAware:
     last: dict[str, Any]
 
     def aggregate_modalities(self, server_round: int, replies: Iterable[Message],
-                             global_weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                             global_weights: dict[str, np.ndarray],
+                             origin: dict[str, int] | None = None) -> dict[str, np.ndarray]:
         s = self.settings
         updates, failed, refused = [], [], []
         for msg in replies:
-            src = msg.metadata.src_node_id
+            src = _sender(msg, origin or {})
             if msg.has_error():
                 failed.append((src, msg.error.reason))
                 continue
@@ -77,6 +78,17 @@ def make_strategy(s: task.Settings) -> ModalityAware:
     strategy.settings = s
     strategy.dp_rng = np.random.default_rng(None)  # DP noise must not be reproducible
     return strategy
+
+
+def _origin(messages: Iterable[Message]) -> dict[str, int]:
+    """message id -> destination node, for the messages a Grid has pushed (it sets the ids)."""
+    return {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id}
+
+
+def _sender(reply: Message, origin: dict[str, int]) -> int:
+    """The site a reply is about. An error reply the SuperLink writes for a node that stopped
+    answering ("Node Unavailable") comes from the SuperLink's own node id, not from the site."""
+    return origin.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
 
 
 def _nbytes(record: ArrayRecord) -> int:
@@ -180,14 +192,15 @@ def run_server(grid: Grid, settings: task.Settings, out_dir: Path, *, registry=N
             break
         bytes_down = sum(_nbytes(m.content["arrays"]) for m in messages)
         replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
-        new_weights = strategy.aggregate_modalities(rnd, replies, weights)
+        origin = _origin(messages)
+        new_weights = strategy.aggregate_modalities(rnd, replies, weights, origin)
         info = strategy.last
         for site, reason in info["refused"]:
             refused[site] = reason
             _log(f"site {site} refused: {reason}")
         for site, reason in info["failed"]:
             _log(f"round {rnd}: site {site} failed: {reason}")
-        answered = {m.metadata.src_node_id for m in replies}
+        answered = {_sender(m, origin) for m in replies}
         dropped = [m.metadata.dst_node_id for m in messages if m.metadata.dst_node_id not in answered]
         for site in dropped:
             _log(f"round {rnd}: site {site} did not answer within {settings.round_timeout:g}s")
@@ -263,8 +276,10 @@ def _readiness(grid: Grid, nodes: list[int], settings: task.Settings, out_dir: P
     msgs = [Message(RecordDict({"config": ConfigRecord({})}), message_type=MessageType.QUERY, dst_node_id=n,
                     group_id="readiness") for n in nodes]
     report: dict[str, Any] = {}
-    for reply in grid.send_and_receive(msgs, timeout=settings.round_timeout):
-        src = reply.metadata.src_node_id
+    replies = list(grid.send_and_receive(msgs, timeout=settings.round_timeout))
+    origin = _origin(msgs)
+    for reply in replies:
+        src = _sender(reply, origin)
         if reply.has_error():
             report[str(src)] = {"error": reply.error.reason}
             continue
