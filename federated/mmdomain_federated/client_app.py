@@ -3,7 +3,9 @@ replies carry weights, counts and aggregate metrics only."""
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import time
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -17,6 +19,25 @@ from .records import arrays_to_numpy, numpy_to_arrays
 
 app = ClientApp()
 EVAL_ERRORS = (DataError, IndexError, ValueError, RuntimeError)  # metric failures on tiny splits
+log = logging.getLogger("mmdomain.federated.site")
+
+
+class SiteError(RuntimeError):
+    """What the server sees when a site fails: the exception type only. Messages of data errors
+    name files, and file paths at a hospital can carry patient identifiers; the full message
+    stays in the site's own log."""
+
+
+def _contained(handler):
+    @functools.wraps(handler)
+    def wrapper(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except Exception as exc:  # noqa: BLE001 - nothing but the type may leave the site
+            log.exception("site %s: %s failed", context.node_id, handler.__name__)
+            raise SiteError(f"{handler.__name__} failed at the site with {type(exc).__name__} "
+                            "(details in the site's log)") from None
+    return wrapper
 
 
 def _registry():
@@ -38,6 +59,7 @@ def _refusal(msg: Message, problems: list[str]) -> Message:
 
 
 @app.train()
+@_contained
 def train(msg: Message, context: Context) -> Message:
     t0 = time.perf_counter()
     settings, registry, node_config, problems = _setup(msg, context)
@@ -72,6 +94,7 @@ def train(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@_contained
 def evaluate(msg: Message, context: Context) -> Message:
     t0 = time.perf_counter()
     settings, registry, node_config, problems = _setup(msg, context)
@@ -82,9 +105,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     split = str(msg.content["config"].get("split", "test"))
     try:
         result = task.evaluate_site(model, task.load_site(settings, node_config, registry, split), settings)
-    except EVAL_ERRORS as exc:
+    except EVAL_ERRORS as exc:  # the type leaves the site; the message (it may name files) stays in its log
+        log.warning("site %s: evaluation skipped: %s", context.node_id, exc)
         return Message(RecordDict({"metrics": MetricRecord({"num-examples": 0}),
-                                   "site": ConfigRecord({"eval-error": f"{type(exc).__name__}: {exc}"[:300]})}),
+                                   "site": ConfigRecord({"eval-error": type(exc).__name__})}),
                        reply_to=msg)
     metrics = task.flat_metrics(result)
     metrics["num-examples"] = int(result["n"])
@@ -93,6 +117,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 @app.query()
+@_contained
 def query(msg: Message, context: Context) -> Message:
     """Readiness report: noised counts per modality / availability pattern + describe stats."""
     settings, registry, node_config, problems = _setup(msg, context)

@@ -123,3 +123,28 @@ def test_no_seeded_phi_leaves_a_site(registry, settings_for, tmp_path):
     for path in written:
         found = leaks(file_text(path), phi)
         assert not found, (path.name, found)
+
+
+def test_a_failing_site_sends_the_error_type_only(settings_for, registry, tmp_path):
+    """A data error names the file; at a hospital a path can carry a patient id. Only the type leaves."""
+    from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+
+    from mmdomain_federated import task
+    from mmdomain_federated.client_app import app as client_app
+    from mmdomain_federated.inprocess import LocalGrid
+    from mmdomain_federated.records import numpy_to_arrays
+
+    s = settings_for()
+    secret = tmp_path / "p12345678" / "DOE^JANE"  # a site folder named after a patient
+    grid = LocalGrid(2, s.as_run_config(), node_configs=[{"data-root": str(secret)}] * 2)
+    msg = Message(RecordDict({"arrays": numpy_to_arrays(task.get_weights(task.build(s, registry))),
+                              "config": ConfigRecord({"server-round": 1, "fused-eval": True})}),
+                  message_type=MessageType.TRAIN, dst_node_id=101)
+    try:
+        reply = client_app(msg, grid.contexts[101])
+        leaving = repr(reply.error) if reply.has_error() else repr(reply.content)
+    except Exception as exc:  # noqa: BLE001 - what the site process would report upward
+        assert exc.__cause__ is None and exc.__suppress_context__
+        leaving = repr(exc)
+    assert "DataError" in leaving
+    assert "12345678" not in leaving and "DOE" not in leaving, leaving
