@@ -11,15 +11,20 @@ import time
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from mmdomain.errors import DataError
+from mmdomain.errors import ConfigError, DataError
 
 from . import task
 from .policy import load_policy, violations
 from .records import arrays_to_numpy, numpy_to_arrays
+from .secure import SECAGG_CONFIGS
 
 app = ClientApp()
 EVAL_ERRORS = (DataError, IndexError, ValueError, RuntimeError)  # metric failures on tiny splits
 log = logging.getLogger("mmdomain.federated.site")
+
+
+class PolicyRefusal(RuntimeError):
+    """The site's policy refuses the job; the message names only policy settings."""
 
 
 class SiteError(RuntimeError):
@@ -33,6 +38,8 @@ def _contained(handler):
     def wrapper(msg: Message, context: Context) -> Message:
         try:
             return handler(msg, context)
+        except PolicyRefusal as exc:
+            raise SiteError(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - nothing but the type may leave the site
             log.exception("site %s: %s failed", context.node_id, handler.__name__)
             raise SiteError(f"{handler.__name__} failed at the site with {type(exc).__name__} "
@@ -58,16 +65,12 @@ def _refusal(msg: Message, problems: list[str]) -> Message:
     return Message(RecordDict({"site": ConfigRecord({"refused": reason})}), reply_to=msg)
 
 
-@app.train()
-@_contained
-def train(msg: Message, context: Context) -> Message:
+def _train_locally(cfg, settings, registry, node_config, global_w, node_id: int):
+    """The site's round: optional fused evaluation of the incoming model, local training.
+    Returns the trained model, its modality counts, its sample count and aggregate metrics."""
     t0 = time.perf_counter()
-    settings, registry, node_config, problems = _setup(msg, context)
-    if problems:
-        return _refusal(msg, problems)
-    cfg = msg.content["config"]
     model = task.build(settings, registry)
-    task.set_weights(model, arrays_to_numpy(msg.content["arrays"]))
+    task.set_weights(model, global_w)
     data = task.load_site(settings, node_config, registry, "train")
     mod_counts, _ = task.counts(data, model.modalities)
     metrics: dict = {}
@@ -78,14 +81,62 @@ def train(msg: Message, context: Context) -> Message:
         except EVAL_ERRORS:  # e.g. an empty or tiny validation split: train anyway
             metrics["eval-skipped"] = 1
     rnd = int(cfg.get("server-round", 0))
-    stats = task.train_site(model, data, settings, seed=settings.seed * 1000 + rnd + 7919 * int(context.node_id % 997))
-    groups = task.trained_groups(mod_counts, len(data))
-    weights = task.get_weights(model, groups)
-    if settings.compress == "bf16":
-        weights = {k: task.bf16_encode(v) for k, v in weights.items()}
+    stats = task.train_site(model, data, settings, seed=settings.seed * 1000 + rnd + 7919 * int(node_id % 997))
     metrics.update({k: v for k, v in stats.items() if isinstance(v, (int, float))})
     metrics["num-examples"] = len(data)
     metrics["site-seconds"] = time.perf_counter() - t0  # local compute, for overhead figures
+    return model, mod_counts, len(data), metrics
+
+
+def _train_secure(msg: Message, context: Context, settings, registry, node_config) -> Message:
+    """A train message inside SecAgg+ (``secaggplus_mod`` called us at its masking stage):
+    legacy FitIns in, legacy FitRes out; the mod masks the vector before it leaves."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    from .secure import Layout, encode, group_weights
+
+    fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    cfg = dict(fitins.config)
+    layout = Layout.of(task.get_weights(task.build(settings, registry)))
+    global_w = layout.from_list(parameters_to_ndarrays(fitins.parameters))
+    model, mod_counts, n, metrics = _train_locally(cfg, settings, registry, node_config, global_w, context.node_id)
+    weights = group_weights(mod_counts, n, fusion_from=str(cfg.get("fusion-from", "multi")),
+                            plain=settings.aggregation == "plain", dp=settings.central_dp,
+                            scale=settings.secagg_weight_scale)
+    if weights and max(weights.values()) > settings.secagg_clip_range:
+        raise ConfigError(f"secagg-weight-scale {settings.secagg_weight_scale:g} is too small for this site's "
+                          f"sample counts: weights must stay within secagg-clip-range {settings.secagg_clip_range:g}")
+    vector = encode(layout, global_w, task.get_weights(model), weights,
+                    clip=settings.clip_norm if settings.central_dp else 0.0)
+    res = FitRes(Status(Code.OK, "ok"), ndarrays_to_parameters(vector), 1, metrics)  # equal weight: counts are inside
+    return Message(compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)
+
+
+def _secagg_when_asked(msg: Message, context: Context, call_next) -> Message:
+    """Flower's ``secaggplus_mod`` for train messages of a SecAgg+ round; others pass through."""
+    if SECAGG_CONFIGS in msg.content.config_records:
+        from flwr.client.mod import secaggplus_mod
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+@app.train(mods=[_secagg_when_asked])
+@_contained
+def train(msg: Message, context: Context) -> Message:
+    settings, registry, node_config, problems = _setup(msg, context)
+    if SECAGG_CONFIGS in msg.content.config_records:
+        if problems:
+            raise PolicyRefusal("site policy refuses this job: " + "; ".join(problems))
+        return _train_secure(msg, context, settings, registry, node_config)
+    if problems:
+        return _refusal(msg, problems)
+    cfg = msg.content["config"]
+    model, mod_counts, n, metrics = _train_locally(cfg, settings, registry, node_config,
+                                                   arrays_to_numpy(msg.content["arrays"]), context.node_id)
+    weights = task.get_weights(model, task.trained_groups(mod_counts, n))
+    if settings.compress == "bf16":
+        weights = {k: task.bf16_encode(v) for k, v in weights.items()}
     metrics.update({f"count/{m}": c for m, c in mod_counts.items()})
     return Message(RecordDict({"arrays": numpy_to_arrays(weights), "metrics": MetricRecord(metrics),
                                "site": ConfigRecord({"modalities": json.dumps(sorted(m for m, c in mod_counts.items()

@@ -7,6 +7,7 @@ real Messages. ``down`` holds nodes that stop answering (a site that disappears)
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Iterable
 
 from flwr.app import Context, Message, RecordDict
@@ -56,7 +57,7 @@ class LocalGrid(Grid):
             node = msg.metadata.dst_node_id
             if node in self.down or node not in self.contexts:
                 continue
-            reply = self.app(msg, self.contexts[node])
+            reply = self.app(copy.deepcopy(msg), self.contexts[node])  # each site its own copy, as on the wire
             if node in self.tamper:
                 reply = self.tamper[node](reply)
             self._replies[mid] = reply

@@ -125,10 +125,6 @@ def run_server(grid: Grid, settings: task.Settings, out_dir: Path, *, registry=N
     from mmdomain.plugins import get_registry
 
     registry = registry or get_registry()
-    if settings.secagg:
-        from mmdomain.errors import ConfigError
-        raise ConfigError("secagg=true: SecAgg+ is not available in this Message-API app (Flower 1.42 offers it only "
-                          "through the legacy NumPyClient + SecAggPlusWorkflow path); use central-dp or local-dp")
     out_dir.mkdir(parents=True, exist_ok=True)
     events = (out_dir / "events.log").open("a")
 
@@ -170,8 +166,12 @@ def run_server(grid: Grid, settings: task.Settings, out_dir: Path, *, registry=N
             if missing:
                 ledger.append(missing)
 
+    readiness: dict[str, Any] = {}
     if settings.readiness and start_round == 1:
-        _readiness(grid, nodes, settings, out_dir, refused, _log)
+        readiness = _readiness(grid, nodes, settings, out_dir, refused, _log)
+    elif (out_dir / "readiness.json").exists():  # resumed: the report of the first start
+        readiness = json.loads((out_dir / "readiness.json").read_text())
+    fusion_from = _fusion_from(readiness)
 
     for rnd in range(start_round, settings.num_server_rounds + 1):
         if accountant and accountant.would_exceed(population):
@@ -180,28 +180,40 @@ def run_server(grid: Grid, settings: task.Settings, out_dir: Path, *, registry=N
             _log(stop_reason)
             break
         t0 = time.perf_counter()
-        config = ConfigRecord({"fused-eval": settings.fused_eval})
-        messages = [m for m in strategy.configure_train(rnd, numpy_to_arrays(weights), config, grid)
-                    if m.metadata.dst_node_id not in refused]
-        for m in messages:
-            m.metadata.group_id = str(rnd)
-        live = len(messages)
+        if settings.secagg:
+            targets = [n for n in grid.get_node_ids() if n not in refused]
+            live = len(targets)
+        else:
+            config = ConfigRecord({"fused-eval": settings.fused_eval})
+            messages = [m for m in strategy.configure_train(rnd, numpy_to_arrays(weights), config, grid)
+                        if m.metadata.dst_node_id not in refused]
+            for m in messages:
+                m.metadata.group_id = str(rnd)
+            targets = [m.metadata.dst_node_id for m in messages]
+            live = len(messages)
         if live < settings.min_sites:
             stop_reason = f"round {rnd}: only {live} sites available, min-sites is {settings.min_sites}"
             _log(stop_reason)
             break
-        bytes_down = sum(_nbytes(m.content["arrays"]) for m in messages)
-        replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
-        origin = _origin(messages)
-        new_weights = strategy.aggregate_modalities(rnd, replies, weights, origin)
-        info = strategy.last
+        if settings.secagg:
+            new_weights, info, answered = _secure_round(grid, rnd, weights, targets, settings, strategy,
+                                                        fusion_from, _log)
+            bytes_down = sum(int(a.nbytes) for a in weights.values()) * live
+            bytes_up = None  # masked vectors travel as protocol records, not counted here
+        else:
+            bytes_down = sum(_nbytes(m.content["arrays"]) for m in messages)
+            replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
+            origin = _origin(messages)
+            new_weights = strategy.aggregate_modalities(rnd, replies, weights, origin)
+            info = strategy.last
+            answered = {_sender(m, origin) for m in replies}
+            bytes_up = sum(_nbytes(m.content["arrays"]) for m in replies if not m.has_error() and "arrays" in m.content)
         for site, reason in info["refused"]:
             refused[site] = reason
             _log(f"site {site} refused: {reason}")
         for site, reason in info["failed"]:
             _log(f"round {rnd}: site {site} failed: {reason}")
-        answered = {_sender(m, origin) for m in replies}
-        dropped = [m.metadata.dst_node_id for m in messages if m.metadata.dst_node_id not in answered]
+        dropped = [n for n in targets if n not in answered]
         for site in dropped:
             _log(f"round {rnd}: site {site} did not answer within {settings.round_timeout:g}s")
         for site, reason in info["rejected"]:
@@ -217,9 +229,11 @@ def run_server(grid: Grid, settings: task.Settings, out_dir: Path, *, registry=N
         weights = new_weights
         record: dict[str, Any] = {"round": rnd, "sites": len(info["accepted"]), "dropped": len(dropped),
                                   "rejected": len(info["rejected"]), "bytes-down": bytes_down,
-                                  "bytes-up": sum(_nbytes(m.content["arrays"]) for m in replies
-                                                  if not m.has_error() and "arrays" in m.content),
                                   "groups": {g: len(s) for g, s in info["used"].items()}}
+        if bytes_up is not None:
+            record["bytes-up"] = bytes_up
+        if settings.secagg:
+            record["secagg"] = True
         rows = [u.metrics for u in info["accepted"]]
         record["slowest-site-seconds"] = max(float(r.get("site-seconds", 0)) for r in rows)
         record.update({k: v for k, v in _weighted(rows, "train-", "num-examples").items()})
@@ -271,8 +285,36 @@ def run_server(grid: Grid, settings: task.Settings, out_dir: Path, *, registry=N
     return summary
 
 
+def _fusion_from(readiness: dict[str, Any]) -> str:
+    """SecAgg+ rounds: ``multi`` (the fusion head is averaged over sites holding >= 2 modalities)
+    unless the readiness report shows no such site, then ``all``."""
+    if not readiness:
+        return "multi"
+    held = [sum(1 for c in ((rep.get("splits", {}).get("train", rep)).get("modalities") or {}).values() if c)
+            for rep in readiness.values() if isinstance(rep, dict) and "error" not in rep and "refused" not in rep]
+    return "multi" if any(h >= 2 for h in held) else "all"
+
+
+def _secure_round(grid: Grid, rnd: int, weights, targets: list[int], settings: task.Settings, strategy,
+                  fusion_from: str, log):
+    """One SecAgg+ round; returns what the clear path's aggregation returns."""
+    from .aggregation import SiteUpdate
+    from .secure import run_secure_round
+
+    config = {"server-round": rnd, "fused-eval": settings.fused_eval, "fusion-from": fusion_from}
+    res = run_secure_round(grid, rnd, weights, targets, settings, config, strategy.dp_rng)
+    accepted = [SiteUpdate(site, {}, {}, int(res.metrics[site].get("num-examples", 0)), res.metrics[site])
+                for site in res.sites] if res.weights is not None else []
+    failed = [("?", f"{res.failures} sites failed inside the SecAgg+ protocol")] if res.failures else []
+    if res.weights is None:
+        log(f"round {rnd}: SecAgg+ halted (too few sites answered to unmask)")
+    info = {"updates": accepted, "accepted": accepted, "rejected": [], "failed": failed, "refused": [],
+            "used": {g: [None] * len(res.sites) for g, w in res.group_weight.items() if w > 0}}
+    return (res.weights if res.weights is not None else weights), info, set(res.sites)
+
+
 def _readiness(grid: Grid, nodes: list[int], settings: task.Settings, out_dir: Path, refused: dict[int, str],
-               log) -> None:
+               log) -> dict[str, Any]:
     msgs = [Message(RecordDict({"config": ConfigRecord({})}), message_type=MessageType.QUERY, dst_node_id=n,
                     group_id="readiness") for n in nodes]
     report: dict[str, Any] = {}
@@ -296,6 +338,7 @@ def _readiness(grid: Grid, nodes: list[int], settings: task.Settings, out_dir: P
         train = rep.get("splits", {}).get("train", rep)
         log(f"  site {site}: train n={train.get('n')} modalities={train.get('modalities')} "
             f"patterns={train.get('patterns')}")
+    return report
 
 
 def _final_evaluate(grid: Grid, strategy, weights, settings: task.Settings, refused, log) -> dict[str, Any]:

@@ -66,6 +66,10 @@ class Settings:
     local_noise_multiplier: float = 1.0
     local_clip_norm: float = 1.0
     secagg: bool = False
+    secagg_shares: float = 1.0  # fraction of the round's sites each one shares its mask secrets with
+    secagg_threshold: float = 0.67  # fraction of those shares needed to unmask a dropped site
+    secagg_clip_range: float = 1.0  # |weight x delta| and weights are quantised within this range
+    secagg_weight_scale: float = 1000.0  # sample counts are divided by this before weighting
     compress: str = "none"
     out_dir: str = ""
     resume: bool = True
@@ -92,6 +96,12 @@ class Settings:
             raise ConfigError(f"run config: aggregation must be modality or plain, got {s.aggregation!r}")
         if s.compress not in ("none", "bf16"):
             raise ConfigError(f"run config: compress must be none or bf16, got {s.compress!r}")
+        if s.secagg and not (0 < s.secagg_shares <= 1 and 0 < s.secagg_threshold <= 1):
+            raise ConfigError("run config: secagg-shares and secagg-threshold are fractions in (0, 1]")
+        if s.secagg and (s.secagg_clip_range <= 0 or s.secagg_weight_scale <= 0):
+            raise ConfigError("run config: secagg-clip-range and secagg-weight-scale must be > 0")
+        if s.secagg and s.compress != "none":
+            raise ConfigError("run config: compress applies to clear-text updates; SecAgg+ quantises its own")
         return s
 
     def as_run_config(self) -> dict[str, Any]:
