@@ -1,8 +1,9 @@
 """Training and evaluation loops, shared by the CLI, the notebooks and ``federated/``.
 
 - ``select_device`` / ``seed_everything``: CUDA when present (bf16 autocast there), CPU otherwise.
-- ``train_one_epoch``: takes its optimizer and loader from the caller, so DP-SGD (Opacus)
-  and FedProx (``extra_loss``) plug in without a second loop.
+- ``train_one_epoch``: takes its optimizer and loader from the caller, so FedProx
+  (``extra_loss``) plugs in without a second loop (local DP-SGD has its own, with Opacus, in
+  ``federated/``).
 - ``evaluate``: metrics overall and per availability pattern (which modalities were present);
   ``drop=`` forces modalities absent to measure graceful degradation.
 - ``fit``: a whole run from a RunConfig: data, tokenizers, model, epochs, JSON-lines metrics,

@@ -90,3 +90,19 @@ def test_modality_dropout_never_empties_a_sample():
     assert torch.all(dropped["a"] | dropped["b"])
     assert not torch.any(dropped["b"] & ~present["b"])  # never invents a modality
     assert dropped["a"].float().mean() < 0.9  # and really drops some
+
+
+def test_missing_token_is_a_layer_and_old_checkpoints_still_load():
+    torch.manual_seed(0)
+    head = ConcatFusion(DIMS, out_dim=16).eval()
+    assert all(isinstance(head.missing[m], torch.nn.Module) for m in DIMS)  # Opacus needs a layer per parameter
+    state = head.state_dict()
+    assert "missing.a.weight" in state
+    old = {(k.removesuffix(".weight") if k.startswith("missing.") else k): v + 1 for k, v in state.items()}
+    assert "missing.a" in old  # the name the token had as a bare parameter
+    fresh = ConcatFusion(DIMS, out_dim=16)
+    fresh.load_state_dict(old)  # strict: every key must fit
+    torch.testing.assert_close(fresh.missing["a"].weight, state["missing.a.weight"] + 1)
+    model = torch.nn.ModuleDict({"fusion": ConcatFusion(DIMS, out_dim=16)})  # nested, as in a full model
+    model.load_state_dict({f"fusion.{k}": v for k, v in old.items()})
+    torch.testing.assert_close(model["fusion"].missing["b"].weight, state["missing.b.weight"] + 1)

@@ -1,21 +1,78 @@
-"""Local DP-SGD on a site: per-sample gradients clipped to ``local-clip-norm``, Gaussian noise
-``local-noise-multiplier x clip`` on their sum, privacy tracked by Opacus' RDP accountant.
+"""Local DP-SGD on a site, with Opacus: Poisson-sampled batches (rate batch/len), per-sample
+gradients from ``GradSampleModule``'s layer hooks, each clipped to ``local-clip-norm``, Gaussian
+noise ``local-noise-multiplier x clip`` on their sum (``DPOptimizer``), privacy tracked by
+Opacus' RDP accountant.
 
-Per-sample gradients are taken one sample at a time (micro-batches of 1) rather than through
-Opacus' GradSampleModule: the fusion heads use bare learned parameters (missing-modality tokens)
-that GradSampleModule cannot hook, and these models are small. The model must be built with
-``encode_absent=True`` (``task.model_config`` does that when ``local-dp`` is on). Batches are
-shuffled fixed-size, accounted as Poisson sampling at rate batch/len (the usual approximation).
+Per-sample gradients come from Opacus' layer hooks when every trainable parameter sits in a
+layer Opacus has a rule for (its own Linear, Conv, norms, Embedding...; the fusion heads'
+``MissingToken`` rule is registered here). Otherwise (cross-attention fusion and the
+tiny-transformer text encoder use ``nn.MultiheadAttention``), or when the hooks cannot run (MONAI's
+ResNet adds its residual in place onto a hooked layer's output), each sample's gradient is taken
+alone, one sample at a time, into the same ``grad_sample``: exact, slower, and the rest (clipping,
+noise, accountant, sampling) is Opacus' as above. Opacus' functorch fallback is not relied on: it
+replays a layer on its first input only.
+
+What the model must allow (checked before training, a ``ConfigError`` otherwise):
+
+- every layer sees the whole batch: the model is built with ``encode_absent=True``
+  (``task.model_config`` does that when ``local-dp`` is on);
+- the task has ``sample_losses``, each sample's loss on its own (a loss normalised over the batch
+  couples samples; contrastive losses compare them, so they have none).
+
+Not ``PrivacyEngine.make_private``: its Poisson loader reads ``dataset[0]`` as a tuple of tensors
+and builds empty batches only of tensors, dicts and lists, which a ``Sample``/``Batch`` is not.
+The same parts are put together here. Sampling and noise use generators seeded from the OS, not
+from the run's seed: the server knows that seed and could replay both. The FedProx term depends
+on the weights only, so its gradient is added after clipping and noise.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 import torch
-from torch import Tensor
+from opacus.accountants import RDPAccountant
+from opacus.grad_sample import GradSampleModule, register_grad_sampler
+from opacus.optimizers import DPOptimizer
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from mmdomain.data.sample import Batch
+from mmdomain.errors import ConfigError
+from mmdomain.fusion.base import MissingToken, mask_like
+from mmdomain.tasks.base import Task
+
+
+# A layer whose inputs need no gradient (the first conv, an embedding) gets its per-sample rule
+# from the output's gradient, as it should; torch warns about that on every such layer.
+warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect "
+                        "to module outputs since no inputs require gradients")
+
+
+@register_grad_sampler(MissingToken)
+def missing_token_grad_sample(layer: MissingToken, activations: list[Tensor], backprops: Tensor) -> dict:
+    """A sample's gradient for the token: the output's gradient summed over the positions where
+    the token stood in (``backprops`` is channels-last ``[B, *S, D]``, like the output)."""
+    _, present = activations
+    absent_only = torch.where(mask_like(present, backprops), 0.0, backprops)
+    return {layer.weight: absent_only.reshape(len(backprops), -1, backprops.shape[-1]).sum(1)}
+
+
+def unsupported_layers(model: nn.Module) -> list[str]:
+    """Layers holding trainable parameters that Opacus has no per-sample-gradient rule for."""
+    return [f"{name or '(model)'} ({type(m).__name__})" for name, m in model.named_modules()
+            if any(p.requires_grad for p in m.parameters(recurse=False))
+            and type(m) not in GradSampleModule.GRAD_SAMPLERS]
+
+
+def _check_model(model: nn.Module) -> None:
+    if not model.config.encode_absent:
+        raise ConfigError("local-dp: the model must be built with encode_absent=True (task.model_config does it)")
+    if getattr(type(model.task), "sample_losses", Task.sample_losses) is Task.sample_losses:
+        raise ConfigError(f"local-dp: task {model.config.task.name!r} has no per-sample loss (sample_losses); "
+                          "DP-SGD needs one")
 
 
 def _one(batch: Batch, i: int) -> Batch:
@@ -24,43 +81,104 @@ def _one(batch: Batch, i: int) -> Batch:
                  batch.target[i:i + 1] if batch.target is not None else None, batch.meta[i:i + 1])
 
 
-def private_training(model, loader, optimizer, settings, *, device: torch.device,
-                     extra_loss: Callable | None = None) -> dict[str, Any]:
-    from opacus.accountants import RDPAccountant
+def one_sample_at_a_time(model: nn.Module, batch: Batch, params: list[nn.Parameter]) -> Tensor:
+    """Each sample's gradient alone into ``p.grad_sample`` (what the hooks would give); the losses."""
+    per_param: list[list[Tensor]] = [[] for _ in params]
+    losses = []
+    for i in range(len(batch)):
+        one = _one(batch, i)
+        loss = model.sample_losses(model(one), one).sum()
+        for acc, g, p in zip(per_param, torch.autograd.grad(loss, params, allow_unused=True), params):
+            acc.append(g if g is not None else torch.zeros_like(p))
+        losses.append(loss.detach())
+    for p, acc in zip(params, per_param):
+        p.grad_sample = torch.stack(acc)
+    return torch.stack(losses)
 
-    accountant = RDPAccountant()
-    clip, sigma = settings.local_clip_norm, settings.local_noise_multiplier
-    q = min(1.0, loader.batch_size / max(1, len(loader.dataset)))
-    params = [p for p in model.parameters() if p.requires_grad]
+
+def _hook_failure(exc: RuntimeError) -> bool:
+    return "BackwardHookFunction" in str(exc)
+
+
+class _CollateOrNone:
+    """The loader's collate; ``None`` for an empty Poisson batch."""
+
+    def __init__(self, collate: Callable):
+        self.collate = collate
+
+    def __call__(self, samples: list):
+        return self.collate(samples) if samples else None
+
+
+def poisson_loader(loader: DataLoader, sample_rate: float, generator: torch.Generator) -> DataLoader:
+    """``loader``'s dataset and collate, each batch drawn by Poisson sampling at ``sample_rate``
+    (Opacus' sampler: ``1/sample_rate`` batches an epoch, each sample in each with that chance)."""
+    sampler = UniformWithReplacementSampler(num_samples=len(loader.dataset), sample_rate=sample_rate,
+                                            generator=generator)
+    return DataLoader(loader.dataset, batch_sampler=sampler, collate_fn=_CollateOrNone(loader.collate_fn),
+                      pin_memory=loader.pin_memory)
+
+
+def private_training(model, loader: DataLoader, optimizer: torch.optim.Optimizer, settings, *,
+                     device: torch.device, extra_loss: Callable | None = None) -> dict[str, Any]:
+    """``settings.local_epochs`` of DP-SGD on ``model`` (trained in place, names unchanged);
+    ``loader`` gives the dataset, collate and mean batch size. Returns train-loss,
+    train-samples and local-epsilon (at ``settings.target_delta``)."""
     model.train()
-    total, seen, steps = 0.0, 0, 0
-    for _ in range(settings.local_epochs):
-        for step, batch in enumerate(loader):
-            batch = batch.to(device)
-            summed = [torch.zeros_like(p) for p in params]
-            for i in range(len(batch)):
-                one = _one(batch, i)
-                loss = model.loss(model(one), one)
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
-                grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
-                norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads))
-                factor = min(1.0, clip / (float(norm) + 1e-12))
-                for s, g in zip(summed, grads):
-                    s.add_(g, alpha=factor)
-                total += float(loss.detach())
-                seen += 1
-            optimizer.zero_grad(set_to_none=True)
-            for p, s in zip(params, summed):
-                p.grad = (s + torch.randn_like(s) * sigma * clip) / len(batch)
-            if extra_loss is not None:  # FedProx term: depends on weights only, not on data
-                prox = torch.autograd.grad(extra_loss(model), params, allow_unused=True)
-                for p, g in zip(params, prox):
-                    if g is not None:
-                        p.grad = p.grad + g
-            optimizer.step()
-            accountant.step(noise_multiplier=sigma, sample_rate=q)
-            steps += 1
-            if settings.max_steps and step + 1 >= settings.max_steps:
-                break
+    _check_model(model)
+    n = len(loader.dataset)
+    rate = min(1.0, loader.batch_size / n)
+    sampling, noise = torch.Generator(), torch.Generator(device=device)
+    sampling.seed(), noise.seed()
+    batches = poisson_loader(loader, rate, sampling)
+    hooked = None
+    if not unsupported_layers(model):
+        hooked = GradSampleModule(model)  # hooks on model's own layers: its parameters get .grad_sample
+        hooked.forbid_grad_accumulation()
+    dp = DPOptimizer(optimizer, noise_multiplier=settings.local_noise_multiplier,
+                     max_grad_norm=settings.local_clip_norm, expected_batch_size=rate * n, generator=noise)
+    accountant = RDPAccountant()
+    dp.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=rate))
+    params = dp.params
+    total, seen = 0.0, 0
+    try:
+        for _ in range(settings.local_epochs):
+            for step, batch in enumerate(batches):
+                dp.zero_grad(set_to_none=True)
+                size = 0 if batch is None else len(batch)
+                if size:
+                    batch = batch.to(device, non_blocking=True)
+                    losses = None
+                    if hooked is not None:
+                        try:
+                            losses = model.sample_losses(hooked(batch), batch)
+                            losses.mean().backward()  # Opacus undoes the mean: grad_sample is each sample's own
+                        except RuntimeError as exc:
+                            if not _hook_failure(exc):
+                                raise
+                            hooked.cleanup()  # this model defeats the hooks: one sample at a time from now on
+                            hooked, losses = None, None
+                            dp.zero_grad(set_to_none=True)
+                    if losses is None:
+                        losses = one_sample_at_a_time(model, batch, params)
+                    total += float(losses.detach().sum())
+                    seen += size
+                for p in params:  # a layer this batch did not reach (an empty batch; a modality no sample has)
+                    if p.grad_sample is None:
+                        p.grad_sample = p.new_zeros((size, *p.shape))
+                dp.pre_step()  # clip each sample, sum, add noise, divide by the expected batch, account
+                if extra_loss is not None:
+                    for p, g in zip(params, torch.autograd.grad(extra_loss(model), params, allow_unused=True)):
+                        if g is not None:
+                            p.grad += g
+                dp.original_optimizer.step()
+                if settings.max_steps and step + 1 >= settings.max_steps:
+                    break
+    finally:
+        if hooked is not None:
+            hooked.cleanup()  # hooks and per-sample attributes off the model's layers
+        for p in params:
+            if hasattr(p, "grad_sample"):
+                del p.grad_sample  # the one-sample-at-a-time path sets it too
     return {"train-loss": total / max(seen, 1), "train-samples": seen,
-            "local-epsilon": float(accountant.get_epsilon(delta=settings.target_delta)) if steps else 0.0}
+            "local-epsilon": float(accountant.get_epsilon(delta=settings.target_delta)) if len(accountant) else 0.0}

@@ -133,7 +133,24 @@ def model_config(settings: Settings, registry: Registry) -> ModelConfig:
 def build(settings: Settings, registry: Registry) -> FusionModel:
     """Same settings, same initial weights (seeded), on every site and the server."""
     torch.manual_seed(settings.seed)
-    return build_model(model_config(settings, registry), registry)
+    model = build_model(model_config(settings, registry), registry)
+    if settings.local_dp:
+        _ready_for_dp_sgd(model)
+    return model
+
+
+def _ready_for_dp_sgd(model: torch.nn.Module) -> None:
+    """DP-SGD cannot use BatchNorm (its batch statistics mix samples): Opacus' own fixer swaps
+    each for a GroupNorm. In-place activations (MONAI's ResNet) break Opacus' backward hooks, so
+    they run out of place. Same on the server and every site: all build with these settings."""
+    from opacus.validators.batch_norm import fix
+
+    for module in list(model.modules()):
+        if getattr(module, "inplace", False) is True:
+            module.inplace = False
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.modules.batchnorm._BatchNorm):
+                setattr(module, name, fix(child))
 
 
 def param_group(name: str) -> str:

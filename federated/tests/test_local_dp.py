@@ -1,5 +1,29 @@
+import pytest
+import torch
+from opacus.accountants import RDPAccountant
+from opacus.grad_sample import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from torch.utils.data import Subset
+
+from mmdomain.data.collate import Collate
+from mmdomain.data.sample import Batch
+from mmdomain.errors import ConfigError
+from mmdomain.training import make_loader
+from mmdomain_federated import local_dp, task
 from mmdomain_federated.inprocess import LocalGrid
 from mmdomain_federated.server_app import run_server
+
+SITE0 = {"partition-id": 0, "num-partitions": 2}
+
+
+def _site(settings_for, registry, **kw):
+    s = settings_for(local_dp=True, **kw)
+    return s, task.build(s, registry), task.load_site(s, SITE0, registry, "train")
+
+
+def _one(batch: Batch, i: int) -> Batch:
+    inputs = {m: (v[i:i + 1] if isinstance(v, torch.Tensor) else [v[i]]) for m, v in batch.inputs.items()}
+    return Batch(inputs, {m: p[i:i + 1] for m, p in batch.present.items()}, batch.target[i:i + 1], batch.meta[i:i + 1])
 
 
 def test_local_dp_sgd_reports_epsilon_per_site(settings_for, tmp_path):
@@ -11,15 +35,160 @@ def test_local_dp_sgd_reports_epsilon_per_site(settings_for, tmp_path):
     assert len(eps) == 2 and all(0 < e < 100 for e in eps.values())
 
 
-@__import__("pytest").mark.gpu
+@pytest.mark.parametrize("fusion", ["concat", "late", "gated"])
+def test_opacus_per_sample_gradients_equal_one_sample_at_a_time(settings_for, registry, fusion):
+    """Every parameter of the toy model (missing-modality tokens, bag-of-words included) gets its
+    per-sample gradient from an Opacus rule, equal to the gradient of that sample alone."""
+    s, model, data = _site(settings_for, registry, fusion=fusion)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    model.train()
+    patterns = {}
+    for i in range(len(data)):  # a batch with both modalities, image only and note only
+        patterns.setdefault(frozenset(data[i].inputs), i)
+    assert len(patterns) == 3
+    batch = Collate(model.modalities)([data[i] for i in [*patterns.values(), 0, 1]])
+    params = [p for p in model.parameters()]
+    alone = [torch.autograd.grad(model.sample_losses(model(one), one).sum(), params)
+             for one in (_one(batch, i) for i in range(len(batch)))]
+    assert local_dp.unsupported_layers(model) == []
+    hooked = GradSampleModule(model)
+    model.sample_losses(hooked(batch), batch).mean().backward()
+    for j, p in enumerate(params):
+        torch.testing.assert_close(p.grad_sample, torch.stack([g[j] for g in alone]), rtol=1e-4, atol=1e-6)
+    hooked.cleanup()
+
+
+def test_training_goes_through_dp_optimizer_and_clips_each_sample(settings_for, registry, monkeypatch):
+    s, model, data = _site(settings_for, registry, local_clip_norm=0.01, local_noise_multiplier=0.0, max_steps=3)
+    seen = []
+    clip_and_accumulate = DPOptimizer.clip_and_accumulate
+
+    def spy(self):
+        assert all(isinstance(p.grad_sample, torch.Tensor) for p in self.params)
+        size = len(self.params[0].grad_sample)
+        norms = torch.stack([g.reshape(size, -1).norm(dim=1) for g in self.grad_samples], 1).norm(dim=1)
+        clip_and_accumulate(self)
+        summed = torch.cat([p.summed_grad.flatten() for p in self.params]).norm()
+        seen.append((size, float(norms.min()) if size else 0.0, float(summed)))
+
+    monkeypatch.setattr(DPOptimizer, "clip_and_accumulate", spy)
+    before = task.get_weights(model)
+    stats = task.train_site(model, data, s)
+    after = task.get_weights(model)
+    assert len(seen) == 3 and stats["train-samples"] == sum(n for n, _, _ in seen)
+    for size, smallest, summed in seen:
+        assert smallest > 0.01  # every sample's gradient was larger than the clip...
+        assert summed <= size * 0.01 * (1 + 1e-4)  # ...and the clipped sum is bounded by size x clip
+    assert after.keys() == before.keys()  # the model's own names: no Opacus wrapper prefix
+    assert any(not (after[k] == before[k]).all() for k in after)
+    assert not hasattr(next(model.parameters()), "grad_sample")  # hooks and per-sample state removed
+
+
+def test_epsilon_is_opacus_rdp_for_the_steps_taken(settings_for, registry):
+    def epsilon(**kw):
+        s, model, data = _site(settings_for, registry, batch_size=16, **kw)
+        return task.train_site(model, data, s)["local-epsilon"], len(data)
+
+    one, n = epsilon(max_steps=1)
+    three, _ = epsilon(max_steps=3)
+    quieter, _ = epsilon(max_steps=3, local_noise_multiplier=2.0)
+    assert one < three and quieter < three
+    expected = RDPAccountant()
+    for _ in range(3):
+        expected.step(noise_multiplier=1.0, sample_rate=16 / n)
+    assert three == pytest.approx(expected.get_epsilon(delta=1e-5))
+
+
+def test_local_dp_training_lowers_the_loss(settings_for, registry):
+    s, model, data = _site(settings_for, registry, local_epochs=5, max_steps=0, lr=0.01,
+                           local_noise_multiplier=0.5, local_clip_norm=1.0)
+    start = task.evaluate_site(model, data, s)["loss"]
+    task.train_site(model, data, s)
+    assert task.evaluate_site(model, data, s)["loss"] < 0.9 * start  # 0.70-0.84 over 8 tries
+
+
+def test_empty_poisson_batches_take_a_noise_only_step(settings_for, registry, monkeypatch):
+    s, model, data = _site(settings_for, registry, max_steps=0, lr=0.1)
+    loader = make_loader(data, model.modalities, 16, shuffle=True)
+    assert next(iter(local_dp.poisson_loader(loader, 1e-9, torch.Generator()))) is None
+    real = next(iter(loader))
+    monkeypatch.setattr(local_dp, "poisson_loader", lambda *a: [None, real, None])
+    before = task.get_weights(model)
+    stats = task.train_site(model, data, s)
+    after = task.get_weights(model)
+    moved = [k for k in after if not (after[k] == before[k]).all()]
+    assert stats["train-samples"] == len(real) and stats["local-epsilon"] > 0
+    assert set(moved) == set(after)  # noise reaches every parameter, even when no sample did
+
+
+def test_fedprox_gradient_is_added_after_clipping_and_noise(settings_for, registry):
+    s, model, data = _site(settings_for, registry, local_clip_norm=1e-12, local_noise_multiplier=0.0, max_steps=1)
+    loader = make_loader(Subset(data, range(32)), model.modalities, 16, shuffle=True)
+    start = [p.detach().clone() for p in model.parameters()]
+    mu, lr = 0.5, 0.1
+
+    def prox(m):  # pulls every weight towards start + 1
+        return (mu / 2) * sum(((p - a - 1) ** 2).sum() for p, a in zip(m.parameters(), start))
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    local_dp.private_training(model, loader, optimizer, s, device=torch.device("cpu"), extra_loss=prox)
+    for p, a in zip(model.parameters(), start):  # one step of exactly lr * mu towards the anchor
+        torch.testing.assert_close(p.detach() - a, torch.full_like(a, lr * mu), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("fusion", ["cross_attention"])
+def test_layers_without_opacus_rules_train_one_sample_at_a_time(settings_for, registry, fusion, monkeypatch):
+    """nn.MultiheadAttention has no hook rule here: each sample's gradient is taken alone into the
+    same grad_sample, and clipping, noise and accounting stay Opacus'."""
+    s, model, data = _site(settings_for, registry, fusion=fusion, max_steps=2)
+    assert local_dp.unsupported_layers(model)
+    calls = []
+    real = local_dp.one_sample_at_a_time
+    monkeypatch.setattr(local_dp, "one_sample_at_a_time", lambda *a: calls.append(1) or real(*a))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stats = task.train_site(model, data, s)
+    assert calls and stats["local-epsilon"] > 0 and stats["train-samples"] > 0
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(hasattr(p, "grad_sample") for p in model.parameters())
+
+
+def test_one_sample_at_a_time_equals_the_hooks(settings_for, registry):
+    s, model, data = _site(settings_for, registry, fusion="concat")
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    batch = Collate(model.modalities)([data[i] for i in range(6)])
+    params = list(model.parameters())
+    local_dp.one_sample_at_a_time(model, batch, params)
+    alone = [p.grad_sample.clone() for p in params]
+    hooked = GradSampleModule(model)
+    model.sample_losses(hooked(batch), batch).mean().backward()
+    for a, p in zip(alone, params):
+        torch.testing.assert_close(p.grad_sample, a, rtol=1e-4, atol=1e-6)
+    hooked.cleanup()
+
+
+def test_medical_resnet_defeats_the_hooks_and_still_trains_privately(registry):
+    """MONAI's ResNet adds its residual in place onto a hooked layer's output (Opacus' hooks
+    fail there); BatchNorm becomes GroupNorm for DP-SGD. The site still trains, one sample at a time."""
+    s = task.Settings.from_run_config({"dataset": "medical", "local-dp": True, "max-steps": 1, "batch-size": 4,
+                                       "readiness": False})
+    model = task.build(s, registry)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    site = task.site_folders(task.synthetic_root(registry, "medical", 2, 0, True))[0]
+    data = task.load_site(s, {"data-root": str(site)}, registry, "train")
+    stats = task.train_site(model, data, s)
+    assert stats["local-epsilon"] > 0 and stats["train-samples"] > 0
+
+
+@pytest.mark.gpu
 def test_gpu_path_skips_cleanly_without_cuda(settings_for, registry):
-    import pytest
-    import torch
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU here")
-    from mmdomain_federated import task
     s = settings_for(device="cuda")
     m = task.build(s, registry)
-    data = task.load_site(s, {"partition-id": 0, "num-partitions": 2}, registry, "train")
+    data = task.load_site(s, SITE0, registry, "train")
     assert task.train_site(m, data, s)["train-samples"] > 0
     assert next(m.parameters()).is_cuda

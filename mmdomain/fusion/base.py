@@ -6,10 +6,14 @@ token-wise over the spatial dims, so the same head serves classification (no spa
 dims) and segmentation (feature maps). Keys are iterated in sorted order. An absent
 modality's values never reach the output: heads select with ``torch.where`` rather than
 multiply by the mask, so even NaN fill values cannot leak.
+
+A learned missing-modality token is a layer of its own (``MissingToken``), not a bare parameter
+of the head: per-sample-gradient DP (Opacus) works layer by layer and needs a rule for each.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 
@@ -41,6 +45,19 @@ def mask_like(present: Tensor, x_last: Tensor) -> Tensor:
     return present.view(present.shape[0], *([1] * (x_last.dim() - 1)))
 
 
+class MissingToken(nn.Module):
+    """A learned embedding standing in for an absent modality: ``forward(x, present)`` keeps
+    the rows of ``x`` (channels-last ``[B, *S, D]``) where ``present`` (``bool[B]``) is set and
+    puts the token in the others."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: Tensor, present: Tensor) -> Tensor:
+        return torch.where(mask_like(present, x), x, self.weight.to(x.dtype))
+
+
 def modality_dropout(present: dict[str, Tensor], p: float, generator=None) -> dict[str, Tensor]:
     """Drop each present modality with probability ``p``, never all of a sample's.
 
@@ -49,8 +66,6 @@ def modality_dropout(present: dict[str, Tensor], p: float, generator=None) -> di
     """
     if p <= 0:
         return present
-    import torch
-
     names = sorted(present)
     stack = torch.stack([present[m] for m in names], dim=1)  # [B, M]
     keep = torch.rand(stack.shape, generator=generator, device=stack.device) >= p

@@ -5,22 +5,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import FusionHead, channels_first, channels_last, mask_like
+from .base import FusionHead, MissingToken, channels_first, channels_last
 
 
 class ConcatFusion(FusionHead):
     def __init__(self, dims: dict[str, int], out_dim: int = 256, dropout: float = 0.1):
         super().__init__(dims)
         self.out_dim = out_dim
-        self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(d)) for m, d in self.dims.items()})
+        self.missing = nn.ModuleDict({m: MissingToken(d) for m, d in self.dims.items()})
         self.proj = nn.Sequential(
             nn.Linear(sum(self.dims.values()), out_dim), nn.GELU(), nn.Dropout(dropout), nn.LayerNorm(out_dim)
         )
 
     def forward(self, embeddings: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
-        parts = []
-        for m in self.names:
-            x = channels_last(embeddings[m])
-            token = self.missing[m].to(x.dtype)
-            parts.append(torch.where(mask_like(present[m], x), x, token))
+        parts = [self.missing[m](channels_last(embeddings[m]), present[m]) for m in self.names]
         return channels_first(self.proj(torch.cat(parts, dim=-1)))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for m in self.names:  # older checkpoints hold each token as a bare parameter, missing.<m>
+            if f"{prefix}missing.{m}" in state_dict:
+                state_dict[f"{prefix}missing.{m}.weight"] = state_dict.pop(f"{prefix}missing.{m}")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

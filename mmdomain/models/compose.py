@@ -161,6 +161,10 @@ class FusionModel(nn.Module):
     def loss(self, out: ModelOutput, batch: Batch) -> Tensor:
         return self.task.loss(out.output, batch.target, out.present)
 
+    def sample_losses(self, out: ModelOutput, batch: Batch) -> Tensor:
+        """Each sample's loss on its own, ``[B]`` (the task's ``sample_losses``)."""
+        return self.task.sample_losses(out.output, batch.target, out.present)
+
 
 def build_model(config: ModelConfig, registry: Registry) -> FusionModel:
     return FusionModel(config, registry)

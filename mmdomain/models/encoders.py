@@ -36,16 +36,22 @@ class ConvEncoder(nn.Module):
 
 
 class BagOfWordsEncoder(nn.Module):
-    """Mean of token embeddings, ignoring padding."""
+    """Mean of token embeddings, ignoring padding.
+
+    A plain ``nn.Embedding`` and a masked mean rather than ``nn.EmbeddingBag``: Opacus'
+    per-sample gradients for EmbeddingBag need flat ids with offsets and drop repeated tokens.
+    """
 
     def __init__(self, modality: ModalitySpec, vocab_size: int, pad_id: int = 0, out_dim: int = 128):
         super().__init__()
         self.pad_id, self.out_dim = pad_id, out_dim
-        self.embed = nn.EmbeddingBag(vocab_size, out_dim, mode="mean", padding_idx=pad_id)
+        self.embed = nn.Embedding(vocab_size, out_dim, padding_idx=pad_id)
         self.norm = nn.LayerNorm(out_dim)
 
     def forward(self, ids: Tensor) -> Tensor:
-        return self.norm(self.embed(ids))
+        keep = (ids != self.pad_id).unsqueeze(-1)
+        h = torch.where(keep, self.embed(ids), 0.0).sum(1) / keep.sum(1).clamp(min=1)
+        return self.norm(h)
 
 
 class TinyTransformerEncoder(nn.Module):

@@ -5,6 +5,8 @@
 - ``forward(fused, embeddings, present) -> output`` (a tensor, or a dict of tensors
   for contrastive tasks; dim 0 is always the batch)
 - ``loss(output, target, present) -> scalar tensor``
+- ``sample_losses(output, target, present) -> [B]`` (optional): each sample's loss on its own,
+  for per-sample-gradient DP (local DP-SGD); a loss normalised over the batch couples samples
 - ``make_metrics() -> torchmetrics.MetricCollection`` (fresh, un-updated)
 - ``metric_inputs(output, target, present) -> (preds, target) | None`` (None: nothing to
   score in these rows, e.g. no pair for retrieval)
@@ -24,6 +26,9 @@ class Task(nn.Module):
 
     def loss(self, output: Any, target: Tensor | None, present: dict[str, Tensor]) -> Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def sample_losses(self, output: Any, target: Tensor | None, present: dict[str, Tensor]) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no per-sample loss")
 
     def make_metrics(self) -> MetricCollection:  # pragma: no cover
         raise NotImplementedError

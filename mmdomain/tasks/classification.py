@@ -74,6 +74,9 @@ class MulticlassTask(Task):
     def loss(self, output: Tensor, target: Tensor | None, present: dict[str, Tensor]) -> Tensor:
         return F.cross_entropy(output.float(), target.long(), label_smoothing=self.label_smoothing)
 
+    def sample_losses(self, output: Tensor, target: Tensor | None, present: dict[str, Tensor]) -> Tensor:
+        return F.cross_entropy(output.float(), target.long(), label_smoothing=self.label_smoothing, reduction="none")
+
     def make_metrics(self) -> MetricCollection:
         n = self.num_classes
         return MetricCollection(
@@ -108,13 +111,21 @@ class MultilabelTask(Task):
     def forward(self, fused: Tensor, embeddings: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
         return self.head(_pool(fused))
 
-    def loss(self, output: Tensor, target: Tensor | None, present: dict[str, Tensor]) -> Tensor:
+    def _known_losses(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         target = target.float()
         known = target >= 0
         raw = F.binary_cross_entropy_with_logits(
             output.float(), target.clamp(min=0), pos_weight=self.pos_weight, reduction="none"
         )
-        return (raw * known).sum() / known.sum().clamp(min=1)
+        return raw * known, known
+
+    def loss(self, output: Tensor, target: Tensor | None, present: dict[str, Tensor]) -> Tensor:
+        raw, known = self._known_losses(output, target)
+        return raw.sum() / known.sum().clamp(min=1)
+
+    def sample_losses(self, output: Tensor, target: Tensor | None, present: dict[str, Tensor]) -> Tensor:
+        raw, known = self._known_losses(output, target)
+        return raw.sum(1) / known.sum(1).clamp(min=1)
 
     def make_metrics(self) -> MetricCollection:
         n = self.num_labels

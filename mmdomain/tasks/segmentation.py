@@ -37,6 +37,12 @@ class SegmentationTask(Task):
     def loss(self, output: Tensor, target: Tensor | None, present: dict[str, Tensor]) -> Tensor:
         return F.cross_entropy(self._resize(output, target), target.long(), ignore_index=self.ignore_index)
 
+    def sample_losses(self, output: Tensor, target: Tensor | None, present: dict[str, Tensor]) -> Tensor:
+        raw = F.cross_entropy(self._resize(output, target), target.long(), ignore_index=self.ignore_index,
+                              reduction="none")  # 0 where ignored
+        scored = (target != self.ignore_index).flatten(1).sum(1)
+        return raw.flatten(1).sum(1) / scored.clamp(min=1)
+
     def make_metrics(self) -> MetricCollection:
         n = self.num_classes
         return MetricCollection(
