@@ -174,15 +174,25 @@ class LocalDeployment:
             time.sleep(1)
 
     def start_supernode(self, name: str, private_key: Path | None, node_config: dict[str, Any], *,
-                        insecure: bool = False, retries: int | None = None) -> subprocess.Popen:
-        cmd = [_bin("flower-supernode"), "--superlink", self.address, "--port", str(free_port()),
+                        insecure: bool = False, retries: int | None = None, warm: bool = True) -> subprocess.Popen:
+        """``warm``: the SuperNode runs with ``--isolation process`` and this site's ClientApps are
+        started by ``warm_exec`` (forked from preloaded imports) instead of a fresh interpreter each."""
+        runtime_port = free_port()
+        cmd = [_bin("flower-supernode"), "--superlink", self.address, "--port", str(runtime_port),
                "--node-config", run_config_arg(node_config)]
         cmd += ["--insecure"] if insecure else ["--root-certificates", str(self.certs["ca"])]
         if private_key:
             cmd += ["--auth-supernode-private-key", str(private_key)]
         if retries is not None:
             cmd += ["--max-retries", str(retries), "--max-wait-time", "20"]
-        return self.procs.start(name, cmd)
+        if warm:
+            cmd += ["--isolation", "process"]
+        node = self.procs.start(name, cmd)
+        if warm:  # the Runtime API stays on loopback, plain as in Flower's own subprocess mode
+            self.procs.start(f"{name}-exec", [sys.executable, "-m", "mmdomain_federated.warm_exec",
+                                              "--runtime-api-address", f"127.0.0.1:{runtime_port}", "--insecure",
+                                              "--parent-pid", str(node.pid)])
+        return node
 
     def run_app(self, run_config: dict[str, Any], timeout: float = 900) -> subprocess.CompletedProcess:
         return self.flwr("run", str(APP_DIR), "deploy", "--stream", "--run-config", run_config_arg(run_config),

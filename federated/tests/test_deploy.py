@@ -37,8 +37,10 @@ def test_deployment_tls_auth_refusals_and_a_killed_supernode(tmp_path):
             dep.register(pub)
             dep.start_supernode(f"site-{i}", priv, {"data-root": str(site)})
         stranger, _ = make_site_keys(tmp_path / "keys", "stranger")  # never registered
-        unregistered = dep.start_supernode("unregistered", stranger, {"data-root": str(sites[0])}, retries=50)
-        plaintext = dep.start_supernode("plaintext", None, {"data-root": str(sites[0])}, insecure=True, retries=50)
+        unregistered = dep.start_supernode("unregistered", stranger, {"data-root": str(sites[0])}, retries=50,
+                                           warm=False)  # refused before any ClientApp could start
+        plaintext = dep.start_supernode("plaintext", None, {"data-root": str(sites[0])}, insecure=True, retries=50,
+                                        warm=False)
         out = tmp_path / "run"
         result = {}
         config = {"num-server-rounds": rounds, "max-steps": 2, "readiness": False, "min-sites": 2,

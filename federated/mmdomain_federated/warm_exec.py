@@ -1,0 +1,95 @@
+"""A SuperExec for one site whose ClientApp processes start warm.
+
+Flower 1.42's SuperNode (default ``--isolation subprocess``) starts ``flower-superexec``, which
+starts a fresh ``flwr-clientapp`` process for every message; each one imports torch, flwr and the
+app again (~8 s here, longer than a round of a small model). With ``--isolation process`` the
+SuperNode leaves launching to an external SuperExec. This one runs Flower's own SuperExec loop
+(``flower-superexec``, same arguments, same token-authenticated Runtime API) with one change: the
+executor starts each ``flwr-clientapp`` as a child of a fork server that imported torch, flwr and
+this app once (``multiprocessing``'s forkserver with preloading). Every message still gets its own
+process, so no state leaks between messages; only the start-up cost is gone.
+
+    python -m mmdomain_federated.warm_exec --runtime-api-address 127.0.0.1:PORT --insecure --parent-pid PID
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+from typing import Any
+
+#: Imported once in the fork server; the app module is then found in sys.modules by Flower's loader.
+PRELOAD = ["mmdomain_federated.warm_preload"]
+
+
+def _run_clientapp(argv: list[str]) -> None:
+    sys.argv = ["flwr-clientapp", *argv]
+    from flwr.supernode.cli import flwr_clientapp
+
+    flwr_clientapp()
+
+
+class WarmForkExecutor:
+    """Flower's executor protocol (``launch``, ``reconcile``, ``close``, capacity hooks) for
+    ClientApp tasks, forking each from the preloaded fork server."""
+
+    def __init__(self, preload: list[str] | None = None):
+        from flwr.supercore.constant import TaskType
+
+        self.task_type = TaskType.CLIENT_APP
+        self.ctx = multiprocessing.get_context("forkserver")
+        self.ctx.set_forkserver_preload(list(preload or PRELOAD))
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()  # pay the imports now, not on the first message
+        self.children: list[Any] = []
+
+    def get_eligible_capacity(self, supported_task_types, *, insecure: bool = False,
+                              root_certificates_path: str | None = None):
+        return {t for t in supported_task_types if t == self.task_type}, set()
+
+    def wait_for_capacity(self, task_type=None, *, fab_hash=None, insecure: bool = False,
+                          root_certificates_path: str | None = None) -> None:
+        return None
+
+    def launch(self, spec):
+        from flwr.supercore.superexec.executor.types import LaunchResult
+
+        if spec.task_type != self.task_type:
+            return LaunchResult.failed(f"this SuperExec starts ClientApps only, not {spec.task_type}")
+        argv = ["--runtime-api-address", spec.runtime_api_address, "--token", spec.token]
+        if spec.insecure:
+            argv.append("--insecure")
+        elif spec.root_certificates_path is not None:
+            argv += ["--root-certificates", spec.root_certificates_path]
+        if spec.parent_pid is not None:
+            argv += ["--parent-pid", str(spec.parent_pid)]
+        proc = self.ctx.Process(target=_run_clientapp, args=(argv,), name=f"clientapp-{spec.task_id}")
+        proc.start()
+        self.children.append(proc)
+        return LaunchResult.accepted()
+
+    def reconcile(self) -> None:
+        self.children = [p for p in self.children if p.is_alive()]  # is_alive() reaps finished ones
+
+    def close(self) -> None:
+        for p in self.children:
+            if p.is_alive():
+                p.terminate()
+        for p in self.children:
+            p.join(timeout=5)
+        self.children = []
+
+
+def main(argv: list[str] | None = None) -> None:
+    import flwr.supercore.superexec.run_superexec as superexec_loop
+    from flwr.supercore.cli import flower_superexec
+
+    executor = WarmForkExecutor()
+    superexec_loop.get_executor = lambda *args, **kwargs: executor  # the loop's only executor hook
+    sys.argv = ["flower-superexec", *(sys.argv[1:] if argv is None else argv)]
+    flower_superexec()
+
+
+if __name__ == "__main__":
+    main()
