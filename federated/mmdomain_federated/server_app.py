@@ -239,7 +239,8 @@ def run_server(grid: Grid, settings: task.Settings, out_dir: Path, *, registry=N
         record.update({k: v for k, v in _weighted(rows, "train-", "num-examples").items()})
         record.update({k: v for k, v in _weighted(rows, "eval-", "eval-n").items()})
         record["per-site"] = {str(u.site): {k: v for k, v in u.metrics.items()
-                                            if k.startswith(("train-", "eval-")) and isinstance(v, (int, float))}
+                                            if (k.startswith(("train-", "eval-")) or k == "site-seconds")
+                                            and isinstance(v, (int, float))}
                               for u in info["accepted"]}  # aggregate metrics only, already released by the site
         if not settings.fused_eval:  # stock Flower shape: a separate evaluate message per round
             ev = _evaluate(grid, strategy, new_weights, settings, refused, rnd, "val")
