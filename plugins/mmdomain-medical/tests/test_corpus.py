@@ -1,14 +1,17 @@
 """Every file of pydicom's test corpus (and pydicom-data's, which get_testdata_files includes)
 either decodes or raises MedicalDataError naming the file; nothing else escapes."""
 
+import io
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.data import get_testdata_files
 
-from mmdomain_medical.dicom_read import normalise, read_dicom
+from mmdomain_medical.dicom_read import _walk_header, header_facts, normalise, quiet_validation, read_dicom
 from mmdomain_medical.errors import MedicalDataError
 from mmdomain_medical.sr import read_sr
 
@@ -37,6 +40,28 @@ def test_every_corpus_file_decodes_or_fails_clearly():
             refused += 1
     assert decoded >= 150, (decoded, refused)
     assert len(kinds) >= 10, kinds  # many transfer syntaxes decoded
+
+
+@pytest.mark.timeout(60)
+def test_header_walk_reads_what_pydicom_reads():
+    """Wherever the reader's minimal header walk accepts a corpus file, it finds the same attribute
+    values and the same PixelData offset as pydicom's own parse (stop_before_pixels)."""
+    accepted, pixel_flags = 0, ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+    for f in FILES:
+        data = Path(f).read_bytes()
+        walked = _walk_header(data)
+        if walked is None:
+            continue
+        accepted += 1
+        facts, pos = walked
+        bio = io.BytesIO(data)
+        with quiet_validation():
+            expect = header_facts(pydicom.dcmread(bio, stop_before_pixels=True))
+        at = bio.tell()
+        assert pos == (at if data[at:at + 4] == b"\xe0\x7f\x10\x00" else -1), f
+        assert {k: v for k, v in facts.items() if k not in pixel_flags} == \
+               {k: v for k, v in expect.items() if k not in pixel_flags}, f
+    assert accepted >= 100, accepted  # the explicit-VR little-endian native and RLE files
 
 
 @pytest.mark.timeout(60)

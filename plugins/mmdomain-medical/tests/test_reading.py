@@ -4,7 +4,10 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut
+from pydicom.sequence import Sequence
+from pydicom.uid import ImplicitVRLittleEndian, RLELossless
 
 from dicom_factory import write
 from mmdomain_medical.dicom_read import _fast_native, normalise, read_dicom, read_header
@@ -123,3 +126,131 @@ def test_truncated_pixel_data(tmp_path):
     with pytest.raises(MedicalDataError) as info:
         read_dicom(f)
     assert str(f) in str(info.value)
+
+
+def _no_pydicom_parse(monkeypatch):
+    """Make any pydicom header parse in the reader fail: what still reads took the header walk."""
+    import mmdomain_medical.dicom_read as dr
+
+    def refuse(*a, **k):
+        raise AssertionError("pydicom parse on the fast path")
+
+    monkeypatch.setattr(dr, "_read_in_memory", refuse)
+    monkeypatch.setattr(dr, "read_header", refuse)
+
+
+def _rle(src, dst, **header):
+    ds = pydicom.dcmread(src)
+    ds.compress(RLELossless, encoding_plugin="pydicom")
+    for k, v in header.items():  # e.g. Bits Stored lowered after encoding: garbage in the unused high bits
+        setattr(ds, k, v)
+    ds.save_as(dst)
+    return dst
+
+
+def test_plain_native_file_reads_without_a_pydicom_parse(tmp_path, monkeypatch):
+    px = np.array([[0xF001, 0x0FFF], [7, 9]], np.uint16)  # high bits set: cleared on the fast path too
+    f = write(tmp_path / "n.dcm", px, bits_stored=12, PixelSpacing=[0.5, 0.5], RescaleSlope=2, RescaleIntercept=-3)
+    expect = read_header(f)
+    _no_pydicom_parse(monkeypatch)
+    img = read_dicom(f)
+    np.testing.assert_array_equal(img.array[0], (px & 0x0FFF) * 2.0 - 3)
+    assert img.meta["pixel_spacing"] == [0.5, 0.5] and img.meta["rows"] == 2 and img.meta["bits_stored"] == 12
+    assert img.meta["modality"] == expect.Modality
+
+
+@pytest.mark.parametrize("case", ["multiframe-12bit-garbage", "signed-12bit", "8bit"])
+def test_rle_greyscale_fast_path_matches_pydicom(tmp_path, monkeypatch, case):
+    rng = np.random.default_rng(1)
+    if case == "multiframe-12bit-garbage":
+        px = rng.integers(0, 65535, (3, 6, 7), dtype=np.uint16)  # every bit used at encode time
+        f = _rle(write(tmp_path / "a.dcm", px, frames=3), tmp_path / "r.dcm", BitsStored=12, HighBit=11)
+    elif case == "signed-12bit":
+        px = rng.integers(-2048, 2047, (5, 4), dtype=np.int16)
+        f = _rle(write(tmp_path / "a.dcm", px, bits_stored=12, signed=True), tmp_path / "r.dcm")
+    else:
+        px = rng.integers(0, 255, (5, 9), dtype=np.uint8)
+        f = _rle(write(tmp_path / "a.dcm", px, photometric="MONOCHROME1"), tmp_path / "r.dcm")
+    expect = pydicom.dcmread(f).pixel_array  # pydicom clears / sign-extends the unused bits itself
+    _no_pydicom_parse(monkeypatch)
+    img = read_dicom(f)
+    got = img.array[0]
+    assert got.shape == expect.shape and img.meta["transfer_syntax"] == RLELossless
+    np.testing.assert_array_equal(got, expect)
+
+
+def test_files_the_header_walk_declines_still_read(tmp_path):
+    """Implicit VR, a LUT sequence, non-ASCII text, an undefined-length UN: pydicom parses them."""
+    from mmdomain_medical.dicom_read import _walk_header
+
+    px = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    base = write(tmp_path / "base.dcm", px, Manufacturer="Acme")
+    assert _walk_header(base.read_bytes()) is not None
+    variants = {}
+    ds = pydicom.dcmread(base)
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.save_as(variants.setdefault("implicit", tmp_path / "i.dcm"), enforce_file_format=True)
+    ds = pydicom.dcmread(base)
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.Manufacturer = "Müller Medizintechnik"
+    ds.save_as(variants.setdefault("latin-1 text", tmp_path / "l1.dcm"))
+    lut = Dataset()
+    lut.add_new(0x00283002, "US", [4, 0, 16])  # LUT Descriptor: 4 entries from 0, 16 bits
+    lut.add_new(0x00283006, "US", [0, 10, 20, 30])  # LUT Data
+    lut.ModalityLUTType = "US"
+    ds = pydicom.dcmread(base)
+    ds.ModalityLUTSequence = Sequence([lut])
+    ds.save_as(variants.setdefault("modality LUT sequence", tmp_path / "lut.dcm"))
+    for name, f in variants.items():
+        assert _walk_header(f.read_bytes()) is None, name
+        img = read_dicom(f)
+        expect = [[0, 10, 20, 30], [30] * 4, [30] * 4] if "LUT" in name else px
+        np.testing.assert_array_equal(img.array[0], expect, err_msg=name)
+        assert img.meta["manufacturer"] == str(pydicom.dcmread(f).Manufacturer), name
+
+
+def test_sequences_are_skipped_by_the_header_walk(tmp_path, monkeypatch):
+    """Defined and undefined-length sequences, undefined-length items, nested: no pydicom parse."""
+    from mmdomain_medical.dicom_read import _walk_header
+
+    px = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    base = write(tmp_path / "base.dcm", px, PixelSpacing=[0.5, 0.5])
+    inner = Dataset()
+    inner.CodeValue, inner.CodingSchemeDesignator = "T-D3000", "SRT"
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = "1.2.3"
+    item.AnatomicRegionSequence = Sequence([inner])  # nested
+    item.add_new(0x00091010, "OB", b"\xfe\xff\xdd\xe0\0\0\0\0")  # a delimiter's bytes inside a value
+    files = {}
+    for name, undefined in (("defined", False), ("undefined", True)):
+        ds = pydicom.dcmread(base)
+        ds.ReferencedImageSequence = Sequence([item, Dataset()])
+        ds["ReferencedImageSequence"].is_undefined_length = undefined
+        item.AnatomicRegionSequence[0].is_undefined_length_sequence_item = undefined
+        item["AnatomicRegionSequence"].is_undefined_length = undefined
+        item.is_undefined_length_sequence_item = undefined
+        ds.save_as(files.setdefault(name, tmp_path / f"{name}.dcm"))
+    expect = {name: (pydicom.dcmread(f).PixelSpacing, _walk_header(f.read_bytes())) for name, f in files.items()}
+    assert b"\xff\xff\xff\xff" in files["undefined"].read_bytes()
+    _no_pydicom_parse(monkeypatch)
+    for name, f in files.items():
+        assert expect[name][1] is not None, name
+        img = read_dicom(f)
+        np.testing.assert_array_equal(img.array[0], px, err_msg=name)
+        assert img.meta["pixel_spacing"] == [float(v) for v in expect[name][0]], name
+    # cut short inside the sequence: declined, and pydicom then names the file
+    data = files["undefined"].read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[:data.index(b"T-D3000")])
+    assert _walk_header(cut.read_bytes()) is None
+
+
+def test_invalid_image_pixel_number_is_a_clear_error(tmp_path):
+    f = write(tmp_path / "nf.dcm", np.zeros((1, 2, 2), np.uint16), frames=1)
+    element = b"\x28\x00\x08\x00IS\x02\x001 "  # (0028,0008) Number of Frames "1"
+    data = f.read_bytes()
+    assert data.count(element) == 1
+    f.write_bytes(data.replace(element, element[:-2] + b"1A"))  # not a number
+    with pytest.raises(MedicalDataError, match="NumberOfFrames") as info:
+        read_dicom(f)
+    assert str(info.value).startswith(str(f))
