@@ -28,7 +28,14 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MB (Linux reports KB)."""
+    """Peak resident set size of this process so far, in MB. Linux's VmHWM (``ru_maxrss`` survives
+    ``execve``: a benchmark subprocess would report its parent's peak, e.g. test-data generation)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

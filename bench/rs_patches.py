@@ -106,12 +106,20 @@ def _worker(args) -> None:
     bench.compare(f"{case}: fraction of raw windowed reads", anchor=("raw rasterio", raw),
                   ours=("mmdomain", lambda: [ds[b] for b in boxes]), items=n, repeats=repeats)
 
-    def loader(dataset, items):
+    def loader(dataset, items, worker_init_fn=None):
         dl = DataLoader(dataset, batch_size=None, sampler=items, num_workers=2, persistent_workers=True,
-                        collate_fn=lambda x: x)
+                        collate_fn=lambda x: x, worker_init_fn=worker_init_fn)
         return dl
 
-    tg_dl, ds_dl = loader(tg, queries), loader(ds, boxes)
+    def torchgeo_fresh_handles(_worker_id: int) -> None:
+        """torchgeo caches open files per process (an lru_cache on the dataset class); handles
+        inherited across fork broke its reads here ("TIFFFillTile: Read error"): the anchor's
+        workers open their own, as ours do."""
+        from torchgeo.datasets import RasterDataset
+
+        RasterDataset._cached_load_warp_file.cache_clear()
+
+    tg_dl, ds_dl = loader(tg, queries, torchgeo_fresh_handles), loader(ds, boxes)
     bench.compare(f"{case}: DataLoader 2 workers", anchor=("torchgeo", lambda: list(tg_dl)),
                   ours=("mmdomain", lambda: list(ds_dl)), items=n, repeats=repeats,
                   target=">= 2.5x" if case == "warm" else ">= 1.5x")

@@ -19,6 +19,7 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
 
 from mmdomain import DataError
 
@@ -125,6 +126,30 @@ def warped(path: str | Path, grid, *, resampling, nodata: float | None = None, s
             raise DataError(f"{path}: cannot be warped onto {grid.describe()} ({exc})") from None
         table[key] = vrt
     return vrt
+
+
+def read_on_grid(path: str | Path, band: int, grid, window=None) -> np.ndarray | None:
+    """Band ``band`` of ``path`` read straight from the file when its pixels already are pixels of
+    ``grid`` (same CRS and resolution, whole-pixel offset) and the window lies inside it: the
+    same values a warp onto the grid gives, without the warper or its resampling margin (which
+    makes GDAL decode neighbouring blocks). None when not aligned: then warp (``warped``)."""
+    src = open_raster(path)
+    if src.crs is None or src.crs != grid.crs:
+        return None
+    t = src.transform
+    if t.b or t.d or abs(t.a - grid.res) > 1e-9 * grid.res or abs(-t.e - grid.res) > 1e-9 * grid.res:
+        return None
+    dx, dy = (grid.bounds[0] - t.c) / grid.res, (t.f - grid.bounds[3]) / grid.res
+    if abs(dx - round(dx)) > 1e-6 or abs(dy - round(dy)) > 1e-6:
+        return None
+    if window is None:
+        col, row, w, h = 0, 0, grid.width, grid.height
+    else:
+        col, row, w, h = int(window.col_off), int(window.row_off), int(window.width), int(window.height)
+    col, row = col + round(dx), row + round(dy)
+    if col < 0 or row < 0 or col + w > src.width or row + h > src.height:
+        return None
+    return src.read(band, window=Window(col, row, w, h))
 
 
 def _gcp_vrt(path, src, crs, src_nodata):

@@ -17,7 +17,7 @@ from mmdomain import DataError
 from .bands import (S2_ALL_BANDS, S2_BANDS, S2_BOA_ADD_OFFSET, S2_NODATA_DN, S2_QUANTIFICATION, S2_RESOLUTION_M,
                     SCL_CLOUDY, SCL_INVALID)
 from .grid import Bounds, Grid, source_bounds
-from .handles import open_raster, warped
+from .handles import open_raster, read_on_grid, warped
 from .timeparse import time_from
 
 RASTER_SUFFIXES = (".jp2", ".tif", ".tiff")
@@ -161,9 +161,12 @@ def read_s2(product: S2Product, grid: Grid, window=None) -> tuple[np.ndarray, np
     out, valid = [], None
     for b in S2_BANDS:
         f, idx = product.bands[b]
-        vrt = warped(f, grid, resampling=Resampling.bilinear, src_nodata=S2_NODATA_DN, nodata=S2_NODATA_DN,
-                     dtype="float32")
-        dn = vrt.read(idx, window=window)
+        dn = read_on_grid(f, idx, grid, window)  # bands already on the grid (10 m onto a 10 m grid): no warp
+        if dn is None:
+            vrt = warped(f, grid, resampling=Resampling.bilinear, src_nodata=S2_NODATA_DN, nodata=S2_NODATA_DN,
+                         dtype="float32")
+            dn = vrt.read(idx, window=window)
+        dn = dn.astype(np.float32, copy=False)
         ok = dn > 0
         valid = ok if valid is None else valid & ok
         out.append((dn + product.offset[b]) / product.quantification)
