@@ -330,7 +330,7 @@ def run_demo(*, datasets: list[str], out: Path, sites: int, rounds: int, local_e
 @click.option("--dataset", "datasets", multiple=True,
               help="Dataset(s) to demo (repeatable); default: medical and s2s1_scenes where installed.")
 @click.option("--sites", default=3, show_default=True, help="Synthetic sites per domain (hospitals / regions).")
-@click.option("--rounds", default=None, type=int, help="Federated rounds [default: 5, --quick 2].")
+@click.option("--rounds", default=None, type=int, help="Federated rounds [default: 8, --quick 2].")
 @click.option("--local-epochs", default=1, show_default=True, help="Local epochs per round.")
 @click.option("--fusion", default=None, help="Fusion head (concat, late, gated, cross_attention); default: the dataset's.")
 @click.option("--noise", default=1.0, show_default=True, help="Central DP noise multiplier.")
@@ -359,7 +359,7 @@ def demo(datasets: tuple[str, ...], sites: int, rounds: int | None, local_epochs
     if fusion:
         registry.fusion(fusion)
     out = (out or Path(tempfile.mkdtemp(prefix="mmdomain-demo-"))).resolve()
-    report = run_demo(datasets=chosen, out=out, sites=sites, rounds=rounds or (2 if quick else 5),
+    report = run_demo(datasets=chosen, out=out, sites=sites, rounds=rounds or (2 if quick else 8),
                       local_epochs=local_epochs, fusion=fusion, noise=noise, clip=clip, max_epsilon=max_epsilon,
                       quick=quick, engine=engine or ("in-process" if quick else "simulation"), gpu=gpu, seed=seed)
     click.echo(f"\nreport: {report}")
