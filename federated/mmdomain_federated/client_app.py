@@ -65,11 +65,11 @@ def _refusal(msg: Message, problems: list[str]) -> Message:
     return Message(RecordDict({"site": ConfigRecord({"refused": reason})}), reply_to=msg)
 
 
-def _train_locally(cfg, settings, registry, node_config, global_w, node_id: int):
+def _train_locally(cfg, settings, registry, node_config, global_w, node_id: int, model=None):
     """The site's round: optional fused evaluation of the incoming model, local training.
     Returns the trained model, its modality counts, its sample count and aggregate metrics."""
     t0 = time.perf_counter()
-    model = task.build(settings, registry)
+    model = model if model is not None else task.build(settings, registry)
     task.set_weights(model, global_w)
     data = task.load_site(settings, node_config, registry, "train")
     mod_counts, _ = task.counts(data, model.modalities)
@@ -98,9 +98,11 @@ def _train_secure(msg: Message, context: Context, settings, registry, node_confi
 
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
     cfg = dict(fitins.config)
-    layout = Layout.of(task.get_weights(task.build(settings, registry)))
+    model = task.build(settings, registry)
+    layout = Layout.of(task.get_weights(model))
     global_w = layout.from_list(parameters_to_ndarrays(fitins.parameters))
-    model, mod_counts, n, metrics = _train_locally(cfg, settings, registry, node_config, global_w, context.node_id)
+    model, mod_counts, n, metrics = _train_locally(cfg, settings, registry, node_config, global_w, context.node_id,
+                                                   model)
     weights = group_weights(mod_counts, n, fusion_from=str(cfg.get("fusion-from", "multi")),
                             plain=settings.aggregation == "plain", dp=settings.central_dp,
                             scale=settings.secagg_weight_scale)
