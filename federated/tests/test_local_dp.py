@@ -7,7 +7,6 @@ from torch.utils.data import Subset
 
 from mmdomain.data.collate import Collate
 from mmdomain.data.sample import Batch
-from mmdomain.errors import ConfigError
 from mmdomain.training import make_loader
 from mmdomain_federated import local_dp, task
 from mmdomain_federated.inprocess import LocalGrid
