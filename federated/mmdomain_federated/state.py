@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from mmdomain.fusion.base import upgrade_token_names
 
 
 def save_state(out_dir: Path, round_: int, weights: dict[str, np.ndarray], state: dict[str, Any]) -> None:
@@ -36,5 +37,5 @@ def load_state(out_dir: Path) -> tuple[int, dict[str, np.ndarray], dict[str, Any
         return None
     state = json.loads(path.read_text())
     with np.load(out_dir / state["weights"]) as z:
-        weights = {k: z[k] for k in z.files}
+        weights = upgrade_token_names({k: z[k] for k in z.files})  # checkpoints of older versions
     return int(state["round"]), weights, state

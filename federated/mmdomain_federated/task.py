@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, Subset
 
 from mmdomain.config import ModelConfig, parse
 from mmdomain.errors import ConfigError, DataError
+from mmdomain.fusion.base import upgrade_token_names
 from mmdomain.models.compose import FusionModel, build_model
 from mmdomain.registry import Registry
 from mmdomain.training import evaluate, make_loader, seed_everything, select_device, train_one_epoch
@@ -169,9 +170,10 @@ def get_weights(model: torch.nn.Module, groups: set[str] | None = None) -> dict[
 
 
 def set_weights(model: torch.nn.Module, weights: dict[str, np.ndarray]) -> None:
-    """Load (possibly partial) named arrays; a name or shape that does not fit is an error."""
+    """Load (possibly partial) named arrays; a name or shape that does not fit is an error.
+    Names from older versions (bare missing-modality tokens) are upgraded first."""
     state = model.state_dict()
-    for k, v in weights.items():
+    for k, v in upgrade_token_names(weights).items():
         if k not in state:
             raise ConfigError(f"weights: {k!r} is not a parameter of this model (different dataset or version?)")
         v = np.asarray(v)

@@ -56,3 +56,21 @@ def test_too_few_sites_stops_cleanly(settings_for, tmp_path):
     grid.down.add(102)
     summary = run_server(grid, s, tmp_path)
     assert summary["rounds"] == 0 and "min-sites is 3" in summary["stopped"]
+
+
+def test_resume_from_a_checkpoint_of_an_older_version(settings_for, tmp_path):
+    """Checkpoints written before the missing-modality tokens became layers name them
+    ``fusion.missing.<m>``; resuming from one upgrades the names and keeps the values."""
+    s = settings_for(num_server_rounds=2, stop_after_round=1)
+    run_server(LocalGrid(3, s.as_run_config()), s, tmp_path)
+    state = json.loads((tmp_path / "state.json").read_text())
+    with np.load(tmp_path / state["weights"]) as z:
+        weights = {k: z[k] for k in z.files}
+    tokens = [k for k in weights if ".missing." in k and k.endswith(".weight")]
+    assert tokens, "the toy model has missing-modality tokens"
+    old = {k.removesuffix(".weight") if k in tokens else k: v for k, v in weights.items()}
+    np.savez(tmp_path / state["weights"], **old)
+    summary = run_server(LocalGrid(3, s.as_run_config()), settings_for(num_server_rounds=2), tmp_path)
+    assert summary["stopped"] == "completed" and [h["round"] for h in summary["history"]] == [1, 2]
+    with np.load(tmp_path / "final.npz") as z:
+        assert set(tokens) <= set(z.files)

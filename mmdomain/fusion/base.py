@@ -13,6 +13,9 @@ of the head: per-sample-gradient DP (Opacus) works layer by layer and needs a ru
 
 from __future__ import annotations
 
+import re
+from typing import Mapping, TypeVar
+
 import torch
 from torch import Tensor, nn
 
@@ -56,6 +59,16 @@ class MissingToken(nn.Module):
 
     def forward(self, x: Tensor, present: Tensor) -> Tensor:
         return torch.where(mask_like(present, x), x, self.weight.to(x.dtype))
+
+
+_LEGACY_TOKEN = re.compile(r"(?:^|\.)missing\.[^.]+$")
+_V = TypeVar("_V")
+
+
+def upgrade_token_names(weights: Mapping[str, _V]) -> dict[str, _V]:
+    """Weights named before the missing-modality tokens became :class:`MissingToken` layers
+    (``fusion.missing.<m>``) renamed to today's ``fusion.missing.<m>.weight``; others unchanged."""
+    return {(k + ".weight" if _LEGACY_TOKEN.search(k) else k): v for k, v in weights.items()}
 
 
 def modality_dropout(present: dict[str, Tensor], p: float, generator=None) -> dict[str, Tensor]:

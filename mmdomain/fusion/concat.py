@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import FusionHead, MissingToken, channels_first, channels_last
+from .base import FusionHead, MissingToken, channels_first, channels_last, upgrade_token_names
 
 
 class ConcatFusion(FusionHead):
@@ -22,7 +22,6 @@ class ConcatFusion(FusionHead):
         return channels_first(self.proj(torch.cat(parts, dim=-1)))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for m in self.names:  # older checkpoints hold each token as a bare parameter, missing.<m>
-            if f"{prefix}missing.{m}" in state_dict:
-                state_dict[f"{prefix}missing.{m}.weight"] = state_dict.pop(f"{prefix}missing.{m}")
+        mine = {k: state_dict.pop(k) for k in [k for k in state_dict if k.startswith(f"{prefix}missing.")]}
+        state_dict.update(upgrade_token_names(mine))  # older checkpoints: each token a bare parameter
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
