@@ -29,6 +29,7 @@ DEMO_OPTIONS: dict[str, dict[str, Any]] = {
     "medical": {"studies_per_site": 96},
     "s2s1_scenes": {"scenes_per_site": 2, "size": 192, "patch_size": 16},
 }
+BOOTSTRAP_RESAMPLES = 1000
 QUICK_OPTIONS: dict[str, dict[str, Any]] = {
     "s2s1_scenes": {"scenes_per_site": 1, "size": 128, "patch_size": 16},
 }
@@ -58,6 +59,19 @@ def _pooled_test(settings, registry, sites: int):
                           for i in range(sites)])
 
 
+def _synthetic_sites(registry, dataset: str, root: Path, *, sites: int, seed: int, quick: bool, clock: Clock,
+                     config: dict[str, Any]):
+    """Write ``sites`` synthetic sites of ``dataset`` under ``root``; the run settings for them."""
+    from . import task
+
+    gen = registry.synthetic_for(dataset)
+    options = (QUICK_OPTIONS.get(dataset, gen.quick_options) if quick else DEMO_OPTIONS.get(dataset, {}))
+    clock.step(f"{dataset}: writing {sites} synthetic sites ({gen.name}, {options or 'defaults'}, seed {seed})")
+    gen.generate(root, num_sites=sites, seed=seed, **options)
+    return task.Settings.from_run_config({"dataset": dataset, "data-root": str(root), "seed": seed,
+                                          "min-sites": min(2, sites), "target-delta": 1e-5, **config})
+
+
 def _readiness(settings, registry, sites: int, log) -> dict[str, Any]:
     from . import task
 
@@ -72,8 +86,25 @@ def _readiness(settings, registry, sites: int, log) -> dict[str, Any]:
     return report
 
 
-def _local(settings, registry, sites: int, epochs: int, test, log) -> dict[str, Any]:
-    """Each site alone: the fusion model and one model per single modality, evaluated on pooled test."""
+def _test_predictions(model, test, settings):
+    """``(preds, target)`` of ``model`` on the pooled test set, or None for a task that is not
+    scored row by row (then there is no bootstrap)."""
+    from mmdomain.bootstrap import predictions
+    from mmdomain.errors import MMDomainError
+    from mmdomain.training import make_loader, select_device
+
+    device = select_device(settings.device)
+    model.to(device)
+    try:
+        return predictions(model, make_loader(test, model.modalities, 64, shuffle=False), device=device)
+    except MMDomainError:
+        return None
+
+
+def _local(settings, registry, sites: int, epochs: int, test, log, *, single_modality_models: bool = True):
+    """Each site alone: the fusion model and (unless told not to) one model per single modality,
+    evaluated on the pooled test set. Returns the metrics and the fusion models' test predictions
+    by site (for the bootstrap)."""
     from mmdomain.demo import single_modality
     from mmdomain.models import build_model
 
@@ -82,9 +113,12 @@ def _local(settings, registry, sites: int, epochs: int, test, log) -> dict[str, 
     import torch
 
     base = task.model_config(settings, registry)
-    variants = {"fusion": base, **{f"{m} only": single_modality(base, m) for m in base.modalities}}
+    variants = {"fusion": base}
+    if single_modality_models:
+        variants.update({f"{m} only": single_modality(base, m) for m in base.modalities})
     local_settings = task.Settings.from_run_config({**settings.as_run_config(), "local-epochs": epochs})
     out: dict[str, Any] = {name: {} for name in variants}
+    preds: dict[str, Any] = {}
     for i in range(sites):
         data = task.load_site(settings, {"partition-id": i, "num-partitions": sites}, registry, "train")
         for name, cfg in variants.items():
@@ -93,9 +127,25 @@ def _local(settings, registry, sites: int, epochs: int, test, log) -> dict[str, 
             task.train_site(model, data, local_settings, seed=settings.seed)
             result = task.evaluate_site(model, test, settings)
             out[name][f"site-{i}"] = {"overall": result["overall"], "by_pattern": result["by_pattern"]}
+            if name == "fusion":
+                preds[f"site-{i}"] = _test_predictions(model, test, settings)
             metric = main_metric(result["overall"])
             log(f"  site-{i} {name:<22} pooled test {metric} {result['overall'].get(metric, float('nan')):.3f}")
-    return out
+    return out, preds
+
+
+def _versus_local(model, metric: str, fed, local: dict[str, Any], seed: int, log) -> dict[str, Any] | None:
+    """Paired bootstrap over the pooled test set: federated minus the best local-only model."""
+    from mmdomain.bootstrap import paired_bootstrap
+
+    if fed is None or not local or any(p is None for p in local.values()):
+        return None
+    result = paired_bootstrap(model.task, metric, fed[0], {site: p[0] for site, p in local.items()}, fed[1],
+                              resamples=BOOTSTRAP_RESAMPLES, seed=seed)
+    log(f"  federated - best local {metric}: {result['margin']:+.3f}, {result['level']:.0%} bootstrap interval "
+        f"[{result['interval'][0]:+.3f}, {result['interval'][1]:+.3f}]; federated beats every site in "
+        f"{result['beats_all_share']:.0%} of {result['resamples']} resamples")
+    return result
 
 
 def _run_flower(engine: str, sites: int, run_config: dict[str, Any], out_dir: Path, gpus: float, log) -> dict:
@@ -151,7 +201,7 @@ def _federated(settings, registry, sites: int, engine: str, gpus: float, test, o
     return {"overall": result["overall"], "by_pattern": result["by_pattern"], "history": summary.get("history", []),
             "epsilon": summary.get("epsilon"), "stopped": summary.get("stopped"), "rounds": summary.get("rounds"),
             "delta": settings.target_delta if dp else None, "noise_multiplier": noise if dp else None,
-            "clip_norm": clip if dp else None}
+            "clip_norm": clip if dp else None}, model
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -168,6 +218,12 @@ def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             if r[key].get("epsilon") is not None:
                 rows.append({"dataset": dataset, "model": label, "site": "all", "metric": "epsilon",
                              "value": r[key]["epsilon"]})
+        v = r.get("versus_local")
+        if v:
+            for k, value in (("margin", v["margin"]), ("interval_low", v["interval"][0]),
+                             ("interval_high", v["interval"][1]), ("beats_all_share", v["beats_all_share"])):
+                rows.append({"dataset": dataset, "model": "federated fusion", "site": "all",
+                             "metric": f"bootstrap {k} vs best local {v['metric']}", "value": value})
     return rows
 
 
@@ -254,7 +310,15 @@ def _markdown(results: dict[str, Any], plan: dict[str, Any], seconds: float) -> 
         best_local = max(m["overall"].get(metric, float("-inf")) for m in r["local"]["fusion"].values())
         fed = r["federated"]["overall"].get(metric, float("nan"))
         lines += ["", f"Federated fusion {'beats' if fed > best_local else 'does not beat'} the best local-only "
-                  f"fusion model ({fed:.3f} vs {best_local:.3f}).", ""]
+                  f"fusion model ({fed:.3f} vs {best_local:.3f})."]
+        if r.get("versus_local"):
+            v = r["versus_local"]
+            lines += [f"Paired bootstrap of the pooled test set ({v['resamples']} resamples): margin "
+                      f"{v['margin']:+.3f}, {v['level']:.0%} interval [{v['interval'][0]:+.3f}, "
+                      f"{v['interval'][1]:+.3f}]; federated beats every site's model in "
+                      f"{v['beats_all_share']:.0%} of resamples. This covers test-set sampling only; "
+                      "`mmdomain fed compare --seeds ...` repeats the training with other seeds."]
+        lines.append("")
         lines += ["Availability patterns at each site:", ""]
         for site, rd in r["readiness"].items():
             lines.append(f"- {site}: {rd['samples']} samples, " + ", ".join(f"{p} {c}" for p, c in rd["patterns"].items()))
@@ -267,8 +331,6 @@ def run_demo(*, datasets: list[str], out: Path, sites: int, rounds: int, local_e
              noise: float, clip: float, max_epsilon: float, quick: bool, engine: str, gpu: bool, seed: int,
              log: Callable[[str], None] = click.echo) -> Path:
     from mmdomain.plugins import get_registry
-
-    from . import task
 
     registry = get_registry()
     clock = Clock(log)
@@ -284,29 +346,26 @@ def run_demo(*, datasets: list[str], out: Path, sites: int, rounds: int, local_e
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     for dataset in datasets:
-        gen = registry.synthetic_for(dataset)
         root = out / "data" / dataset
-        options = (QUICK_OPTIONS.get(dataset, gen.quick_options) if quick else DEMO_OPTIONS.get(dataset, {}))
-        clock.step(f"{dataset}: writing {sites} synthetic sites ({gen.name}, {options or 'defaults'})")
-        gen.generate(root, num_sites=sites, seed=seed, **options)
-        settings = task.Settings.from_run_config({
-            "dataset": dataset, "data-root": str(root), "num-server-rounds": rounds, "local-epochs": local_epochs,
-            "fusion": fusion or "", "seed": seed, "device": device, "min-sites": min(2, sites),
-            "target-delta": 1e-5})
+        settings = _synthetic_sites(registry, dataset, root, sites=sites, seed=seed, quick=quick, clock=clock,
+                                    config={"num-server-rounds": rounds, "local-epochs": local_epochs,
+                                            "fusion": fusion or "", "device": device})
         clock.step(f"{dataset}: readiness report")
         readiness = _readiness(settings, registry, sites, log)
         test = _pooled_test(settings, registry, sites)
         clock.step(f"{dataset}: local-only training at each site ({rounds * local_epochs} epochs each)")
-        local = _local(settings, registry, sites, rounds * local_epochs, test, log)
+        local, local_preds = _local(settings, registry, sites, rounds * local_epochs, test, log)
         clock.step(f"{dataset}: federated, {rounds} rounds ({engine})")
-        fed = _federated(settings, registry, sites, engine, gpus, test, out / "runs" / dataset / "federated",
-                         dp=False, noise=noise, clip=clip, max_epsilon=max_epsilon, log=log)
-        clock.step(f"{dataset}: federated with central DP (noise {noise}, clip {clip})")
-        fed_dp = _federated(settings, registry, sites, engine, gpus, test, out / "runs" / dataset / "federated-dp",
-                            dp=True, noise=noise, clip=clip, max_epsilon=max_epsilon, log=log)
+        fed, fed_model = _federated(settings, registry, sites, engine, gpus, test,
+                                    out / "runs" / dataset / "federated", dp=False, noise=noise, clip=clip,
+                                    max_epsilon=max_epsilon, log=log)
         metric = main_metric(fed["overall"])
+        versus = _versus_local(fed_model, metric, _test_predictions(fed_model, test, settings), local_preds, seed, log)
+        clock.step(f"{dataset}: federated with central DP (noise {noise}, clip {clip})")
+        fed_dp, _ = _federated(settings, registry, sites, engine, gpus, test, out / "runs" / dataset / "federated-dp",
+                               dp=True, noise=noise, clip=clip, max_epsilon=max_epsilon, log=log)
         results[dataset] = {"metric": metric, "test_samples": len(test), "readiness": readiness, "local": local,
-                            "federated": fed, "federated_dp": fed_dp}
+                            "federated": fed, "federated_dp": fed_dp, "versus_local": versus}
         log(f"  {dataset}: federated {metric} {fed['overall'].get(metric, float('nan')):.3f}, with DP "
             f"{fed_dp['overall'].get(metric, float('nan')):.3f} (epsilon {fed_dp['epsilon'] or 0:.2f})")
     clock.step("writing the report")

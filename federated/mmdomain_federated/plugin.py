@@ -1,4 +1,5 @@
-"""mmdomain plugin: adds ``mmdomain fed run`` (local simulation) and ``mmdomain fed deploy``."""
+"""mmdomain plugin: adds ``mmdomain fed run`` (local simulation), ``mmdomain fed deploy``,
+``mmdomain fed compare`` (federated vs local-only over seeds) and ``mmdomain demo``."""
 
 from __future__ import annotations
 
@@ -75,7 +76,9 @@ def fed_deploy(sites: int, rounds: int, work: Path | None, sets: tuple[str, ...]
 
 @hookimpl
 def register_commands(cli):
+    from .compare import compare
     from .demo import demo
 
+    fed.add_command(compare, name="compare")
     cli.add_command(fed, name="fed")
     cli.add_command(demo, name="demo")  # the full demo; the core's local-only demo steps aside

@@ -35,10 +35,16 @@ def test_demo_quick_writes_a_consistent_report(tmp_path):
     for site, m in metrics["local"]["fusion"].items():
         assert f"{m['overall'][metric]:.3f}" in summary
     assert metrics["federated_dp"]["epsilon"] > 0
+    v = metrics["versus_local"]  # paired bootstrap of the pooled test set, federated vs best local
+    best_local = max(m["overall"][metric] for m in metrics["local"]["fusion"].values())
+    assert v["metric"] == metric and v["margin"] == pytest.approx(fed - best_local, abs=1e-6)
+    assert f"margin {v['margin']:+.3f}" in summary and f"{v['beats_all_share']:.0%} of resamples" in summary
     assert f"{metrics['federated_dp']['epsilon']:.2f}" in summary
     with (report / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     row = next(r for r in rows if r["model"] == "federated fusion" and r["metric"] == metric)
     assert float(row["value"]) == pytest.approx(fed)
+    row = next(r for r in rows if r["metric"] == f"bootstrap margin vs best local {metric}")
+    assert float(row["value"]) == pytest.approx(v["margin"])
     assert {r["model"] for r in rows} >= {"local fusion", "local toy_image only", "local toy_note only",
                                           "federated fusion", "federated fusion + DP"}

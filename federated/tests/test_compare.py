@@ -1,0 +1,44 @@
+"""``mmdomain fed compare``: federated vs each site's local-only model over seeds (toy, quick)."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from mmdomain.cli import _add_plugin_commands, cli
+
+_add_plugin_commands()  # what `mmdomain` does before parsing: the plugins' commands, `fed compare` among them
+
+
+@pytest.mark.slow
+def test_compare_over_two_seeds_reports_consistent_margins(tmp_path):
+    result = CliRunner().invoke(cli, ["fed", "compare", "--dataset", "toy", "--seeds", "3,4", "--rounds", "2",
+                                      "--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == f"report: {tmp_path / 'compare.md'}"
+    report = json.loads((tmp_path / "compare.json").read_text())
+    assert [r["seed"] for r in report["runs"]] == [3, 4]
+    for r in report["runs"]:
+        assert set(r["local"]) == {"site-0", "site-1", "site-2"}
+        assert r["margin"] == pytest.approx(r["federated"] - max(r["local"].values()))
+        b = r["bootstrap"]
+        assert b["margin"] == pytest.approx(r["margin"], abs=1e-6)  # same predictions, same metric
+        assert b["interval"][0] <= b["interval"][1] and 0 <= b["beats_all_share"] <= 1
+        assert b["resamples"] + b["undefined_resamples"] == 1000
+    assert report["wins"] == sum(r["margin"] > 0 for r in report["runs"])
+    md = (tmp_path / "compare.md").read_text()
+    assert f"in {report['wins']} of 2 seeds" in md
+    assert f"{report['runs'][0]['federated']:.3f}" in md
+    assert (tmp_path / "seed-4" / "federated" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("seeds", ["a,b", "1,1", ""])
+def test_compare_rejects_bad_seeds_before_any_work(tmp_path, seeds):
+    result = CliRunner().invoke(cli, ["fed", "compare", "--dataset", "toy", "--seeds", seeds, "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--seeds" in result.output and "0,1,2" in result.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_compare_names_a_dataset_without_generator(tmp_path):
+    result = CliRunner().invoke(cli, ["fed", "compare", "--dataset", "nope", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "nope" in result.output and "Traceback" not in result.output
