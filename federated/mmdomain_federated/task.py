@@ -302,7 +302,8 @@ def trained_groups(mod_counts: dict[str, int], n: int) -> set[str]:
 def train_site(model: FusionModel, dataset: Dataset, settings: Settings, *, device: torch.device | None = None,
                seed: int = 0) -> dict[str, Any]:
     """Local epochs with the core loop; FedProx adds ``mu/2 ||w - w_global||^2``; local DP-SGD
-    (Opacus) when ``settings.local_dp``. Returns loss, sample count and, with DP, the site's epsilon."""
+    (Opacus) when ``settings.local_dp``. Returns loss, sample count, with DP the site's epsilon,
+    and on a GPU the peak memory this training allocated there."""
     device = device or select_device(settings.device)
     seed_everything(seed)
     model.to(device)
@@ -315,16 +316,20 @@ def train_site(model: FusionModel, dataset: Dataset, settings: Settings, *, devi
 
         def extra(m):  # noqa: E306
             return (mu / 2) * sum(((p - a) ** 2).sum() for p, a in zip(m.parameters(), anchor))
-    out: dict[str, Any] = {}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     if settings.local_dp:
         from .local_dp import private_training
-        return private_training(model, loader, optimizer, settings, device=device, extra_loss=extra)
-    loss, seen = 0.0, 0
-    for _ in range(settings.local_epochs):
-        stats = train_one_epoch(model, loader, optimizer, device=device, grad_clip=1.0, extra_loss=extra,
-                                max_steps=settings.max_steps or None)
-        loss, seen = stats["loss"], seen + stats["samples"]
-    out.update({"train-loss": float(loss), "train-samples": seen})
+        out = private_training(model, loader, optimizer, settings, device=device, extra_loss=extra)
+    else:
+        loss, seen = 0.0, 0
+        for _ in range(settings.local_epochs):
+            stats = train_one_epoch(model, loader, optimizer, device=device, grad_clip=1.0, extra_loss=extra,
+                                    max_steps=settings.max_steps or None)
+            loss, seen = stats["loss"], seen + stats["samples"]
+        out = {"train-loss": float(loss), "train-samples": seen}
+    if device.type == "cuda":  # what this site's share of a (possibly shared) GPU has to hold
+        out["gpu-peak-mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return out
 
 
