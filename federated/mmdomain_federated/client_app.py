@@ -81,7 +81,9 @@ def _train_locally(cfg, settings, registry, node_config, global_w, node_id: int,
         except EVAL_ERRORS:  # e.g. an empty or tiny validation split: train anyway
             metrics["eval-skipped"] = 1
     rnd = int(cfg.get("server-round", 0))
-    stats = task.train_site(model, data, settings, seed=settings.seed * 1000 + rnd + 7919 * int(node_id % 997))
+    # simulation: the partition id, so a run repeats exactly whatever ids Flower gives the nodes
+    site = int(node_config["partition-id"]) if "partition-id" in node_config else node_id % 997
+    stats = task.train_site(model, data, settings, seed=settings.seed * 1000 + rnd + 7919 * site)
     metrics.update({k: v for k, v in stats.items() if isinstance(v, (int, float))})
     metrics["num-examples"] = len(data)
     metrics["site-seconds"] = time.perf_counter() - t0  # local compute, for overhead figures

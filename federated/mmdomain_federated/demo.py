@@ -148,6 +148,12 @@ def _versus_local(model, metric: str, fed, local: dict[str, Any], seed: int, log
     return result
 
 
+def _progress(line: str, log) -> None:
+    """The server's round, readiness and final lines, shortened (the full ones are in events.log)."""
+    if "round" in line or "finished" in line or "readiness" in line:
+        log("    " + line.rstrip()[:160])
+
+
 def _run_flower(engine: str, sites: int, run_config: dict[str, Any], out_dir: Path, gpus: float, log) -> dict:
     """The real ServerApp/ClientApp: in Flower's simulation (Ray), or in-process (no Ray)."""
     run_config = {**run_config, "out-dir": str(out_dir)}
@@ -157,7 +163,8 @@ def _run_flower(engine: str, sites: int, run_config: dict[str, Any], out_dir: Pa
         from .server_app import run_server
 
         settings = task.Settings.from_run_config(run_config)
-        return run_server(LocalGrid(sites, settings.as_run_config()), settings, out_dir, log=lambda s: None)
+        return run_server(LocalGrid(sites, settings.as_run_config()), settings, out_dir, echo=False,
+                          log=lambda line: _progress(line, log))
     from .simulate import APP_DIR, FLOWER_ENV, free_port_base, run_config_arg, stop_local_superlink, write_flwr_home
 
     home = Path(tempfile.mkdtemp(prefix="mmdomain-demo-flwr-"))
@@ -174,8 +181,8 @@ def _run_flower(engine: str, sites: int, run_config: dict[str, Any], out_dir: Pa
     try:
         for line in proc.stdout:  # progress: the server's per-round lines as they come
             tail = (tail + [line.rstrip()])[-40:]
-            if "[mmdomain-fed" in line and ("round" in line or "finished" in line or "readiness" in line):
-                log("    " + line.split("] ", 1)[-1].rstrip()[:160])
+            if "[mmdomain-fed" in line:
+                _progress(line.split("] ", 1)[-1], log)
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:

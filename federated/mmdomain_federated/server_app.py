@@ -119,8 +119,9 @@ def _wait_for_nodes(grid: Grid, need: int, timeout: float, log) -> list[int]:
 
 
 def run_server(grid: Grid, settings: task.Settings, out_dir: Path, *, registry=None,
-               log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """The whole federated run; returns (and writes ``summary.json``) what happened."""
+               log: Callable[[str], None] | None = None, echo: bool = True) -> dict[str, Any]:
+    """The whole federated run; returns (and writes ``summary.json``) what happened. Events go to
+    ``events.log``, to ``log`` and, with ``echo``, to stdout."""
     from mmdomain.checkpoint import save_checkpoint
     from mmdomain.plugins import get_registry
 
@@ -130,7 +131,8 @@ def run_server(grid: Grid, settings: task.Settings, out_dir: Path, *, registry=N
 
     def _log(line: str) -> None:
         stamp = time.strftime("%H:%M:%S")
-        print(f"[mmdomain-fed {stamp}] {line}", flush=True)
+        if echo:
+            print(f"[mmdomain-fed {stamp}] {line}", flush=True)
         events.write(f"{stamp} {line}\n")
         events.flush()
         if log:
