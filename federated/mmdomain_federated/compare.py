@@ -73,8 +73,8 @@ def markdown(result: dict[str, Any]) -> str:
         boot = (f"[{b['interval'][0]:+.3f}, {b['interval'][1]:+.3f}] | {b['beats_all_share']:.0%}" if b else "- | -")
         lines.append(f"| {r['seed']} | {r['test_samples']} | {r['federated']:.3f} | "
                      + " | ".join(f"{r['local'][s]:.3f}" for s in sites) + f" | {r['margin']:+.3f} | {boot} |")
-    lines += ["", f"Federated beats every site's local-only model in {result['wins']} of {result['seeds']} seeds; "
-              f"margin over the best local-only model: mean {result['mean_margin']:+.3f}, "
+    lines += ["", f"Federated beats every site's local-only fusion model in {result['wins']} of {result['seeds']} "
+              f"seeds; margin over the best of them: mean {result['mean_margin']:+.3f}, "
               f"min {result['min_margin']:+.3f}, max {result['max_margin']:+.3f}.", ""]
     return "\n".join(lines)
 

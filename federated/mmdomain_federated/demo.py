@@ -103,8 +103,8 @@ def _test_predictions(model, test, settings):
 
 def _local(settings, registry, sites: int, epochs: int, test, log, *, single_modality_models: bool = True):
     """Each site alone: the fusion model and (unless told not to) one model per single modality,
-    evaluated on the pooled test set. Returns the metrics and the fusion models' test predictions
-    by site (for the bootstrap)."""
+    evaluated on the pooled test set. Returns the metrics and every model's test predictions
+    (for the bootstrap), keyed ``site-<i>`` (fusion) or ``site-<i> <variant>``."""
     from mmdomain.demo import single_modality
     from mmdomain.models import build_model
 
@@ -127,23 +127,30 @@ def _local(settings, registry, sites: int, epochs: int, test, log, *, single_mod
             task.train_site(model, data, local_settings, seed=settings.seed)
             result = task.evaluate_site(model, test, settings)
             out[name][f"site-{i}"] = {"overall": result["overall"], "by_pattern": result["by_pattern"]}
-            if name == "fusion":
-                preds[f"site-{i}"] = _test_predictions(model, test, settings)
+            preds[f"site-{i}" if name == "fusion" else f"site-{i} {name}"] = _test_predictions(model, test, settings)
             metric = main_metric(result["overall"])
             log(f"  site-{i} {name:<22} pooled test {metric} {result['overall'].get(metric, float('nan')):.3f}")
     return out, preds
 
 
 def _versus_local(model, metric: str, fed, local: dict[str, Any], seed: int, log) -> dict[str, Any] | None:
-    """Paired bootstrap over the pooled test set: federated minus the best local-only model."""
+    """Paired bootstrap over the pooled test set: federated minus the best of the local-only models
+    that score the same rows (a single-modality model skips the rows without its modality, so it
+    is compared only where every test row has that modality)."""
+    import torch
+
     from mmdomain.bootstrap import paired_bootstrap
 
-    if fed is None or not local or any(p is None for p in local.values()):
+    if fed is None:
         return None
-    result = paired_bootstrap(model.task, metric, fed[0], {site: p[0] for site, p in local.items()}, fed[1],
-                              resamples=BOOTSTRAP_RESAMPLES, seed=seed)
+    paired = {name: p[0] for name, p in local.items()
+              if p is not None and len(p[1]) == len(fed[1]) and torch.equal(p[1], fed[1])}
+    if not paired:
+        return None
+    result = paired_bootstrap(model.task, metric, fed[0], paired, fed[1], resamples=BOOTSTRAP_RESAMPLES, seed=seed)
+    result["compared"] = sorted(paired)
     log(f"  federated - best local {metric}: {result['margin']:+.3f}, {result['level']:.0%} bootstrap interval "
-        f"[{result['interval'][0]:+.3f}, {result['interval'][1]:+.3f}]; federated beats every site in "
+        f"[{result['interval'][0]:+.3f}, {result['interval'][1]:+.3f}]; federated beats every local-only model in "
         f"{result['beats_all_share']:.0%} of {result['resamples']} resamples")
     return result
 
@@ -314,15 +321,17 @@ def _markdown(results: dict[str, Any], plan: dict[str, Any], seconds: float) -> 
             eps = f"{f['epsilon']:.2f} (delta {f['delta']:g})" if f.get("epsilon") is not None else "-"
             lines.append(f"| {label} | {f['overall'].get(metric, float('nan')):.3f} | {eps} | {f['rounds']} | "
                          f"{f['stopped']} |")
-        best_local = max(m["overall"].get(metric, float("-inf")) for m in r["local"]["fusion"].values())
+        best_local, best_name = max((m["overall"].get(metric, float("-inf")), f"{site} {variant}")
+                                    for variant, per_site in r["local"].items() for site, m in per_site.items())
         fed = r["federated"]["overall"].get(metric, float("nan"))
-        lines += ["", f"Federated fusion {'beats' if fed > best_local else 'does not beat'} the best local-only "
-                  f"fusion model ({fed:.3f} vs {best_local:.3f})."]
+        lines += ["", f"Federated fusion {'beats' if fed > best_local else 'does not beat'} every local-only model "
+                  f"({fed:.3f}; the best local-only is {best_name}, {best_local:.3f})."]
         if r.get("versus_local"):
             v = r["versus_local"]
-            lines += [f"Paired bootstrap of the pooled test set ({v['resamples']} resamples): margin "
+            lines += [f"Paired bootstrap of the pooled test set ({v['resamples']} resamples) against the "
+                      f"{len(v['compared'])} local-only models that score every test row: margin "
                       f"{v['margin']:+.3f}, {v['level']:.0%} interval [{v['interval'][0]:+.3f}, "
-                      f"{v['interval'][1]:+.3f}]; federated beats every site's model in "
+                      f"{v['interval'][1]:+.3f}]; federated beats every local-only model in "
                       f"{v['beats_all_share']:.0%} of resamples. This covers test-set sampling only; "
                       "`mmdomain fed compare --seeds ...` repeats the training with other seeds."]
         lines.append("")

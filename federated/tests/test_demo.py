@@ -36,6 +36,8 @@ def test_demo_quick_writes_a_consistent_report(tmp_path):
         assert f"{m['overall'][metric]:.3f}" in summary
     assert metrics["federated_dp"]["epsilon"] > 0
     v = metrics["versus_local"]  # paired bootstrap of the pooled test set, federated vs best local
+    # single-modality models skip test rows without their modality: only the fusion ones are paired here
+    assert v["compared"] == ["site-0", "site-1", "site-2"]
     best_local = max(m["overall"][metric] for m in metrics["local"]["fusion"].values())
     assert v["metric"] == metric and v["margin"] == pytest.approx(fed - best_local, abs=1e-6)
     assert f"margin {v['margin']:+.3f}" in summary and f"{v['beats_all_share']:.0%} of resamples" in summary
