@@ -106,12 +106,13 @@ def synth(dataset: str, out: Path, sites: int, seed: int, quick: bool) -> None:
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 def detect(path: Path) -> None:
     """Say which installed plugin's modality reads PATH."""
-    from .plugins import detect_modality, get_registry
+    from .plugins import get_registry
 
-    name = detect_modality(path)
+    registry = get_registry()
+    name = registry.detect_modality(path)
     if name is None:
-        raise MMDomainError(f"no installed plugin reads {path}; modalities: {get_registry().names('modality')}")
-    click.echo(f"{name} ({get_registry().owner('modality', name)})")
+        raise MMDomainError(f"no installed plugin reads {path}; modalities: {registry.names('modality')}")
+    click.echo(f"{name} ({registry.owner('modality', name)})")
 
 
 # -- train / evaluate ----------------------------------------------------------------------------
@@ -177,7 +178,7 @@ def evaluate(checkpoint: Path, data_root: Path | None, split: str, drop: tuple[s
 def _add_plugin_commands() -> None:
     from .plugins import get_plugin_manager
 
-    get_plugin_manager().hook.register_commands(cli=cli)
+    get_plugin_manager().add_commands(cli)
 
 
 def main() -> None:

@@ -123,3 +123,13 @@ def load_config(path: str | Path) -> RunConfig:
     if not config.data.root.is_absolute():  # relative data roots are relative to the config file
         config.data.root = (path.parent / config.data.root).resolve()
     return config
+
+
+def single_modality(config: ModelConfig, keep: str) -> ModelConfig:
+    """The same model restricted to one modality (its encoder, tokenizer and task)."""
+    data = config.model_dump()
+    data["modalities"] = [keep]
+    data["encoders"] = {keep: data["encoders"][keep]}
+    data["tokenizers"] = {k: v for k, v in data["tokenizers"].items() if k == keep}
+    data["modality_dropout"] = 0.0
+    return parse(ModelConfig, data, f"single-modality model ({keep})")

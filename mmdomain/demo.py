@@ -1,4 +1,4 @@
-"""``mmdomain demo``: generate synthetic data for an installed dataset, train fusion and
+"""``mmdomain local-demo``: generate synthetic data for an installed dataset, train fusion and
 single-modality models, print metrics overall and per availability pattern."""
 
 from __future__ import annotations
@@ -9,18 +9,8 @@ from pathlib import Path
 
 import click
 
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, parse
+from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, parse, single_modality
 from .errors import MMDomainError
-
-
-def single_modality(config: ModelConfig, keep: str) -> ModelConfig:
-    """The same model restricted to one modality (its encoder, tokenizer and task)."""
-    data = config.model_dump()
-    data["modalities"] = [keep]
-    data["encoders"] = {keep: data["encoders"][keep]}
-    data["tokenizers"] = {k: v for k, v in data["tokenizers"].items() if k == keep}
-    data["modality_dropout"] = 0.0
-    return parse(ModelConfig, data, f"single-modality model ({keep})")
 
 
 def run_local_demo(dataset: str, out: Path, *, epochs: int, seed: int, quick: bool, fusion: str | None,

@@ -17,8 +17,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from importlib import metadata
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pluggy
 
@@ -54,6 +53,7 @@ class PluginInfo:
     status: str = "ok"  # ok | failed | blocked
     error: str = ""
     registered: dict[str, list[str]] = field(default_factory=dict)
+    commands: list[str] = field(default_factory=list)  # CLI sub-commands it added (register_commands)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -143,7 +143,7 @@ class PluginManager:
 
     def _collect(self) -> Registry:
         self.check_pending()
-        registry = Registry()
+        registry = Registry(self.pm.hook)
         impls = {
             kind: getattr(self.pm.hook, hook_name).get_hookimpls() for kind, hook_name in REGISTER_HOOKS.items()
         }
@@ -159,8 +159,38 @@ class PluginManager:
                 reason = str(exc) if isinstance(exc, MMDomainError) else f"{type(exc).__name__}: {exc}"
                 self._fail(info, f"registration failed: {reason}", exc)
                 continue
-            info.registered = registry.by_plugin(plugin_name)
+            info.registered = registry.by_plugin(plugin_name) | ({"command": info.commands} if info.commands else {})
         return registry
+
+    # -- commands ------------------------------------------------------------------
+    def add_commands(self, group: Any) -> None:
+        """Let each plugin add its sub-commands to ``group`` (a click group), built-ins first.
+
+        A command name already taken is refused like a duplicate spec: the plugin that
+        asked second fails (reported by ``plugins list``, fatal in strict mode) and
+        none of its commands are added. What each plugin added is in ``PluginInfo.commands``.
+        """
+        for impl in self.pm.hook.register_commands.get_hookimpls():  # trylast (built-ins) first
+            info = self.infos.setdefault(impl.plugin_name, PluginInfo(impl.plugin_name, "?", "?"))
+            proxy = _CommandRecorder(group)
+            try:
+                impl.function(cli=proxy)
+                clash = {n: group.commands[n] for n in proxy.added if n in group.commands}
+                if clash:
+                    owners = {n: self._command_owner(n) for n in clash}
+                    raise MMDomainError("; ".join(f"command {n!r} is already added by plugin {o!r}"
+                                                  for n, o in owners.items()))
+            except Exception as exc:  # noqa: BLE001 - report and isolate the plugin
+                reason = str(exc) if isinstance(exc, MMDomainError) else f"{type(exc).__name__}: {exc}"
+                self._fail(info, f"adding commands failed: {reason}", exc)
+                continue
+            for name, command in proxy.added.items():
+                group.add_command(command, name=name)
+            info.commands = sorted(proxy.added)
+            info.registered["command"] = info.commands
+
+    def _command_owner(self, name: str) -> str:
+        return next((i.name for i in self.infos.values() if name in i.commands), "(the core)")
 
     def check_pending(self) -> None:
         """Fail loudly on a hook implementation whose name matches no hook (a typo)."""
@@ -179,6 +209,43 @@ class PluginManager:
 
     def failures(self) -> list[PluginInfo]:
         return [i for i in self.plugins() if i.status == "failed"]
+
+
+class _CommandRecorder:
+    """Stands in for the click group a plugin's ``register_commands`` receives: records
+    what it adds, so the manager can check names before anything reaches the real group."""
+
+    def __init__(self, group: Any) -> None:
+        self._group = group
+        self.added: dict[str, Any] = {}
+
+    @property
+    def commands(self) -> dict[str, Any]:
+        return {**self._group.commands, **self.added}
+
+    def add_command(self, command: Any, name: str | None = None) -> None:
+        name = name or command.name
+        if name in self.added:
+            raise MMDomainError(f"command {name!r} is added twice by the same plugin")
+        self.added[name] = command
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable:
+        import click
+
+        def decorator(f: Callable) -> Any:
+            cmd = click.command(*args, **kwargs)(f)
+            self.add_command(cmd)
+            return cmd
+        return decorator
+
+    def group(self, *args: Any, **kwargs: Any) -> Callable:
+        import click
+
+        def decorator(f: Callable) -> Any:
+            grp = click.group(*args, **kwargs)(f)
+            self.add_command(grp)
+            return grp
+        return decorator
 
 
 def _version(dist: str) -> str:
@@ -212,17 +279,11 @@ def reset_plugin_manager() -> None:
         _default = None
 
 
-def detect_modality(path: str | Path, manager: PluginManager | None = None) -> str | None:
-    manager = manager or get_plugin_manager()
-    return manager.hook.detect_modality(path=Path(path))
-
-
 __all__ = [
     "PluginManager",
     "PluginInfo",
     "get_plugin_manager",
     "get_registry",
     "reset_plugin_manager",
-    "detect_modality",
     "SPEC_TYPES",
 ]

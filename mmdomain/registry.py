@@ -7,13 +7,13 @@ naming both plugins.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Protocol, Sequence
 
 from torch import Tensor, nn
 
-from .errors import DuplicateNameError, InvalidSpecError, UnknownComponentError
+from .errors import ConfigError, DuplicateNameError, InvalidSpecError, UnknownComponentError
 
 ModalityKind = Literal["image", "volume", "raster", "text"]
 MODALITY_KINDS: tuple[str, ...] = ("image", "volume", "raster", "text")
@@ -160,7 +160,8 @@ class SyntheticSpec:
 
     ``generate(root, *, num_sites, seed, **options) -> list[Path]`` writes one folder
     per site under ``root`` and returns them; ``dataset.build(site_folder, split)``
-    must read each. Same seed, same bytes.
+    must read each. Same seed, same bytes. A generator that sets ``demo_options`` takes
+    part in ``mmdomain demo`` by default, with those site sizes.
     """
 
     name: str
@@ -168,6 +169,10 @@ class SyntheticSpec:
     generate: Callable[..., list[Path]]
     description: str = ""
     quick_options: dict[str, Any] = field(default_factory=dict)  # a small dataset, for tests and --quick
+    #: Options of the full demo's sites; None keeps this generator out of ``mmdomain demo``'s defaults.
+    demo_options: dict[str, Any] | None = None
+    #: Options of ``mmdomain demo --quick`` (default: ``quick_options``).
+    demo_quick_options: dict[str, Any] | None = None
 
     def validate(self) -> None:
         _check_name(self.name)
@@ -202,10 +207,15 @@ class Entry:
 
 
 class Registry:
-    """Every spec that plugins registered, by kind and name, with who registered it."""
+    """Every spec that plugins registered, by kind and name, with who registered it.
 
-    def __init__(self) -> None:
+    It is also the front door to the firstresult hooks (``detect_modality``, ``partition``):
+    callers ask the registry, never pluggy, so they get typed answers and clear errors.
+    """
+
+    def __init__(self, hook: Any = None) -> None:
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in SPEC_TYPES}
+        self._hook = hook  # pluggy's hook relay of the manager that filled this registry
 
     def add(self, kind: str, spec: Any, plugin: str) -> None:
         expected = SPEC_TYPES[kind]
@@ -284,9 +294,31 @@ class Registry:
             if spec.dataset == dataset:
                 return spec
         raise UnknownComponentError(
-            f"synthetic generator for dataset", dataset, [s.dataset for s in self.specs("synthetic")]
+            "synthetic generator for dataset", dataset, [s.dataset for s in self.specs("synthetic")]
         )
 
+    # front doors to the firstresult hooks
+    def detect_modality(self, path: str | Path) -> str | None:
+        """The modality that reads ``path``: the first plugin that claims it, else the first
+        ``ModalitySpec`` whose ``extensions`` match the file's suffix, else None."""
+        path = Path(path)
+        if self._hook is not None:
+            name = self._hook.detect_modality(path=path)
+            if name is not None:
+                return name
+        suffix = "".join(path.suffixes[-2:]).lower()
+        for spec in self.specs("modality"):
+            if any(suffix.endswith(ext.lower()) for ext in spec.extensions):
+                return spec.name
+        return None
 
-def spec_fields(kind: str) -> list[str]:
-    return [f.name for f in fields(SPEC_TYPES[kind])]
+    def partition(self, dataset: Any, num_sites: int, site: int, scheme: str) -> list[int]:
+        """Indices of ``dataset`` held by ``site`` of ``num_sites`` under ``scheme`` (a plugin's, or
+        the core's ``iid`` / ``by-meta:KEY``); an unknown scheme is a ``ConfigError``."""
+        if self._hook is None:
+            raise ConfigError("this registry was built without a plugin manager; partition schemes need one")
+        idx = self._hook.partition(dataset=dataset, num_sites=num_sites, site=site, scheme=scheme)
+        if idx is None:
+            raise ConfigError(f"partition scheme {scheme!r} is not known to any installed plugin "
+                              "(the core knows 'iid' and 'by-meta:KEY')")
+        return [int(i) for i in idx]

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from .checkpoint import save_checkpoint
 from .config import ModelConfig, RunConfig, parse
 from .data.collate import Collate
+from .data.availability import availability_pattern
 from .data.sample import Batch
 from .errors import ConfigError, DataError, MMDomainError
 from .models.compose import FusionModel, build_model, fit_tokenizers, needs_fitting
@@ -141,7 +142,7 @@ def evaluate(model: FusionModel, loader: Iterable[Batch], *, device: torch.devic
         total += float(loss) * n
         seen += n
         _update(model, overall, out.output, batch.target, batch.present)
-        patterns = ["+".join(m for m in model.modalities if bool(batch.present[m][i])) for i in range(n)]
+        patterns = [availability_pattern(m for m in model.modalities if bool(batch.present[m][i])) for i in range(n)]
         for p in sorted(set(patterns)):
             idx = torch.tensor([i for i, q in enumerate(patterns) if q == p], device=device)
             if p not in by_pattern:

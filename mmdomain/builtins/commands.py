@@ -7,9 +7,8 @@ from ..hookspecs import hookimpl
 
 @hookimpl(trylast=True)
 def register_commands(cli):
-    """``demo`` here is the local-only demo; an installed plugin that adds its own ``demo``
-    (the federated layer's full demo) takes precedence."""
+    """``local-demo``: one synthetic site, fusion against each single modality (no federation).
+    The full demo, ``demo``, belongs to the federated layer."""
     from ..demo import demo_command
 
-    if "demo" not in cli.commands:
-        cli.add_command(demo_command, name="demo")
+    cli.add_command(demo_command, name="local-demo")

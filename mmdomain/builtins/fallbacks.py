@@ -1,25 +1,16 @@
-"""The core's last-resort answers to the firstresult hooks (``trylast``)."""
+"""The core's last-resort answer to the ``partition`` hook (``trylast``).
+
+(``detect_modality``'s fallback, matching ``ModalitySpec.extensions``, lives in
+``Registry.detect_modality``: it needs the registry of the manager that asks.)"""
 
 from __future__ import annotations
 
 import random
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
 from ..hookspecs import hookimpl
-
-
-@hookimpl(trylast=True)
-def detect_modality(path: Path) -> str | None:
-    from ..plugins import get_registry
-
-    suffix = "".join(path.suffixes[-2:]).lower() if len(path.suffixes) > 1 else path.suffix.lower()
-    for spec in get_registry().specs("modality"):
-        if any(suffix.endswith(ext.lower()) for ext in spec.extensions):
-            return spec.name
-    return None
 
 
 def sample_meta(dataset: Any, i: int) -> dict[str, Any]:

@@ -1,6 +1,9 @@
-"""Sample, Batch, collate and dataset helpers."""
+"""Sample, Batch, collate, availability and the group split."""
 
+from .availability import AvailabilityAware, availability_counts, availability_pattern, present_modalities
 from .collate import Collate
-from .sample import Batch, Sample, availability_pattern
+from .sample import Batch, Sample
+from .split import split_of
 
-__all__ = ["Batch", "Collate", "Sample", "availability_pattern"]
+__all__ = ["AvailabilityAware", "Batch", "Collate", "Sample", "availability_counts", "availability_pattern",
+           "present_modalities", "split_of"]

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .availability import availability_pattern
+
 
 @dataclass
 class Sample:
@@ -47,10 +49,8 @@ class Batch:
 
     def patterns(self) -> list[str]:
         """The availability pattern of each sample, e.g. ``"image+report"``."""
-        names = self.modalities
-        return [
-            "+".join(m for m in names if bool(self.present[m][i])) or "none" for i in range(len(self))
-        ]
+        return [availability_pattern(m for m, mask in self.present.items() if bool(mask[i]))
+                for i in range(len(self))]
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         def move(x: Any) -> Any:
@@ -74,7 +74,3 @@ class Batch:
             self.meta,
         )
 
-
-def availability_pattern(present: dict[str, Any] | list[str]) -> str:
-    names = sorted(present)
-    return "+".join(names) or "none"

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 
 from ..config import ModelConfig, parse
+from ..data.availability import AvailabilityAware
 from ..data.collate import Collate
 from ..plugins import PluginManager
 from ..registry import Registry
@@ -45,7 +46,12 @@ def check_loaded(manager: PluginManager, plugin: str, workdir: Path) -> str:
     info = next((i for i in manager.plugins() if i.name == plugin), None)
     assert info is not None, f"plugin {plugin!r} is not installed"
     assert info.status == "ok", f"plugin {plugin!r} did not load: {info.error}"
-    assert info.registered, f"plugin {plugin!r} loaded but registered nothing"
+    if not info.commands and any(i.plugin_name == plugin for i in manager.hook.register_commands.get_hookimpls()):
+        import click
+
+        manager.add_commands(click.Group("contract-probe"))  # a plugin may contribute only commands
+        assert info.status == "ok", f"plugin {plugin!r} failed to add its commands: {info.error}"
+    assert info.registered, f"plugin {plugin!r} loaded but registered nothing (no spec, no command)"
     return ", ".join(f"{len(v)} {k}" for k, v in info.registered.items())
 
 
@@ -56,6 +62,8 @@ def _generate(registry: Registry, spec, root: Path) -> list[Path]:
 
 
 def check_synthetic_loads(manager: PluginManager, plugin: str, workdir: Path) -> str:
+    """Each generator's site reads back: declared modalities, the spec's channels, finite values,
+    and (for a dataset with ``available(i)``) the same modalities its index claims."""
     registry = manager.registry
     done = []
     for spec in _owned(registry, "synthetic", plugin):
@@ -67,6 +75,10 @@ def check_synthetic_loads(manager: PluginManager, plugin: str, workdir: Path) ->
         for i in range(min(len(ds), 8)):
             sample = ds[i]
             assert sample.inputs, f"sample {i} of {dspec.name!r} has no modality at all"
+            if isinstance(ds, AvailabilityAware):
+                assert set(ds.available(i)) == set(sample.inputs), (
+                    f"dataset {dspec.name!r}: available({i}) says {sorted(ds.available(i))}, "
+                    f"the sample has {sorted(sample.inputs)}")
             for m, value in sample.inputs.items():
                 assert m in dspec.modalities, f"sample has modality {m!r}, not declared by dataset {dspec.name!r}"
                 mspec = registry.modality(m)

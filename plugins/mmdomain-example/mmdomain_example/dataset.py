@@ -41,6 +41,11 @@ class ToyDataset(torch.utils.data.Dataset):
         r = self.rows[i]
         return {"id": r["id"], "site": r["site"], "split": r["split"]}
 
+    def available(self, i: int) -> frozenset[str]:
+        """The modalities sample ``i`` has, from the manifest alone (the availability protocol)."""
+        r = self.rows[i]
+        return frozenset(m for m, col in (("toy_image", "image"), ("toy_note", "note")) if r[col])
+
     def __getitem__(self, i: int) -> Sample:
         r = self.rows[i]
         inputs: dict = {}

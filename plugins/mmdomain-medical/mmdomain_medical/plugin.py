@@ -135,6 +135,7 @@ def register_datasets(register):
 @hookimpl
 def register_synthetic(register):
     register(SyntheticSpec("medical", "medical", _generate, quick_options={"studies_per_site": 24},
+                           demo_options={"studies_per_site": 96},
                            description="seeded chest X-ray sites: real DICOM (vendor mix, RLE/J2K), "
                                        "MIMIC-style reports with fake PHI, labels needing image AND text"))
 

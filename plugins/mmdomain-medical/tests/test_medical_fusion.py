@@ -3,7 +3,7 @@
 One synthetic site (400 studies, 48 px DICOM written at that size so nothing is resized)
 is generated once per module; three models are trained with the core ``fit`` on the
 plugin's default model (MONAI ResNet + BERT-like text over the federated-safe ``hashing``
-tokenizer, concat fusion), restricted to one modality with ``demo.single_modality``.
+tokenizer, concat fusion), restricted to one modality with ``mmdomain.config.single_modality``.
 Macro AUROC is compared on the held-out studies (val + test: ``fit`` trains a fixed
 number of epochs and never selects on val, so both are unseen).
 
@@ -25,7 +25,7 @@ from torch.utils.data import ConcatDataset
 
 from mmdomain import get_registry
 from mmdomain.config import ModelConfig, RunConfig, parse
-from mmdomain.demo import single_modality
+from mmdomain.config import single_modality
 from mmdomain.training import build_dataset, evaluate, fit, make_loader
 from mmdomain_medical.plugin import DEFAULT_MODEL
 from mmdomain_medical.synthetic import generate
