@@ -1,7 +1,8 @@
 """The ``mmdomain`` command line.
 
 Errors mmdomain raises on purpose (``MMDomainError``) are printed as one clear line and
-exit with status 2; anything else is a bug and keeps its traceback.
+exit with status 2; anything else is a bug and keeps its traceback. Commands import what they
+need when they run, so ``mmdomain --help`` and ``plugins list`` start without torch.
 """
 
 from __future__ import annotations

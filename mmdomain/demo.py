@@ -11,13 +11,12 @@ import click
 
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, parse, single_modality
 from .errors import MMDomainError
+from .plugins import get_registry
+from .training import fit
 
 
 def run_local_demo(dataset: str, out: Path, *, epochs: int, seed: int, quick: bool, fusion: str | None,
                    log=click.echo) -> dict:
-    from .plugins import get_registry
-    from .training import fit
-
     registry = get_registry()
     dspec = registry.dataset(dataset)
     gen = registry.synthetic_for(dataset)
@@ -53,8 +52,6 @@ def run_local_demo(dataset: str, out: Path, *, epochs: int, seed: int, quick: bo
 @click.option("--fusion", default=None, help="Fusion head (default: the dataset's).")
 def demo_command(dataset: str | None, out: Path | None, epochs: int, seed: int, quick: bool, fusion: str | None):
     """Train fusion vs single-modality models on synthetic data and compare them."""
-    from .plugins import get_registry
-
     registry = get_registry()
     if dataset is None:
         gens = registry.specs("synthetic")

@@ -9,6 +9,6 @@ from ..hookspecs import hookimpl
 def register_commands(cli):
     """``local-demo``: one synthetic site, fusion against each single modality (no federation).
     The full demo, ``demo``, belongs to the federated layer."""
-    from ..demo import demo_command
+    from ..demo import demo_command  # here, not at the top: the manager loads this module, the demo imports torch
 
     cli.add_command(demo_command, name="local-demo")

@@ -21,8 +21,10 @@ import torch
 from ..config import ModelConfig, parse
 from ..data.availability import AvailabilityAware
 from ..data.collate import Collate
+from ..models.compose import build_model, fit_tokenizers
 from ..plugins import PluginManager
 from ..registry import Registry
+from ..training import texts_for_fitting
 
 Check = Callable[[PluginManager, str, Path], str]
 
@@ -156,9 +158,6 @@ def check_encoders(manager: PluginManager, plugin: str, workdir: Path) -> str:
 
 
 def check_training_step(manager: PluginManager, plugin: str, workdir: Path) -> str:
-    from ..models.compose import build_model, fit_tokenizers
-    from ..training import texts_for_fitting
-
     registry = manager.registry
     done = []
     for dspec in _owned(registry, "dataset", plugin):
