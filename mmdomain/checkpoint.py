@@ -74,7 +74,7 @@ def load_checkpoint(path: str | Path, registry: Registry) -> tuple[FusionModel, 
     header = read_header(path)
     config = parse(ModelConfig, header["model"], f"{path} (model config)")
     try:
-        model = FusionModel(config, registry)
+        model = FusionModel(config, registry, load_weights=False)  # the state dict below holds them
     except UnknownComponentError as exc:
         owner = header["owners"].get(f"{exc.kind}:{exc.name}", "?")
         raise CheckpointError(f"{path} needs {exc.kind} {exc.name!r} from plugin {owner!r}, which is not "
@@ -86,3 +86,55 @@ def load_checkpoint(path: str | Path, registry: Registry) -> tuple[FusionModel, 
                               f"unexpected {unexpected[:5]})")
     model.eval()
     return model, header["extra"]
+
+
+def init_from_checkpoint(model: FusionModel, path: str | Path) -> dict[str, Any]:
+    """Load every tensor of checkpoint ``path`` that fits ``model`` (same name and shape); the rest
+    of the model keeps its initialisation. Returns a report per module (``encoders.<m>``,
+    ``fusion``, ``task``): how many tensors were loaded, and why the others were not.
+
+    A model with low-rank adapters takes the checkpoint's base weights (``x.weight`` into
+    ``x.base_layer.weight``). Typical use: fine-tune from a self-supervised (contrastive) run,
+    whose encoders fit and whose task head does not.
+    """
+    path = Path(path)
+    read_header(path)  # a clear error for anything that is not an mmdomain checkpoint
+    state = load_file(str(path))
+    own = model.state_dict()
+    take: dict[str, Any] = {}
+    report: dict[str, dict[str, Any]] = {}
+    for key, tensor in own.items():
+        source = key if key in state else key.replace(".base_layer.", ".")
+        entry = report.setdefault(_module_of(key), {"loaded": 0, "not_in_checkpoint": 0, "other_shape": 0})
+        if source not in state:
+            entry["not_in_checkpoint"] += 1
+        elif state[source].shape != tensor.shape:
+            entry["other_shape"] += 1
+        else:
+            take[key] = state[source]
+            entry["loaded"] += 1
+    used = {k if k in state else k.replace(".base_layer.", ".") for k in take}
+    for key in state:
+        if key not in used:
+            report.setdefault(_module_of(key), {"loaded": 0, "not_in_checkpoint": 0, "other_shape": 0})
+            report[_module_of(key)]["unused_in_checkpoint"] = report[_module_of(key)].get("unused_in_checkpoint", 0) + 1
+    if not take:
+        raise CheckpointError(f"{path}: no tensor of this checkpoint fits the model (another architecture?)")
+    model.load_state_dict(take, strict=False)
+    return {"checkpoint": str(path), "modules": report}
+
+
+def _module_of(key: str) -> str:
+    parts = key.split(".")
+    return ".".join(parts[:2]) if parts[0] == "encoders" else parts[0]
+
+
+def describe_init(report: dict[str, Any]) -> str:
+    """One line per module: ``encoders.s2: 12/12 loaded`` or ``task: 0/2 loaded (2 of another shape)``."""
+    lines = []
+    for module, e in sorted(report["modules"].items()):
+        total = e["loaded"] + e["not_in_checkpoint"] + e["other_shape"]
+        why = [f"{e[k]} {k.replace('_', ' ')}" for k in ("not_in_checkpoint", "other_shape", "unused_in_checkpoint")
+               if e.get(k)]
+        lines.append(f"{module}: {e['loaded']}/{total} loaded" + (f" ({', '.join(why)})" if why else ""))
+    return "\n".join(lines)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, MMDomainError
 
 
 class _Strict(BaseModel):
@@ -21,11 +21,30 @@ class _Strict(BaseModel):
 
 
 class Component(_Strict):
-    """A registered component by name, with its options (passed to its ``build``)."""
+    """A registered component by name, with its options (passed to its ``build``).
+
+    Encoders also take ``weights`` (a local weights file, see ``mmdomain.models.weights``; its
+    SHA-256 is recorded in ``weights_sha256`` when the model is built) and ``train`` (which
+    parameters train: all, none, norms, last:N, lora:R; see ``mmdomain.models.trainable``).
+    """
 
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
     fitted: bool = False  # tokenizers: options already hold the fitted vocabulary
+    weights: str | None = None
+    weights_sha256: str | None = None
+    train: str = "all"
+
+    @field_validator("train")
+    @classmethod
+    def _policy(cls, v: str) -> str:
+        from .models.trainable import TrainPolicy
+
+        try:
+            TrainPolicy.parse(v)
+        except MMDomainError as exc:
+            raise ValueError(str(exc)) from None
+        return v
 
 
 class ModelConfig(_Strict):
@@ -44,6 +63,14 @@ class ModelConfig(_Strict):
         if len(set(v)) != len(v):
             raise ValueError(f"modalities repeat a name: {v}")
         return sorted(v)
+
+    @model_validator(mode="after")
+    def _weights_and_policies_only_on_encoders(self) -> "ModelConfig":
+        others = {"fusion": self.fusion, "task": self.task, **{f"tokenizers.{m}": c for m, c in self.tokenizers.items()}}
+        for where, c in others.items():
+            if c.weights or c.train != "all":
+                raise ValueError(f"{where}: weights and train apply to encoders only")
+        return self
 
     @model_validator(mode="after")
     def _every_modality_has_an_encoder(self) -> "ModelConfig":
@@ -78,6 +105,7 @@ class TrainConfig(_Strict):
     out_dir: Path = Path("runs/latest")
     progress: bool = True
     max_steps_per_epoch: int | None = Field(None, ge=1)
+    init_from: Path | None = None  # a checkpoint: its modules that fit this model are loaded first
 
 
 class RunConfig(_Strict):
@@ -120,8 +148,13 @@ def load_config(path: str | Path) -> RunConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a table of settings at the top level")
     config = parse(RunConfig, data, str(path))
-    if not config.data.root.is_absolute():  # relative data roots are relative to the config file
+    if not config.data.root.is_absolute():  # relative paths are relative to the config file
         config.data.root = (path.parent / config.data.root).resolve()
+    if config.train.init_from is not None and not config.train.init_from.is_absolute():
+        config.train.init_from = (path.parent / config.train.init_from).resolve()
+    for comp in (config.model.encoders.values() if config.model else ()):
+        if comp.weights and not Path(comp.weights).is_absolute():
+            comp.weights = str((path.parent / comp.weights).resolve())
     return config
 
 

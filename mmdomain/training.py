@@ -28,13 +28,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .checkpoint import save_checkpoint
+from .checkpoint import describe_init, init_from_checkpoint, save_checkpoint
 from .config import ModelConfig, RunConfig, parse
 from .data.collate import Collate
 from .data.availability import availability_pattern
 from .data.sample import Batch
 from .errors import ConfigError, DataError, MMDomainError
 from .models.compose import FusionModel, build_model, fit_tokenizers, needs_fitting
+from .models.trainable import count_parameters
 from .registry import Registry
 from .tasks.base import take
 
@@ -274,7 +275,11 @@ def fit(config: RunConfig, registry: Registry, *, log: Callable[[str], None] = p
         model_cfg = fit_tokenizers(model_cfg, registry, texts_for_fitting(train_ds, model_cfg.modalities, registry))
     config = config.model_copy(update={"model": model_cfg})
     model = build_model(model_cfg, registry).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    init = init_from_checkpoint(model, t.init_from) if t.init_from else None
+    if init:
+        log(f"initialised from {t.init_from}:\n" + describe_init(init))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr,
+                                  weight_decay=t.weight_decay)
     train_loader = make_loader(train_ds, model.modalities, t.batch_size, shuffle=True, seed=t.seed,
                                num_workers=config.data.num_workers, drop_last=True)
     val_loader = make_loader(val_ds, model.modalities, t.batch_size, shuffle=False,
@@ -282,9 +287,12 @@ def fit(config: RunConfig, registry: Registry, *, log: Callable[[str], None] = p
     out_dir = Path(t.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(config.model_dump_json(indent=2))
+    if init:
+        (out_dir / "init-report.json").write_text(json.dumps(init, indent=2))
     metrics_log = JsonLines(out_dir / "metrics.jsonl")
     result = FitResult(model, config)
-    log(f"training {sum(p.numel() for p in model.parameters()):,} parameters on {device} "
+    trainable, total = count_parameters(model)
+    log(f"training {trainable:,} of {total:,} parameters on {device} "
         f"({len(train_ds)} train / {len(val_ds)} val samples)")
     for epoch in range(1, t.epochs + 1):
         start = time.perf_counter()

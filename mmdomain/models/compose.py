@@ -3,11 +3,13 @@
 Encoders run only on the rows where their modality is present (absent rows get a zero
 embedding that the fusion heads mask out), so a missing modality costs nothing and its
 fill values cannot reach the output. ``encode_absent=True`` runs encoders on every row
-instead, which per-sample-gradient DP (Opacus) needs.
+instead, which per-sample-gradient DP (Opacus) needs for the encoders it trains (a frozen
+encoder still runs on present rows only, without gradients).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -19,6 +21,8 @@ from ..data.sample import Batch
 from ..errors import ConfigError, MMDomainError
 from ..fusion.base import modality_dropout
 from ..registry import Registry, Tokenizer
+from .trainable import apply_policy, is_frozen
+from .weights import load_encoder_weights
 
 
 @dataclass
@@ -59,8 +63,16 @@ def fit_tokenizers(config: ModelConfig, registry: Registry, texts: dict[str, Ite
 
 
 class FusionModel(nn.Module):
-    def __init__(self, config: ModelConfig, registry: Registry):
+    """``encoders -> fusion -> task`` of one ``ModelConfig``.
+
+    Encoders with weights load them from their local file when ``load_weights`` (not when a
+    checkpoint is rebuilt: its state dict follows); each encoder's ``train`` policy then decides
+    what trains. A fully frozen encoder runs without gradients and stays in eval mode.
+    """
+
+    def __init__(self, config: ModelConfig, registry: Registry, *, load_weights: bool = True):
         super().__init__()
+        config = config.model_copy(deep=True)  # weights_sha256 is filled in below
         self.config = config
         self.modalities = list(config.modalities)
         task_spec = registry.task(config.task.name)
@@ -96,6 +108,10 @@ class FusionModel(nn.Module):
             encoders[m] = _build("encoder", comp, espec.build, mspec, **extra)
             if not isinstance(getattr(encoders[m], "out_dim", None), int):
                 raise MMDomainError(f"encoder {comp.name!r} built a module without an int out_dim")
+            if comp.weights and load_weights:
+                comp.weights_sha256 = load_encoder_weights(encoders[m], comp.weights, where=f"encoders.{m}",
+                                                           expected_sha256=comp.weights_sha256)
+            apply_policy(encoders[m], comp.train, where=f"encoders.{m}.train")
         self.encoders = nn.ModuleDict(encoders)
         self.dims = {m: e.out_dim for m, e in encoders.items()}
         self.fusion = _build("fusion", config.fusion, registry.fusion(config.fusion.name).build, dict(self.dims))
@@ -116,14 +132,15 @@ class FusionModel(nn.Module):
         device = next(self.parameters()).device
         for m in self.modalities:
             x, present = batch.inputs.get(m), batch.present[m]
-            if self.config.encode_absent and x is not None:
+            if self.config.encode_absent and x is not None and m not in self.frozen:
                 embeddings[m] = self.encoders[m](x)
                 continue
             idx = present.nonzero().squeeze(1)
             if x is None or idx.numel() == 0:
                 embeddings[m] = None
                 continue
-            h = self.encoders[m](x if idx.numel() == len(present) else x[idx])
+            with torch.no_grad() if m in self.frozen else contextlib.nullcontext():
+                h = self.encoders[m](x if idx.numel() == len(present) else x[idx])
             if idx.numel() == len(present):
                 embeddings[m] = h
             else:
@@ -148,6 +165,17 @@ class FusionModel(nn.Module):
                         embeddings[m] = nn.functional.interpolate(e, size=size, mode="bilinear", align_corners=False)
         return embeddings
 
+    @property
+    def frozen(self) -> set[str]:
+        """Modalities whose encoder has no trainable parameter."""
+        return {m for m, e in self.encoders.items() if is_frozen(e)}
+
+    def train(self, mode: bool = True) -> "FusionModel":
+        super().train(mode)
+        for m in self.frozen:  # a frozen encoder keeps its normalisation statistics
+            self.encoders[m].eval()
+        return self
+
     def forward(self, batch: Batch) -> ModelOutput:
         batch = self.tokenize(batch)
         present = batch.present
@@ -166,5 +194,5 @@ class FusionModel(nn.Module):
         return self.task.sample_losses(out.output, batch.target, out.present)
 
 
-def build_model(config: ModelConfig, registry: Registry) -> FusionModel:
-    return FusionModel(config, registry)
+def build_model(config: ModelConfig, registry: Registry, *, load_weights: bool = True) -> FusionModel:
+    return FusionModel(config, registry, load_weights=load_weights)

@@ -28,6 +28,11 @@ class ConvEncoder(nn.Module):
         self.out_dim = out_dim
         self.head = conv(c, out_dim, 1) if dense else nn.Linear(c, out_dim)
 
+    def blocks(self) -> list[nn.Module]:
+        """The conv stages (conv, norm, activation) and the head, input to output: what ``train = "last:N"`` counts."""
+        stages = [nn.Sequential(*self.body[i:i + 3]) for i in range(0, len(self.body), 3)]
+        return [*stages, self.head]
+
     def forward(self, x: Tensor) -> Tensor:
         h = self.body(x)
         if self.dense:

@@ -1,0 +1,99 @@
+"""Encoder weights from a local file, never a download, with the file's SHA-256 on record.
+
+``encoders.<m>.weights = "path/to/file"`` in a model config loads a state dict into the built
+encoder: ``.safetensors``, or a torch pickle (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) read with
+``weights_only=True`` (no code runs). A state dict nested under ``state_dict`` / ``model`` is
+unwrapped; the ``module.`` prefix of DataParallel/Opacus checkpoints is dropped. An encoder that
+knows its library's layout (torchgeo, torchvision, torchxrayvision...) defines
+``load_pretrained(state_dict, path)`` and maps the keys itself; others must match exactly.
+
+The digest is written into the model config (``weights_sha256``), so every site of a federation
+can check that it starts from the same file, and a checkpoint says what it started from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from ..errors import ConfigError
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_state_dict(path: str | Path, where: str = "weights") -> dict[str, torch.Tensor]:
+    """The tensors of a weights file; a clear ``ConfigError`` naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{where}: weights file {path} not found (weights are read from local files only; "
+                          "copy the file there or fix the path)")
+    try:
+        if path.suffix == ".safetensors":
+            state: Any = load_file(str(path))
+        elif path.suffix in PICKLE_SUFFIXES:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            raise ConfigError(f"{where}: {path}: unknown weights format {path.suffix!r}; "
+                              f"expected .safetensors or one of {PICKLE_SUFFIXES}")
+    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{where}: {path} is not a readable weights file ({first})") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{where}: {path} holds no state dict of tensors")
+    return {k.removeprefix("module.").removeprefix("_module."): v for k, v in state.items()}
+
+
+def check_fits(module: nn.Module, state: dict[str, torch.Tensor], path: Path, where: str) -> None:
+    """Refuse a state dict of another architecture, naming the file, the keys and the shapes."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in sorted(set(own) & set(state))
+              if state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+        if shapes:
+            k, got, want = shapes[0]
+            parts.append(f"{len(shapes)} of another shape (e.g. {k}: file {got}, encoder {want})")
+        raise ConfigError(f"{where}: {path} does not fit this encoder ({type(module).__name__}): "
+                          + "; ".join(parts))
+
+
+def load_encoder_weights(module: nn.Module, path: str | Path, *, expected_sha256: str | None = None,
+                         where: str = "weights") -> str:
+    """Load ``path`` into ``module``; returns the file's SHA-256 (checked against ``expected_sha256``)."""
+    path = Path(path)
+    state = read_state_dict(path, where)
+    digest = sha256_of(path)
+    if expected_sha256 and digest != expected_sha256:
+        raise ConfigError(f"{where}: {path} has SHA-256 {digest[:16]}..., the model config expects "
+                          f"{expected_sha256[:16]}... (another file than the one this model started from)")
+    loader = getattr(module, "load_pretrained", None)
+    if callable(loader):
+        loader(state, path)
+    else:
+        check_fits(module, state, path, where)
+        module.load_state_dict(state)
+    return digest
