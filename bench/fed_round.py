@@ -28,6 +28,7 @@ from mmdomain_federated import task  # noqa: E402
 from mmdomain_federated.deploy import LocalDeployment, make_site_keys  # noqa: E402
 from mmdomain_federated.inprocess import LocalGrid  # noqa: E402
 from mmdomain_federated.server_app import run_server  # noqa: E402
+from mmdomain_federated.settings import Settings  # noqa: E402
 from mmdomain_federated.simulate import run_simulation  # noqa: E402
 
 SITES = 3
@@ -95,7 +96,7 @@ def deploy(rounds: int, secure: bool, fused: bool) -> list[dict]:
 def compression(rounds: int) -> dict:
     res = {}
     for mode in ("none", "bf16"):
-        s = task.Settings.from_run_config({"num-server-rounds": rounds, "compress": mode, "readiness": False})
+        s = Settings.from_run_config({"num-server-rounds": rounds, "compress": mode, "readiness": False})
         summary = run_server(LocalGrid(SITES, s.as_run_config()), s, Path(tempfile.mkdtemp(prefix="fedbench-c-")))
         res[mode] = {"bytes_up_per_round": summary["history"][-1]["bytes-up"],
                      "test_accuracy": round(summary["final"]["overall"]["accuracy"], 4)}

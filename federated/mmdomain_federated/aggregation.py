@@ -1,6 +1,7 @@
 """Modality-aware aggregation, update screening and central-DP noise (numpy only).
 
-Sites may hold different modality sets. Each parameter belongs to a group (``task.param_group``):
+Sites may hold different modality sets. Each parameter belongs to a group and each site's
+parameters of a group are weighted by the one rule in ``groups`` (``groups.weight``):
 - ``encoder:<m>`` is averaged only over the sites that hold modality ``m``, weighted by how many
   of their training samples have ``m``;
 - ``fusion`` over the sites holding >= 2 modalities (those that learn how to combine them;
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .task import GROUP_FUSION, GROUP_TASK, param_group
+from .groups import fusion_from, held, param_group, weight
 
 
 @dataclass
@@ -33,13 +34,6 @@ class SiteUpdate:
     modality_counts: dict[str, int]
     num_examples: int
     metrics: dict[str, Any] = field(default_factory=dict)
-
-    def groups(self) -> set[str]:
-        g = {f"encoder:{m}" for m, c in self.modality_counts.items() if c > 0}
-        return g | ({GROUP_FUSION, GROUP_TASK} if self.num_examples > 0 else set())
-
-    def holds_for(self, group: str) -> bool:
-        return group in self.groups()
 
 
 @dataclass
@@ -88,17 +82,12 @@ def screen(updates: list[SiteUpdate], global_weights: dict[str, np.ndarray], out
 
 
 def contributors(group: str, updates: list[SiteUpdate], plain: bool = False) -> list[tuple[SiteUpdate, float]]:
-    """The sites whose ``group`` parameters enter the average, with their weights."""
-    if plain:  # stock FedAvg: everyone who sent the parameter, by sample count
-        return [(u, float(u.num_examples)) for u in updates if u.num_examples > 0]
-    if group.startswith("encoder:"):
-        m = group.split(":", 1)[1]
-        return [(u, float(u.modality_counts.get(m, 0))) for u in updates if u.modality_counts.get(m, 0) > 0]
-    if group == GROUP_FUSION:
-        multi = [u for u in updates if u.num_examples > 0 and sum(c > 0 for c in u.modality_counts.values()) >= 2]
-        chosen = multi or [u for u in updates if u.num_examples > 0]
-        return [(u, float(u.num_examples)) for u in chosen]
-    return [(u, float(u.num_examples)) for u in updates if u.num_examples > 0]
+    """The sites whose ``group`` parameters enter the average, with their weights (``groups.weight``;
+    the fusion head comes from every site when none of this round's holds >= 2 modalities)."""
+    source = fusion_from(held(u.modality_counts) for u in updates if u.num_examples > 0)
+    weighted = [(u, weight(group, u.modality_counts, u.num_examples, plain=plain, fusion_from=source))
+                for u in updates]
+    return [(u, w) for u, w in weighted if w > 0]
 
 
 def aggregate(global_weights: dict[str, np.ndarray], updates: list[SiteUpdate], *, plain: bool = False,

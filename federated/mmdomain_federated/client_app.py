@@ -1,5 +1,5 @@
-"""ClientApp (Message API): records <-> ``task`` calls. Nothing identifying leaves the site:
-replies carry weights, counts and aggregate metrics only."""
+"""ClientApp (Message API): records <-> ``task`` calls (train, evaluate, the readiness query).
+Nothing identifying leaves the site: replies carry weights, counts and aggregate metrics only."""
 
 from __future__ import annotations
 
@@ -11,12 +11,16 @@ import time
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from mmdomain.data import availability_counts
 from mmdomain.errors import ConfigError, DataError
 
 from . import task
+from .groups import FUSION_FROM_MULTI, held, trained_groups
 from .policy import load_policy, violations
-from .records import arrays_to_numpy, numpy_to_arrays
+from .readiness import readiness
+from .records import arrays_to_numpy, compress, numpy_to_arrays
 from .secure import SECAGG_CONFIGS
+from .settings import Settings
 
 app = ClientApp()
 EVAL_ERRORS = (DataError, IndexError, ValueError, RuntimeError)  # metric failures on tiny splits
@@ -53,7 +57,7 @@ def _registry():
 
 
 def _setup(msg: Message, context: Context):
-    settings = task.Settings.from_run_config(context.run_config)
+    settings = Settings.from_run_config(context.run_config)
     registry = _registry()
     node_config = dict(context.node_config)
     problems = violations(load_policy(node_config.get("policy-file")), settings, registry)
@@ -72,7 +76,7 @@ def _train_locally(cfg, settings, registry, node_config, global_w, node_id: int,
     model = model if model is not None else task.build(settings, registry)
     task.set_weights(model, global_w)
     data = task.load_site(settings, node_config, registry, "train")
-    mod_counts, _ = task.counts(data, model.modalities)
+    mod_counts, _ = availability_counts(data, model.modalities)
     metrics: dict = {}
     if cfg.get("fused-eval", False):  # evaluate the incoming global model: one message per round
         try:
@@ -105,7 +109,7 @@ def _train_secure(msg: Message, context: Context, settings, registry, node_confi
     global_w = layout.from_list(parameters_to_ndarrays(fitins.parameters))
     model, mod_counts, n, metrics = _train_locally(cfg, settings, registry, node_config, global_w, context.node_id,
                                                    model)
-    weights = group_weights(mod_counts, n, fusion_from=str(cfg.get("fusion-from", "multi")),
+    weights = group_weights(mod_counts, n, fusion_from=str(cfg.get("fusion-from", FUSION_FROM_MULTI)),
                             plain=settings.aggregation == "plain", dp=settings.central_dp,
                             scale=settings.secagg_weight_scale)
     if weights and max(weights.values()) > settings.secagg_clip_range:
@@ -138,14 +142,11 @@ def train(msg: Message, context: Context) -> Message:
     cfg = msg.content["config"]
     model, mod_counts, n, metrics = _train_locally(cfg, settings, registry, node_config,
                                                    arrays_to_numpy(msg.content["arrays"]), context.node_id)
-    weights = task.get_weights(model, task.trained_groups(mod_counts, n))
-    if settings.compress == "bf16":
-        weights = {k: task.bf16_encode(v) for k, v in weights.items()}
+    weights = compress(task.get_weights(model, trained_groups(mod_counts, n)), settings.compress)
     metrics.update({f"count/{m}": c for m, c in mod_counts.items()})
-    return Message(RecordDict({"arrays": numpy_to_arrays(weights), "metrics": MetricRecord(metrics),
-                               "site": ConfigRecord({"modalities": json.dumps(sorted(m for m, c in mod_counts.items()
-                                                                                     if c > 0)),
-                                                     "compress": settings.compress})}), reply_to=msg)
+    site = ConfigRecord({"modalities": json.dumps(sorted(held(mod_counts))), "compress": settings.compress})
+    return Message(RecordDict({"arrays": numpy_to_arrays(weights), "metrics": MetricRecord(metrics), "site": site}),
+                   reply_to=msg)
 
 
 @app.evaluate()
@@ -178,5 +179,5 @@ def query(msg: Message, context: Context) -> Message:
     settings, registry, node_config, problems = _setup(msg, context)
     if problems:
         return _refusal(msg, problems)
-    report = task.readiness(settings, node_config, registry)
+    report = readiness(settings, node_config, registry)
     return Message(RecordDict({"site": ConfigRecord({"readiness": json.dumps(report)})}), reply_to=msg)

@@ -5,7 +5,8 @@ For each seed, fresh synthetic sites are written and each site trains the fusion
 for as many epochs as the federation has rounds x local epochs; then the federation trains (no
 DP). All are scored on the pooled test set of all sites, with a paired bootstrap of that test set
 (federated minus the best local-only model). Seeds vary both the data and the training, which
-the bootstrap cannot; the summary counts the seeds in which federated wins.
+the bootstrap cannot; the summary counts the seeds in which federated wins. The steps are
+``experiment``'s, shared with ``mmdomain demo``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any, Callable
 
 import click
 
-from .demo import (Clock, _federated, _local, _pooled_test, _synthetic_sites, _test_predictions, _versus_local,
-                   main_metric)
+from .experiment import (Clock, federated, local_only, main_metric, pooled_predictions, pooled_test, synthetic_sites,
+                         versus_local)
 
 
 def run_compare(*, dataset: str, seeds: list[int], out: Path, sites: int, rounds: int, local_epochs: int,
@@ -30,18 +31,18 @@ def run_compare(*, dataset: str, seeds: list[int], out: Path, sites: int, rounds
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     for seed in seeds:
-        settings = _synthetic_sites(registry, dataset, out / f"seed-{seed}" / "data", sites=sites, seed=seed,
-                                    quick=quick, clock=clock, config={"num-server-rounds": rounds,
-                                                                      "local-epochs": local_epochs, "device": "auto"})
-        test = _pooled_test(settings, registry, sites)
+        settings = synthetic_sites(registry, dataset, out / f"seed-{seed}" / "data", sites=sites, seed=seed,
+                                   quick=quick, clock=clock, config={"num-server-rounds": rounds,
+                                                                     "local-epochs": local_epochs, "device": "auto"})
+        test = pooled_test(settings, registry, sites)
         clock.step(f"seed {seed}: local-only fusion model at each site ({rounds * local_epochs} epochs)")
-        local, local_preds = _local(settings, registry, sites, rounds * local_epochs, test, log,
-                                    single_modality_models=False)
+        local, local_preds = local_only(settings, registry, sites, rounds * local_epochs, test, log,
+                                        single_modality_models=False)
         clock.step(f"seed {seed}: federated, {rounds} rounds ({engine})")
-        fed, model = _federated(settings, registry, sites, engine, 0.0, test, out / f"seed-{seed}" / "federated",
-                                dp=False, noise=0.0, clip=0.0, max_epsilon=0.0, log=log)
+        fed, model = federated(settings, registry, sites, engine, 0.0, test, out / f"seed-{seed}" / "federated",
+                               dp=False, noise=0.0, clip=0.0, max_epsilon=0.0, log=log)
         metric = main_metric(fed["overall"])
-        versus = _versus_local(model, metric, _test_predictions(model, test, settings), local_preds, seed, log)
+        versus = versus_local(model, metric, pooled_predictions(model, test, settings), local_preds, seed, log)
         per_site = {site: m["overall"][metric] for site, m in local["fusion"].items()}
         runs.append({"seed": seed, "metric": metric, "test_samples": len(test), "federated": fed["overall"][metric],
                      "local": per_site, "margin": fed["overall"][metric] - max(per_site.values()),

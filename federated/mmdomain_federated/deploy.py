@@ -209,9 +209,10 @@ def deploy_local(num_sites: int, run_config: dict[str, Any], *, work: Path | Non
     from mmdomain.plugins import get_registry
 
     from . import task
+    from .settings import Settings
 
     work = Path(work or tempfile.mkdtemp(prefix="mmdomain-deploy-"))
-    settings = task.Settings.from_run_config(run_config)
+    settings = Settings.from_run_config(run_config)
     if site_roots is None:
         root = task.synthetic_root(get_registry(), settings.dataset, num_sites, settings.seed, settings.synthetic_quick)
         site_roots = task.site_folders(root)[:num_sites]

@@ -148,30 +148,10 @@ def private_training(model, loader: DataLoader, optimizer: torch.optim.Optimizer
                 size = 0 if batch is None else len(batch)
                 if size:
                     batch = batch.to(device, non_blocking=True)
-                    losses = None
-                    if hooked is not None:
-                        try:
-                            losses = model.sample_losses(hooked(batch), batch)
-                            losses.mean().backward()  # Opacus undoes the mean: grad_sample is each sample's own
-                        except RuntimeError as exc:
-                            if not _hook_failure(exc):
-                                raise
-                            hooked.cleanup()  # this model defeats the hooks: one sample at a time from now on
-                            hooked, losses = None, None
-                            dp.zero_grad(set_to_none=True)
-                    if losses is None:
-                        losses = one_sample_at_a_time(model, batch, params)
+                    losses, hooked = _per_sample_gradients(model, hooked, batch, dp, params)
                     total += float(losses.detach().sum())
                     seen += size
-                for p in params:  # a layer this batch did not reach (an empty batch; a modality no sample has)
-                    if p.grad_sample is None:
-                        p.grad_sample = p.new_zeros((size, *p.shape))
-                dp.pre_step()  # clip each sample, sum, add noise, divide by the expected batch, account
-                if extra_loss is not None:
-                    for p, g in zip(params, torch.autograd.grad(extra_loss(model), params, allow_unused=True)):
-                        if g is not None:
-                            p.grad += g
-                dp.original_optimizer.step()
+                _noised_step(model, dp, params, size, extra_loss)
                 if settings.max_steps and step + 1 >= settings.max_steps:
                     break
     finally:
@@ -182,3 +162,35 @@ def private_training(model, loader: DataLoader, optimizer: torch.optim.Optimizer
                 del p.grad_sample  # the one-sample-at-a-time path sets it too
     return {"train-loss": total / max(seen, 1), "train-samples": seen,
             "local-epsilon": float(accountant.get_epsilon(delta=settings.target_delta)) if len(accountant) else 0.0}
+
+
+def _per_sample_gradients(model, hooked: GradSampleModule | None, batch: Batch, dp: DPOptimizer,
+                          params: list[nn.Parameter]) -> tuple[Tensor, GradSampleModule | None]:
+    """Each sample's gradient into ``p.grad_sample``: by Opacus' hooks while they work, else one
+    sample at a time (from the first batch that defeats them on). Returns the per-sample losses
+    and the hooked module still in use (None once the hooks are given up)."""
+    if hooked is not None:
+        try:
+            losses = model.sample_losses(hooked(batch), batch)
+            losses.mean().backward()  # Opacus undoes the mean: grad_sample is each sample's own
+            return losses, hooked
+        except RuntimeError as exc:
+            if not _hook_failure(exc):
+                raise
+            hooked.cleanup()  # this model defeats the hooks: one sample at a time from now on
+            dp.zero_grad(set_to_none=True)
+    return one_sample_at_a_time(model, batch, params), None
+
+
+def _noised_step(model, dp: DPOptimizer, params: list[nn.Parameter], size: int, extra_loss: Callable | None) -> None:
+    """Clip each sample, sum, add noise, divide by the expected batch, account; then the FedProx
+    gradient (weights only, after the noise) and the optimizer's step."""
+    for p in params:  # a layer this batch did not reach (an empty batch; a modality no sample has)
+        if p.grad_sample is None:
+            p.grad_sample = p.new_zeros((size, *p.shape))
+    dp.pre_step()
+    if extra_loss is not None:
+        for p, g in zip(params, torch.autograd.grad(extra_loss(model), params, allow_unused=True)):
+            if g is not None:
+                p.grad += g
+    dp.original_optimizer.step()

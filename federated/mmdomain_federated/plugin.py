@@ -81,4 +81,4 @@ def register_commands(cli):
 
     fed.add_command(compare, name="compare")
     cli.add_command(fed, name="fed")
-    cli.add_command(demo, name="demo")  # the full demo; the core's local-only demo steps aside
+    cli.add_command(demo, name="demo")  # the full demo; the core's one-site demo is `mmdomain local-demo`

@@ -51,7 +51,7 @@ def load_policy(path: str | Path | None) -> SitePolicy:
 
 
 def violations(policy: SitePolicy, settings, registry: Registry) -> list[str]:
-    """What in the job (``task.Settings``) falls short of the site's policy; empty = acceptable."""
+    """What in the job (``settings.Settings``) falls short of the site's policy; empty = acceptable."""
     out = []
     dp_on = settings.central_dp or settings.local_dp
     if (policy.require_dp or policy.min_noise_multiplier > 0) and not dp_on:

@@ -12,7 +12,7 @@ What a site puts in its vector (``encode``), for every float parameter in a fixe
   (``encoder:<m>``, ``fusion``, ``task``), zeros for the others;
 - then one array of the group weights ``weight_g`` themselves.
 
-``weight_g`` is what the clear-text path uses (``aggregation.contributors``): the count of the
+``weight_g`` is the clear-text path's weight (``groups.weight``, the one rule): the count of the
 site's samples holding ``m`` for ``encoder:<m>``, its sample count for ``task``, and for
 ``fusion`` its sample count if it holds >= 2 modalities (or if the server says no site does:
 ``fusion-from=all``), divided by the public ``secagg-weight-scale`` to stay in the quantiser's
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .task import GROUP_FUSION, GROUP_TASK, param_group
+from .groups import param_group, trained_groups, weight
 
 SECAGG_CONFIGS = "secaggplus_configs"  # flwr.common.secure_aggregation.secaggplus_constants.RECORD_KEY_CONFIGS
 QUANTIZATION_RANGE = 1 << 24  # x 256 sites still fits the 2**32 modulus
@@ -69,14 +69,11 @@ class Layout:
 
 def group_weights(mod_counts: dict[str, int], n: int, *, fusion_from: str, plain: bool, dp: bool,
                   scale: float) -> dict[str, float]:
-    """The weight a site gives each group it trained (0 for the others)."""
-    held = {m for m, c in mod_counts.items() if c > 0}
+    """The weight a site gives each group it trained (``groups.weight``); groups without one are left out."""
     if n <= 0:
         return {}
-    w = {f"encoder:{m}": float(n if plain else mod_counts[m]) for m in held}
-    if plain or fusion_from == "all" or len(held) >= 2:
-        w[GROUP_FUSION] = float(n)
-    w[GROUP_TASK] = float(n)
+    w = {g: v for g in sorted(trained_groups(mod_counts, n))
+         if (v := weight(g, mod_counts, n, plain=plain, fusion_from=fusion_from)) > 0}
     if dp:
         return {g: 1.0 for g in w}  # equal weights per site, as the Gaussian mechanism's accounting assumes
     return {g: v / scale for g, v in w.items()}
@@ -136,21 +133,34 @@ def run_secure_round(grid, rnd: int, global_w: dict[str, np.ndarray], nodes: lis
                      dp_rng: np.random.Generator | None) -> SecureResult:
     """One round through Flower's SecAggPlusWorkflow with ``nodes`` as the sampled sites."""
     from flwr.app import ConfigRecord, Context, RecordDict
-    from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.common import ndarrays_to_parameters
     from flwr.compat.common import recorddict_compat as compat
     from flwr.server.client_manager import SimpleClientManager
     from flwr.server.compat.grid_client_proxy import GridClientProxy
     from flwr.server.compat.legacy_context import LegacyContext
-    from flwr.server.strategy import Strategy
-    from flwr.server.workflow import SecAggPlusWorkflow
     from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 
     layout = Layout.of(global_w)
     result = SecureResult(None)
+    noise = (settings.noise_multiplier, settings.clip_norm, dp_rng) if settings.central_dp else None
+    manager = SimpleClientManager()
+    for n in nodes:
+        manager.register(GridClientProxy(int(n), grid, 0))
+    ctx = LegacyContext(Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}),
+                        strategy=_collector(layout, global_w, config, noise, result), client_manager=manager)
+    ctx.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+        ndarrays_to_parameters(layout.to_list(global_w)), True)
+    ctx.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: rnd})
+    _workflow(settings)(grid, ctx)
+    return result
+
+
+def _collector(layout: Layout, global_w: dict[str, np.ndarray], config: dict, noise, result: SecureResult):
+    """The legacy strategy the workflow drives: send to every registered site, decode the sum into ``result``."""
+    from flwr.common import FitIns, parameters_to_ndarrays
+    from flwr.server.strategy import Strategy
 
     class _Collect(Strategy):
-        """Legacy strategy the workflow drives: send to ``nodes``, keep the decoded sum."""
-
         def initialize_parameters(self, client_manager):
             return None
 
@@ -164,7 +174,6 @@ def run_secure_round(grid, rnd: int, global_w: dict[str, np.ndarray], nodes: lis
             if not results:
                 return None, {}
             mean = parameters_to_ndarrays(results[0][1].parameters)
-            noise = (settings.noise_multiplier, settings.clip_norm, dp_rng) if settings.central_dp else None
             result.weights, result.group_weight = decode(layout, global_w, mean, len(results), noise)
             return None, {}
 
@@ -177,27 +186,24 @@ def run_secure_round(grid, rnd: int, global_w: dict[str, np.ndarray], nodes: lis
         def evaluate(self, server_round, parameters):
             return None
 
-    manager = SimpleClientManager()
-    for n in nodes:
-        manager.register(GridClientProxy(int(n), grid, 0))
-    ctx = LegacyContext(Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}),
-                        strategy=_Collect(), client_manager=manager)
-    ctx.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
-        ndarrays_to_parameters(layout.to_list(global_w)), True)
-    ctx.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: rnd})
-    class _SecAggPlus(SecAggPlusWorkflow):
-        """A site that does not answer the setup stage never shares keys or masks, yet Flower
-        1.42 still lists it as dead at unmasking, where the survivors then fail looking up its
-        key shares (``KeyError`` in ``secaggplus_mod``): the round is lost to one absent site.
-        After setup, only the sites that answered count as sampled."""
+    return _Collect()
 
+
+def _workflow(settings):
+    """Flower's SecAggPlusWorkflow with the run's shares, threshold, range and timeout.
+
+    A site that does not answer the setup stage never shares keys or masks, yet Flower 1.42
+    still lists it as dead at unmasking, where the survivors then fail looking up its key shares
+    (``KeyError`` in ``secaggplus_mod``): the round is lost to one absent site. After setup,
+    only the sites that answered count as sampled."""
+    from flwr.server.workflow import SecAggPlusWorkflow
+
+    class _SecAggPlus(SecAggPlusWorkflow):
         def setup_stage(self, grid, context, state):
             ok = super().setup_stage(grid, context, state)
             state.sampled_node_ids = set(state.active_node_ids)
             return ok
 
-    workflow = _SecAggPlus(num_shares=settings.secagg_shares, reconstruction_threshold=settings.secagg_threshold,
-                                  max_weight=1.0, clipping_range=settings.secagg_clip_range,
-                                  quantization_range=QUANTIZATION_RANGE, timeout=settings.round_timeout)
-    workflow(grid, ctx)
-    return result
+    return _SecAggPlus(num_shares=settings.secagg_shares, reconstruction_threshold=settings.secagg_threshold,
+                       max_weight=1.0, clipping_range=settings.secagg_clip_range,
+                       quantization_range=QUANTIZATION_RANGE, timeout=settings.round_timeout)

@@ -1,5 +1,7 @@
 """Run the app in Flower's local simulation (Ray) with a private FLWR_HOME, and stop the
-local SuperLink that ``flwr run`` leaves behind (by its PID, found through our own FLWR_HOME)."""
+local SuperLink that ``flwr run`` leaves behind (by its PID, found through our own FLWR_HOME).
+``mmdomain fed run``, ``mmdomain demo`` (its output streamed line by line) and the tests all
+launch Flower through ``run_simulation``."""
 
 from __future__ import annotations
 
@@ -8,9 +10,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 APP_DIR = Path(__file__).resolve().parents[1]
 FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -100,9 +103,11 @@ def free_port_base(tries: int = 50) -> int:
 
 
 def run_simulation(num_sites: int, run_config: dict[str, Any], *, flwr_home: Path | None = None,
-                   num_cpus: float = 1, num_gpus: float = 0.0, timeout: float = 900,
-                   app_dir: Path = APP_DIR, port_base: int | None = None) -> subprocess.CompletedProcess:
-    """``flwr run <app> local --stream`` with a temp FLWR_HOME; always stops the SuperLink."""
+                   num_cpus: float = 1, num_gpus: float = 0.0, timeout: float | None = 900,
+                   app_dir: Path = APP_DIR, port_base: int | None = None,
+                   on_line: Callable[[str], None] | None = None) -> subprocess.CompletedProcess:
+    """``flwr run <app> local --stream`` with a temp FLWR_HOME; always stops the SuperLink.
+    ``on_line`` gets each output line as it comes (stdout and stderr together, all in ``stdout``)."""
     home = flwr_home or Path(tempfile.mkdtemp(prefix="mmdomain-flwr-home-"))
     write_flwr_home(home, num_sites, num_cpus=num_cpus, num_gpus=num_gpus)
     env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(home),
@@ -116,6 +121,33 @@ def run_simulation(num_sites: int, run_config: dict[str, Any], *, flwr_home: Pat
     if run_config:
         cmd += ["--run-config", run_config_arg(run_config)]
     try:
-        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=str(app_dir))
+        if on_line is None:
+            return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=str(app_dir))
+        return _streamed(cmd, env, app_dir, timeout, on_line)
     finally:
         stop_local_superlink(home)
+
+
+def _streamed(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float | None,
+              on_line: Callable[[str], None]) -> subprocess.CompletedProcess:
+    """``subprocess.run`` with the output handed to ``on_line`` line by line."""
+    proc = subprocess.Popen(cmd, env=env, cwd=str(cwd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    expired = threading.Event()
+    timer = threading.Timer(timeout, lambda: (expired.set(), proc.kill())) if timeout else None
+    lines: list[str] = []
+    try:
+        if timer:
+            timer.start()
+        for line in proc.stdout:
+            lines.append(line)
+            on_line(line)
+        proc.wait(timeout=60)
+    finally:
+        if timer:
+            timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if expired.is_set():
+        raise subprocess.TimeoutExpired(cmd, timeout, output="".join(lines))
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines), "")

@@ -1,18 +1,15 @@
-"""All ML work of the federated app: model, site data, local training, evaluation, weights.
+"""The ML work of the federated app: model, site data, local training, evaluation.
 
 Imports no flwr. Domains are reached only through the registry (the dataset name comes from
-the run config); nothing here imports a domain plugin.
+the run config); nothing here imports a domain plugin. The run config is ``settings.Settings``,
+parameter groups and their weighting ``groups``, the readiness report ``readiness``.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
-import math
-import random
 import tempfile
-from collections import Counter
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,92 +18,17 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from mmdomain.config import ModelConfig, parse
+from mmdomain.data import present_modalities
 from mmdomain.errors import ConfigError, DataError
 from mmdomain.fusion.base import upgrade_token_names
 from mmdomain.models.compose import FusionModel, build_model
 from mmdomain.registry import Registry
 from mmdomain.training import evaluate, make_loader, seed_everything, select_device, train_one_epoch
 
-GROUP_FUSION, GROUP_TASK = "fusion", "task"
+from .groups import param_group
+from .settings import Settings
+
 SUPPRESS_BELOW = 5  # count cells / per-pattern metrics below this are not sent
-
-
-# -- settings ------------------------------------------------------------------------------
-@dataclass
-class Settings:
-    """The run config (``[tool.flwr.app.config]``), typed. Keys are the kebab-case names."""
-
-    dataset: str = "toy"
-    data_root: str = ""
-    partition: str = ""
-    site_modalities: str = ""
-    synthetic_quick: bool = True
-    num_server_rounds: int = 3
-    local_epochs: int = 1
-    batch_size: int = 16
-    lr: float = 0.003
-    max_steps: int = 0
-    fusion: str = ""
-    strategy: str = "fedavg"
-    proximal_mu: float = 0.01
-    aggregation: str = "modality"
-    min_sites: int = 2
-    expected_sites: int = 0
-    round_timeout: float = 600.0
-    seed: int = 0
-    device: str = "auto"
-    fused_eval: bool = True
-    readiness: bool = True
-    outlier_factor: float = 10.0
-    central_dp: bool = False
-    noise_multiplier: float = 1.0
-    clip_norm: float = 1.0
-    target_delta: float = 1e-5
-    max_epsilon: float = 0.0
-    local_dp: bool = False
-    local_noise_multiplier: float = 1.0
-    local_clip_norm: float = 1.0
-    secagg: bool = False
-    secagg_shares: float = 1.0  # fraction of the round's sites each one shares its mask secrets with
-    secagg_threshold: float = 0.67  # fraction of those shares needed to unmask a dropped site
-    secagg_clip_range: float = 1.0  # |weight x delta| and weights are quantised within this range
-    secagg_weight_scale: float = 1000.0  # sample counts are divided by this before weighting
-    compress: str = "none"
-    out_dir: str = ""
-    resume: bool = True
-    stop_after_round: int = 0
-
-    @classmethod
-    def from_run_config(cls, run_config: dict[str, Any]) -> "Settings":
-        known = {f.name: f for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in dict(run_config).items():
-            name = key.replace("-", "_")
-            if name not in known:
-                raise ConfigError(f"run config: unknown key {key!r}; known: {sorted(k.replace('_', '-') for k in known)}")
-            typ = type(known[name].default)
-            try:
-                values[name] = (str(value).lower() in ("1", "true", "yes")) if typ is bool and isinstance(value, str) \
-                    else typ(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"run config: {key}={value!r} is not a {typ.__name__}") from None
-        s = cls(**values)
-        if s.strategy not in ("fedavg", "fedprox"):
-            raise ConfigError(f"run config: strategy must be fedavg or fedprox, got {s.strategy!r}")
-        if s.aggregation not in ("modality", "plain"):
-            raise ConfigError(f"run config: aggregation must be modality or plain, got {s.aggregation!r}")
-        if s.compress not in ("none", "bf16"):
-            raise ConfigError(f"run config: compress must be none or bf16, got {s.compress!r}")
-        if s.secagg and not (0 < s.secagg_shares <= 1 and 0 < s.secagg_threshold <= 1):
-            raise ConfigError("run config: secagg-shares and secagg-threshold are fractions in (0, 1]")
-        if s.secagg and (s.secagg_clip_range <= 0 or s.secagg_weight_scale <= 0):
-            raise ConfigError("run config: secagg-clip-range and secagg-weight-scale must be > 0")
-        if s.secagg and s.compress != "none":
-            raise ConfigError("run config: compress applies to clear-text updates; SecAgg+ quantises its own")
-        return s
-
-    def as_run_config(self) -> dict[str, Any]:
-        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
 
 
 # -- model -----------------------------------------------------------------------------------
@@ -154,16 +76,6 @@ def _ready_for_dp_sgd(model: torch.nn.Module) -> None:
                 setattr(module, name, fix(child))
 
 
-def param_group(name: str) -> str:
-    """``encoder:<modality>``, ``fusion`` or ``task`` for a state_dict key."""
-    head = name.split(".", 2)
-    if head[0] == "encoders" and len(head) > 1:
-        return f"encoder:{head[1]}"
-    if head[0] == "fusion":
-        return GROUP_FUSION
-    return GROUP_TASK
-
-
 def get_weights(model: torch.nn.Module, groups: set[str] | None = None) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()
             if groups is None or param_group(k) in groups}
@@ -185,22 +97,6 @@ def set_weights(model: torch.nn.Module, weights: dict[str, np.ndarray]) -> None:
     model.load_state_dict(state)
 
 
-# -- update compression ------------------------------------------------------------------------
-def bf16_encode(a: np.ndarray) -> np.ndarray:
-    """float32 -> bf16 bits (uint16), round to nearest even. Other dtypes pass unchanged."""
-    if a.dtype != np.float32:
-        return a
-    bits = np.ascontiguousarray(a).view(np.uint32)
-    rounded = bits + (0x7FFF + ((bits >> 16) & 1))
-    return (rounded >> 16).astype(np.uint16)
-
-
-def bf16_decode(a: np.ndarray) -> np.ndarray:
-    if a.dtype != np.uint16:
-        return a
-    return (a.astype(np.uint32) << 16).view(np.float32)
-
-
 # -- site data ---------------------------------------------------------------------------------
 class HideModalities(Dataset):
     """A site that does not hold some modalities: they are removed from every sample."""
@@ -215,6 +111,10 @@ class HideModalities(Dataset):
         s = self.base[i]
         s.inputs = {m: v for m, v in s.inputs.items() if m in self.keep}
         return s
+
+    def available(self, i: int) -> frozenset[str]:
+        """The availability protocol: the base's modalities of sample ``i`` that are kept (no decoding)."""
+        return present_modalities(self.base, i) & self.keep
 
 
 def synthetic_root(registry: Registry, dataset: str, num_sites: int, seed: int, quick: bool = True) -> Path:
@@ -243,8 +143,7 @@ def parse_site_modalities(text: str) -> dict[int, set[str]]:
     return out
 
 
-def load_site(settings: Settings, node_config: dict[str, Any], registry: Registry, split: str,
-              manager=None) -> Dataset:
+def load_site(settings: Settings, node_config: dict[str, Any], registry: Registry, split: str) -> Dataset:
     """This site's data for ``split``.
 
     Deployment: ``--node-config 'data-root=/path/to/site'`` (and optionally ``modalities=a+b``).
@@ -262,43 +161,26 @@ def load_site(settings: Settings, node_config: dict[str, Any], registry: Registr
             raise ConfigError("node config: give data-root=<this site's folder> (deployment) "
                               "or partition-id/num-partitions (simulation)")
         pid, n = int(node_config["partition-id"]), int(node_config["num-partitions"])
-        root = Path(settings.data_root) if settings.data_root else \
-            synthetic_root(registry, settings.dataset, n, settings.seed, settings.synthetic_quick)
-        if settings.partition:
-            full = spec.build(root, split=split)
-            if manager is None:
-                from mmdomain.plugins import get_plugin_manager
-                manager = get_plugin_manager()
-            idx = manager.hook.partition(dataset=full, num_sites=n, site=pid, scheme=settings.partition)
-            if idx is None:
-                raise ConfigError(f"partition scheme {settings.partition!r} is not known to any installed plugin")
-            ds = Subset(full, list(idx))
-        else:
-            folders = site_folders(root)
-            if len(folders) < n:
-                raise DataError(f"{root} has {len(folders)} site folders, the run needs {n}")
-            ds = spec.build(folders[pid], split=split)
+        ds = _simulated_site(settings, registry, spec, pid, n, split)
         keep = parse_site_modalities(settings.site_modalities).get(pid)
     return HideModalities(ds, keep) if keep is not None else ds
 
 
-def counts(dataset: Dataset, modalities: list[str]) -> tuple[dict[str, int], dict[str, int]]:
-    """Samples holding each modality, and samples per availability pattern."""
-    per_mod: Counter = Counter({m: 0 for m in modalities})
-    patterns: Counter = Counter()
-    for i in range(len(dataset)):
-        have = [m for m in modalities if dataset[i].inputs.get(m) is not None]
-        per_mod.update(have)
-        patterns["+".join(have) or "(none)"] += 1
-    return dict(per_mod), dict(patterns)
+def _simulated_site(settings: Settings, registry: Registry, spec, pid: int, n: int, split: str) -> Dataset:
+    """Site ``pid`` of ``n``: a folder under ``data-root`` (synthetic when empty), or with
+    ``partition`` set that scheme's share of the one dataset there."""
+    root = Path(settings.data_root) if settings.data_root else \
+        synthetic_root(registry, settings.dataset, n, settings.seed, settings.synthetic_quick)
+    if settings.partition:
+        full = spec.build(root, split=split)
+        return Subset(full, registry.partition(full, n, pid, settings.partition))
+    folders = site_folders(root)
+    if len(folders) < n:
+        raise DataError(f"{root} has {len(folders)} site folders, the run needs {n}")
+    return spec.build(folders[pid], split=split)
 
 
 # -- local work ----------------------------------------------------------------------------------
-def trained_groups(mod_counts: dict[str, int], n: int) -> set[str]:
-    groups = {f"encoder:{m}" for m, c in mod_counts.items() if c > 0}
-    return groups | ({GROUP_FUSION, GROUP_TASK} if n > 0 else set())
-
-
 def train_site(model: FusionModel, dataset: Dataset, settings: Settings, *, device: torch.device | None = None,
                seed: int = 0) -> dict[str, Any]:
     """Local epochs with the core loop; FedProx adds ``mu/2 ||w - w_global||^2``; local DP-SGD
@@ -349,56 +231,3 @@ def flat_metrics(result: dict[str, Any], prefix: str = "") -> dict[str, float]:
             continue
         out.update({f"{prefix}{p}/{k}": float(v) for k, v in vals.items()})
     return out
-
-
-# -- readiness ------------------------------------------------------------------------------------
-
-
-def _noisy(count: int, rng: random.Random, scale: float) -> int | str:
-    """Laplace-noised count; small cells (which could single someone out) are suppressed."""
-    u = rng.random() - 0.5
-    noisy = count - scale * math.copysign(1.0, u) * math.log(1 - 2 * abs(u)) if scale > 0 else count
-    value = max(0, round(noisy))
-    return f"<{SUPPRESS_BELOW}" if value < SUPPRESS_BELOW else value
-
-
-def readiness(settings: Settings, node_config: dict[str, Any], registry: Registry, *, noise_scale: float = 2.0,
-              seed: int | None = None) -> dict[str, Any]:
-    """Per split: samples per modality and per availability pattern (noised, small cells
-    suppressed) and the dataset's own ``describe`` statistics (integers noised the same way)."""
-    rng = random.Random(seed)
-    spec = registry.dataset(settings.dataset)
-    modalities = model_config(settings, registry).modalities
-    report: dict[str, Any] = {"dataset": spec.name, "splits": {}}
-    for split in ("train", "val", "test"):
-        try:
-            ds = load_site(settings, node_config, registry, split)
-        except DataError as exc:
-            report["splits"][split] = {"error": str(exc).split("\n")[0]}
-            continue
-        per_mod, patterns = counts(ds, modalities)
-        entry: dict[str, Any] = {"n": _noisy(len(ds), rng, noise_scale),
-                                 "modalities": {m: _noisy(c, rng, noise_scale) for m, c in per_mod.items()},
-                                 "patterns": {p: _noisy(c, rng, noise_scale) for p, c in sorted(patterns.items())}}
-        if spec.describe is not None:
-            base = ds.base if isinstance(ds, HideModalities) else ds
-            try:
-                entry["describe"] = _noise_tree(spec.describe(base), rng, noise_scale)
-            except Exception as exc:  # a plugin's describe failing must not block training
-                entry["describe"] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
-        report["splits"][split] = entry
-    return report
-
-
-def _noise_tree(value: Any, rng: random.Random, scale: float) -> Any:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return _noisy(value, rng, scale)
-    if isinstance(value, float):
-        return round(value, 3)
-    if isinstance(value, dict):
-        return {str(k): _noise_tree(v, rng, scale) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_noise_tree(v, rng, scale) for v in value]
-    return value if isinstance(value, str) and len(value) <= 64 else None

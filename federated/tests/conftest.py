@@ -1,12 +1,16 @@
+"""The Flower environment for every federated test (set here only, before flwr is imported):
+no telemetry, no update check, no runtime dependency installation. Subprocesses the tests start
+(``mmdomain demo``, ``flwr run``) inherit it from ``os.environ``."""
+
 import os
 
-os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+FLOWER_TEST_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+                   "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+os.environ.update(FLOWER_TEST_ENV)
 
 import pytest  # noqa: E402
 
-from mmdomain_federated import task  # noqa: E402
+from mmdomain_federated.settings import Settings  # noqa: E402
 
 FAST = {"max-steps": 3, "readiness": False, "batch-size": 16}
 
@@ -19,7 +23,7 @@ def registry():
 
 @pytest.fixture
 def settings_for():
-    def make(**kw) -> task.Settings:
+    def make(**kw) -> Settings:
         cfg = {**FAST, **{k.replace("_", "-"): v for k, v in kw.items()}}
-        return task.Settings.from_run_config(cfg)
+        return Settings.from_run_config(cfg)
     return make

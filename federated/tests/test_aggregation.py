@@ -1,7 +1,8 @@
 import numpy as np
 
 from mmdomain_federated.aggregation import DPNoise, SiteUpdate, aggregate, screen
-from mmdomain_federated.task import bf16_decode, bf16_encode, param_group
+from mmdomain_federated.groups import param_group
+from mmdomain_federated.records import bf16_decode, bf16_encode
 
 G = {"encoders.img.w": np.zeros(2, np.float32), "encoders.txt.w": np.zeros(2, np.float32),
      "fusion.w": np.zeros(2, np.float32), "task.head.w": np.zeros(2, np.float32),

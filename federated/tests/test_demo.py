@@ -13,8 +13,7 @@ import pytest
 
 @pytest.mark.slow
 def test_demo_quick_writes_a_consistent_report(tmp_path):
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "MPLBACKEND": "Agg"}
+    env = {**os.environ, "MPLBACKEND": "Agg"}  # the Flower variables: conftest.py
     mmdomain = Path(sys.executable).with_name("mmdomain")
     proc = subprocess.run([str(mmdomain), "demo", "--quick", "--dataset", "toy", "--out", str(tmp_path)],
                           capture_output=True, text=True, env=env, timeout=600)

@@ -11,6 +11,7 @@ from mmdomain.training import make_loader
 from mmdomain_federated import local_dp, task
 from mmdomain_federated.inprocess import LocalGrid
 from mmdomain_federated.server_app import run_server
+from mmdomain_federated.settings import Settings
 
 SITE0 = {"partition-id": 0, "num-partitions": 2}
 
@@ -172,7 +173,7 @@ def test_one_sample_at_a_time_equals_the_hooks(settings_for, registry):
 def test_medical_resnet_defeats_the_hooks_and_still_trains_privately(registry):
     """MONAI's ResNet adds its residual in place onto a hooked layer's output (Opacus' hooks
     fail there); BatchNorm becomes GroupNorm for DP-SGD. The site still trains, one sample at a time."""
-    s = task.Settings.from_run_config({"dataset": "medical", "local-dp": True, "max-steps": 1, "batch-size": 4,
+    s = Settings.from_run_config({"dataset": "medical", "local-dp": True, "max-steps": 1, "batch-size": 4,
                                        "readiness": False})
     model = task.build(s, registry)
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())

@@ -17,6 +17,7 @@ from mmdomain.training import evaluate, make_loader
 from mmdomain_federated import task
 from mmdomain_federated.inprocess import LocalGrid
 from mmdomain_federated.server_app import run_server
+from mmdomain_federated.settings import Settings
 
 TRAINING = dict(batch_size=8, lr=0.003, max_steps=0, readiness=False)
 
@@ -65,7 +66,7 @@ def test_federated_beats_local_only(settings_for, registry, tmp_path):
         m = task.build(s, registry)
         node = {"data-root": str(folder), **({"modalities": "toy_image"} if i == 2 else {})}
         data = task.load_site(s, node, registry, "train")
-        task.train_site(m, data, task.Settings.from_run_config({**s.as_run_config(), "local-epochs": rounds * epochs}),
+        task.train_site(m, data, Settings.from_run_config({**s.as_run_config(), "local-epochs": rounds * epochs}),
                         seed=seed)
         local.append(score(m, s, registry, test, "accuracy"))
     print(f"held-out accuracy: federated {fed:.3f}, local-only {[round(a, 3) for a in local]}")

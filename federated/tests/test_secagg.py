@@ -4,7 +4,7 @@ SecAgg+ protocol (SecAggPlusWorkflow + secaggplus_mod) on real Messages, in-proc
 import numpy as np
 import pytest
 
-from mmdomain_federated import task
+from mmdomain_federated.groups import param_group, trained_groups
 from mmdomain_federated.aggregation import DPNoise, SiteUpdate, aggregate
 from mmdomain_federated.inprocess import LocalGrid
 from mmdomain_federated.secure import SECAGG_CONFIGS, Layout, decode, encode, group_weights
@@ -17,10 +17,10 @@ G = {"encoders.img.w": np.zeros(3, np.float32), "encoders.txt.w": np.full(3, 0.5
 
 def _site(seed, counts, n):
     rng = np.random.default_rng(seed)
-    groups = task.trained_groups(counts, n)
+    groups = trained_groups(counts, n)
     local = {k: (v + rng.normal(0, 0.1, v.shape)).astype(v.dtype) if v.dtype.kind == "f" else v
              for k, v in G.items()}
-    sent = {k: v for k, v in local.items() if task.param_group(k) in groups}
+    sent = {k: v for k, v in local.items() if param_group(k) in groups}
     return local, SiteUpdate(seed, sent, counts, n)
 
 

@@ -1,0 +1,175 @@
+"""The steps ``mmdomain demo`` and ``mmdomain fed compare`` share: synthetic sites, the pooled
+test set, each site's local-only models, a federated run of the real apps (in-process, or in
+Flower's simulation through ``simulate``), and the paired bootstrap of federated against local.
+
+The domains are reached only through the registry (dataset names), never by import.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import torch
+from torch.utils.data import ConcatDataset
+
+from mmdomain.bootstrap import paired_bootstrap, predictions
+from mmdomain.checkpoint import load_checkpoint
+from mmdomain.config import single_modality
+from mmdomain.errors import MMDomainError
+from mmdomain.models import build_model
+from mmdomain.training import make_loader, select_device
+
+from . import task
+from .settings import Settings
+
+BOOTSTRAP_RESAMPLES = 1000
+Log = Callable[[str], None]
+
+
+class Clock:
+    def __init__(self, log: Log):
+        self.start, self.log = time.perf_counter(), log
+
+    def step(self, text: str) -> None:
+        self.log(click.style(f"[{time.perf_counter() - self.start:6.1f}s] {text}", bold=True))
+
+
+def main_metric(metrics: dict[str, float]) -> str:
+    for key in ("macro_auroc", "accuracy", "miou", "recall@1"):
+        if key in metrics:
+            return key
+    return next(iter(metrics), "loss")
+
+
+def site_options(gen, quick: bool) -> dict[str, Any]:
+    """A generator's site options for the demo (``demo_options``) or its quick form."""
+    if quick:
+        return gen.quick_options if gen.demo_quick_options is None else gen.demo_quick_options
+    return gen.demo_options or {}
+
+
+def synthetic_sites(registry, dataset: str, root: Path, *, sites: int, seed: int, quick: bool, clock: Clock,
+                    config: dict[str, Any]) -> Settings:
+    """Write ``sites`` synthetic sites of ``dataset`` under ``root``; the run settings for them."""
+    gen = registry.synthetic_for(dataset)
+    options = site_options(gen, quick)
+    clock.step(f"{dataset}: writing {sites} synthetic sites ({gen.name}, {options or 'defaults'}, seed {seed})")
+    gen.generate(root, num_sites=sites, seed=seed, **options)
+    return Settings.from_run_config({"dataset": dataset, "data-root": str(root), "seed": seed,
+                                     "min-sites": min(2, sites), "target-delta": 1e-5, **config})
+
+
+def site(i: int, sites: int) -> dict[str, Any]:
+    """The node config of simulated site ``i``."""
+    return {"partition-id": i, "num-partitions": sites}
+
+
+def pooled_test(settings: Settings, registry, sites: int):
+    return ConcatDataset([task.load_site(settings, site(i, sites), registry, "test") for i in range(sites)])
+
+
+def pooled_predictions(model, test, settings: Settings):
+    """``(preds, target)`` of ``model`` on the pooled test set, or None for a task that is not
+    scored row by row (then there is no bootstrap)."""
+    device = select_device(settings.device)
+    model.to(device)
+    try:
+        return predictions(model, make_loader(test, model.modalities, 64, shuffle=False), device=device)
+    except MMDomainError:
+        return None
+
+
+def local_only(settings: Settings, registry, sites: int, epochs: int, test, log: Log, *,
+               single_modality_models: bool = True):
+    """Each site alone: the fusion model and (unless told not to) one model per single modality,
+    evaluated on the pooled test set. Returns the metrics and every model's test predictions
+    (for the bootstrap), keyed ``site-<i>`` (fusion) or ``site-<i> <variant>``."""
+    base = task.model_config(settings, registry)
+    variants = {"fusion": base}
+    if single_modality_models:
+        variants.update({f"{m} only": single_modality(base, m) for m in base.modalities})
+    local_settings = Settings.from_run_config({**settings.as_run_config(), "local-epochs": epochs})
+    out: dict[str, Any] = {name: {} for name in variants}
+    preds: dict[str, Any] = {}
+    for i in range(sites):
+        data = task.load_site(settings, site(i, sites), registry, "train")
+        for name, cfg in variants.items():
+            torch.manual_seed(settings.seed)
+            model = build_model(cfg, registry)
+            task.train_site(model, data, local_settings, seed=settings.seed)
+            result = task.evaluate_site(model, test, settings)
+            out[name][f"site-{i}"] = {"overall": result["overall"], "by_pattern": result["by_pattern"]}
+            preds[f"site-{i}" if name == "fusion" else f"site-{i} {name}"] = pooled_predictions(model, test, settings)
+            metric = main_metric(result["overall"])
+            log(f"  site-{i} {name:<22} pooled test {metric} {result['overall'].get(metric, float('nan')):.3f}")
+    return out, preds
+
+
+def versus_local(model, metric: str, fed, local: dict[str, Any], seed: int, log: Log) -> dict[str, Any] | None:
+    """Paired bootstrap over the pooled test set: federated minus the best of the local-only models
+    that score the same rows (a single-modality model skips the rows without its modality, so it
+    is compared only where every test row has that modality)."""
+    import torch
+
+    if fed is None:
+        return None
+    paired = {name: p[0] for name, p in local.items()
+              if p is not None and len(p[1]) == len(fed[1]) and torch.equal(p[1], fed[1])}
+    if not paired:
+        return None
+    result = paired_bootstrap(model.task, metric, fed[0], paired, fed[1], resamples=BOOTSTRAP_RESAMPLES, seed=seed)
+    result["compared"] = sorted(paired)
+    log(f"  federated - best local {metric}: {result['margin']:+.3f}, {result['level']:.0%} bootstrap interval "
+        f"[{result['interval'][0]:+.3f}, {result['interval'][1]:+.3f}]; federated beats every local-only model in "
+        f"{result['beats_all_share']:.0%} of {result['resamples']} resamples")
+    return result
+
+
+def _progress(line: str, log: Log) -> None:
+    """The server's round, readiness and final lines, shortened (the full ones are in events.log)."""
+    if "round" in line or "finished" in line or "readiness" in line:
+        log("    " + line.rstrip()[:160])
+
+
+def run_flower(engine: str, sites: int, run_config: dict[str, Any], out_dir: Path, gpus: float, log: Log) -> dict:
+    """The real ServerApp/ClientApp: in Flower's simulation (Ray), or in-process (no Ray); the summary."""
+    run_config = {**run_config, "out-dir": str(out_dir)}
+    if engine == "in-process":
+        from .inprocess import LocalGrid
+        from .server_app import run_server
+
+        settings = Settings.from_run_config(run_config)
+        return run_server(LocalGrid(sites, settings.as_run_config()), settings, out_dir, echo=False,
+                          log=lambda line: _progress(line, log))
+    from .simulate import run_simulation
+
+    def server_line(line: str) -> None:  # progress: the server's per-round lines as they come
+        if "[mmdomain-fed" in line:
+            _progress(line.split("] ", 1)[-1], log)
+
+    proc = run_simulation(sites, run_config, flwr_home=Path(tempfile.mkdtemp(prefix="mmdomain-demo-flwr-")),
+                          num_cpus=1, num_gpus=gpus, timeout=None, on_line=server_line)
+    summary = out_dir / "summary.json"
+    if proc.returncode != 0 or not summary.exists():
+        tail = [line.rstrip() for line in proc.stdout.splitlines()]
+        raise click.ClickException("the Flower simulation failed:\n" + "\n".join(tail[-20:]))
+    return json.loads(summary.read_text())
+
+
+def federated(settings: Settings, registry, sites: int, engine: str, gpus: float, test, out_dir: Path, *, dp: bool,
+              noise: float, clip: float, max_epsilon: float, log: Log) -> tuple[dict[str, Any], Any]:
+    """A federated run (central DP with ``dp``) scored on the pooled test set; its result and model."""
+    run_config = {**settings.as_run_config(), "central-dp": dp, "noise-multiplier": noise, "clip-norm": clip,
+                  "max-epsilon": max_epsilon if dp else 0.0, "resume": False}
+    summary = run_flower(engine, sites, run_config, out_dir, gpus, log)
+    model, _ = load_checkpoint(out_dir / "model.safetensors", registry)
+    result = task.evaluate_site(model, test, settings)
+    return {"overall": result["overall"], "by_pattern": result["by_pattern"], "history": summary.get("history", []),
+            "epsilon": summary.get("epsilon"), "stopped": summary.get("stopped"), "rounds": summary.get("rounds"),
+            "delta": settings.target_delta if dp else None, "noise_multiplier": noise if dp else None,
+            "clip_norm": clip if dp else None}, model

@@ -1,0 +1,188 @@
+"""The server's message rounds: the readiness query, a training round (in clear or SecAgg+)
+returning a typed ``RoundResult``, and evaluation rounds; ``round_record`` turns a result into
+the round's metrics (what ``summary.json``'s history holds)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from .aggregation import SiteUpdate
+from .records import nbytes, numpy_to_arrays
+from .settings import Settings
+from .strategy import ModalityAware, origin, sender
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class RoundResult:
+    """What one training round did. ``targets`` empty of enough sites: nothing was sent."""
+
+    round: int
+    weights: dict[str, np.ndarray]  # the new global model (the old one when nothing was usable)
+    targets: list[int]  # the sites the round went to
+    answered: set[int] = field(default_factory=set)
+    accepted: list[SiteUpdate] = field(default_factory=list)
+    rejected: list[tuple[Any, str]] = field(default_factory=list)  # (site, reason): failed screening
+    failed: list[tuple[Any, str]] = field(default_factory=list)  # (site, reason): error replies
+    refused: list[tuple[int, str]] = field(default_factory=list)  # (site, reason): policy refusals
+    used: dict[str, list[Any]] = field(default_factory=dict)  # group -> sites (None under SecAgg+) averaged
+    bytes_down: int = 0
+    bytes_up: int | None = None  # None under SecAgg+: masked vectors travel as protocol records
+    secure: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def dropped(self) -> list[int]:
+        return [n for n in self.targets if n not in self.answered]
+
+
+def wait_for_nodes(grid: Grid, need: int, timeout: float, log: Log) -> list[int]:
+    start = time.monotonic()
+    while len(nodes := list(grid.get_node_ids())) < need:
+        if time.monotonic() - start > timeout:
+            break
+        time.sleep(1)
+    log(f"{len(nodes)} sites connected (need {need})")
+    return nodes
+
+
+def readiness_round(grid: Grid, nodes: list[int], settings: Settings, refused: dict[int, str],
+                    log: Log) -> dict[str, Any]:
+    """Ask every site for its readiness report; ``{site: report | {"error"} | {"refused"}}``.
+    Refusing sites are added to ``refused``."""
+    msgs = [Message(RecordDict({"config": ConfigRecord({})}), message_type=MessageType.QUERY, dst_node_id=n,
+                    group_id="readiness") for n in nodes]
+    report: dict[str, Any] = {}
+    replies = list(grid.send_and_receive(msgs, timeout=settings.round_timeout))
+    sent = origin(msgs)
+    for reply in replies:
+        src = sender(reply, sent)
+        if reply.has_error():
+            report[str(src)] = {"error": reply.error.reason}
+            continue
+        site = reply.content["site"]
+        if "refused" in site:
+            refused[src] = str(site["refused"])
+            report[str(src)] = {"refused": refused[src]}
+            log(f"site {src} refused: {refused[src]}")
+            continue
+        report[str(src)] = json.loads(str(site["readiness"]))
+    return report
+
+
+def train_round(grid: Grid, rnd: int, weights: dict[str, np.ndarray], settings: Settings,
+                strategy: ModalityAware, refused: dict[int, str], fusion_from: str, log: Log) -> RoundResult:
+    """One training round to every live, non-refusing site; nothing is sent to fewer than ``min-sites``."""
+    started = time.perf_counter()
+    if settings.secagg:
+        targets = [n for n in grid.get_node_ids() if n not in refused]
+        result = RoundResult(rnd, weights, targets, secure=True, started=started)
+        return _secure(grid, result, settings, strategy, fusion_from, log) if len(targets) >= settings.min_sites \
+            else result
+    config = ConfigRecord({"fused-eval": settings.fused_eval})
+    messages = [m for m in strategy.configure_train(rnd, numpy_to_arrays(weights), config, grid)
+                if m.metadata.dst_node_id not in refused]
+    for m in messages:
+        m.metadata.group_id = str(rnd)
+    result = RoundResult(rnd, weights, [m.metadata.dst_node_id for m in messages], started=started)
+    return _clear(grid, result, messages, settings, strategy) if len(messages) >= settings.min_sites else result
+
+
+def _clear(grid: Grid, result: RoundResult, messages: list[Message], settings: Settings,
+           strategy: ModalityAware) -> RoundResult:
+    result.bytes_down = sum(nbytes(m.content["arrays"]) for m in messages)
+    replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
+    sent = origin(messages)
+    agg = strategy.aggregate_modalities(result.round, replies, result.weights, sent)
+    result.weights, result.accepted, result.rejected = agg.weights, agg.accepted, agg.rejected
+    result.failed, result.refused, result.used = agg.failed, agg.refused, agg.used
+    result.answered = {sender(m, sent) for m in replies}
+    result.bytes_up = sum(nbytes(m.content["arrays"]) for m in replies if not m.has_error() and "arrays" in m.content)
+    return result
+
+
+def _secure(grid: Grid, result: RoundResult, settings: Settings, strategy: ModalityAware, fusion_from: str,
+            log: Log) -> RoundResult:
+    """A SecAgg+ round: the server gets the sum only, the sites' train metrics beside it."""
+    from .secure import run_secure_round
+
+    rnd = result.round
+    config = {"server-round": rnd, "fused-eval": settings.fused_eval, "fusion-from": fusion_from}
+    res = run_secure_round(grid, rnd, result.weights, result.targets, settings, config, strategy.dp_rng)
+    result.bytes_down = sum(int(a.nbytes) for a in result.weights.values()) * len(result.targets)
+    if res.weights is None:
+        log(f"round {rnd}: SecAgg+ halted (too few sites answered to unmask)")
+    else:
+        result.weights = res.weights
+        result.accepted = [SiteUpdate(site, {}, {}, int(res.metrics[site].get("num-examples", 0)), res.metrics[site])
+                           for site in res.sites]
+    result.failed = [("?", f"{res.failures} sites failed inside the SecAgg+ protocol")] if res.failures else []
+    result.used = {g: [None] * len(res.sites) for g, w in res.group_weight.items() if w > 0}
+    result.answered = set(res.sites)
+    return result
+
+
+def round_record(result: RoundResult) -> dict[str, Any]:
+    """The round's metrics: sites, traffic, groups, site-weighted train / fused-eval metrics and
+    each site's own aggregate metrics (already released by the site)."""
+    record: dict[str, Any] = {"round": result.round, "sites": len(result.accepted), "dropped": len(result.dropped),
+                              "rejected": len(result.rejected), "bytes-down": result.bytes_down,
+                              "groups": {g: len(s) for g, s in result.used.items()}}
+    if result.bytes_up is not None:
+        record["bytes-up"] = result.bytes_up
+    if result.secure:
+        record["secagg"] = True
+    rows = [u.metrics for u in result.accepted]
+    record["slowest-site-seconds"] = max(float(r.get("site-seconds", 0)) for r in rows)
+    record.update(weighted(rows, "train-", "num-examples"))
+    record.update(weighted(rows, "eval-", "eval-n"))
+    record["per-site"] = {str(u.site): {k: v for k, v in u.metrics.items()
+                                        if (k.startswith(("train-", "eval-")) or k == "site-seconds")
+                                        and isinstance(v, (int, float))}
+                          for u in result.accepted}
+    return record
+
+
+def local_epsilon(result: RoundResult) -> dict[str, float]:
+    """Each site's local DP-SGD epsilon, where it reported one."""
+    return {str(u.site): u.metrics["local-epsilon"] for u in result.accepted if "local-epsilon" in u.metrics}
+
+
+def weighted(rows: list[dict[str, Any]], prefix: str, n_key: str) -> dict[str, float]:
+    """Weighted mean of the overall metrics (keys without '/') across sites; counts add up."""
+    rows = [r for r in rows if n_key in r]
+    total = sum(float(r.get(n_key, 0)) for r in rows)
+    if total <= 0:
+        return {}
+    keys = {k for r in rows for k in r if k.startswith(prefix) and "/" not in k and k != n_key}
+    counts = {k for k in keys if k.removeprefix(prefix) in ("n", "samples") or k.endswith("-samples")}
+    out = {k: sum(float(r[k]) * float(r[n_key]) for r in rows if k in r) / total for k in sorted(keys - counts)}
+    out.update({k: sum(float(r.get(k, 0)) for r in rows) for k in sorted(counts)})
+    return out
+
+
+def evaluate_round(grid: Grid, strategy: ModalityAware, weights: dict[str, np.ndarray], settings: Settings,
+                   refused: dict[int, str], rnd: int, split: str) -> dict[str, Any]:
+    """Every non-refusing site evaluates ``weights`` on its ``split``: sample-weighted overall
+    metrics and each site's own."""
+    msgs = [m for m in strategy.configure_evaluate(rnd, numpy_to_arrays(weights),
+                                                   ConfigRecord({"split": split}), grid)
+            if m.metadata.dst_node_id not in refused]
+    rows, per_site = [], {}
+    for reply in grid.send_and_receive(msgs, timeout=settings.round_timeout):
+        if reply.has_error() or "metrics" not in reply.content:
+            continue
+        m = dict(reply.content["metrics"])
+        if not m.get("num-examples"):
+            continue  # the site could not evaluate (e.g. an empty split)
+        rows.append(m)
+        per_site[str(reply.metadata.src_node_id)] = m
+    return {"overall": weighted(rows, "", "num-examples"), "per_site": per_site}

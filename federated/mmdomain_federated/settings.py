@@ -1,0 +1,101 @@
+"""The run config (``[tool.flwr.app.config]`` in ``federated/pyproject.toml``), typed and checked.
+
+``Settings()`` defaults are the table's defaults (a test keeps them equal); keys are the
+table's kebab-case names with ``_`` for ``-``. Imports no flwr and no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from mmdomain.errors import ConfigError
+
+#: Settings fields that are deliberately not in ``[tool.flwr.app.config]``, with the reason.
+#: Every other field must be there, with the same default (tests/test_settings.py).
+NOT_IN_APP_CONFIG: dict[str, str] = {}
+
+
+@dataclass
+class Settings:
+    """The run config, typed. Keys are the kebab-case names."""
+
+    dataset: str = "toy"
+    data_root: str = ""
+    partition: str = ""
+    site_modalities: str = ""
+    synthetic_quick: bool = True
+    num_server_rounds: int = 3
+    local_epochs: int = 1
+    batch_size: int = 16
+    lr: float = 0.003
+    max_steps: int = 0
+    fusion: str = ""
+    strategy: str = "fedavg"
+    proximal_mu: float = 0.01
+    aggregation: str = "modality"
+    min_sites: int = 2
+    expected_sites: int = 0
+    round_timeout: float = 600.0
+    seed: int = 0
+    device: str = "auto"
+    fused_eval: bool = True
+    readiness: bool = True
+    outlier_factor: float = 10.0
+    central_dp: bool = False
+    noise_multiplier: float = 1.0
+    clip_norm: float = 1.0
+    target_delta: float = 1e-5
+    max_epsilon: float = 0.0
+    local_dp: bool = False
+    local_noise_multiplier: float = 1.0
+    local_clip_norm: float = 1.0
+    secagg: bool = False
+    secagg_shares: float = 1.0  # fraction of the round's sites each one shares its mask secrets with
+    secagg_threshold: float = 0.67  # fraction of those shares needed to unmask a dropped site
+    secagg_clip_range: float = 1.0  # |weight x delta| and weights are quantised within this range
+    secagg_weight_scale: float = 1000.0  # sample counts are divided by this before weighting
+    compress: str = "none"
+    out_dir: str = ""
+    resume: bool = True
+    stop_after_round: int = 0
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> "Settings":
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in dict(run_config).items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"run config: unknown key {key!r}; known: {sorted(k.replace('_', '-') for k in known)}")
+            values[name] = _cast(key, value, type(known[name].default))
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` for a value or combination the app cannot run."""
+        if self.strategy not in ("fedavg", "fedprox"):
+            raise ConfigError(f"run config: strategy must be fedavg or fedprox, got {self.strategy!r}")
+        if self.aggregation not in ("modality", "plain"):
+            raise ConfigError(f"run config: aggregation must be modality or plain, got {self.aggregation!r}")
+        if self.compress not in ("none", "bf16"):
+            raise ConfigError(f"run config: compress must be none or bf16, got {self.compress!r}")
+        if self.secagg and not (0 < self.secagg_shares <= 1 and 0 < self.secagg_threshold <= 1):
+            raise ConfigError("run config: secagg-shares and secagg-threshold are fractions in (0, 1]")
+        if self.secagg and (self.secagg_clip_range <= 0 or self.secagg_weight_scale <= 0):
+            raise ConfigError("run config: secagg-clip-range and secagg-weight-scale must be > 0")
+        if self.secagg and self.compress != "none":
+            raise ConfigError("run config: compress applies to clear-text updates; SecAgg+ quantises its own")
+
+    def as_run_config(self) -> dict[str, Any]:
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+
+def _cast(key: str, value: Any, typ: type) -> Any:
+    try:
+        if typ is bool and isinstance(value, str):
+            return value.lower() in ("1", "true", "yes")
+        return typ(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"run config: {key}={value!r} is not a {typ.__name__}") from None

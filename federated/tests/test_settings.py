@@ -1,0 +1,40 @@
+"""``Settings()`` is the app's ``[tool.flwr.app.config]``: same keys, same defaults."""
+
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from mmdomain.errors import ConfigError
+from mmdomain_federated.settings import NOT_IN_APP_CONFIG, Settings
+
+APP_CONFIG = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+
+
+def test_defaults_equal_the_app_config():
+    defaults = Settings().as_run_config()
+    for key, value in APP_CONFIG.items():
+        assert key in defaults, f"[tool.flwr.app.config] {key} is not a Settings field"
+        assert defaults[key] == value and type(defaults[key]) is type(value), (key, defaults[key], value)
+
+
+def test_every_field_is_in_the_app_config_or_excluded_with_a_reason():
+    for f in fields(Settings):
+        key = f.name.replace("_", "-")
+        if f.name in NOT_IN_APP_CONFIG:
+            assert key not in APP_CONFIG and NOT_IN_APP_CONFIG[f.name].strip(), f.name
+        else:
+            assert key in APP_CONFIG, f"Settings.{f.name} is missing from [tool.flwr.app.config]"
+
+
+def test_the_app_config_parses_to_the_defaults():
+    assert Settings.from_run_config(APP_CONFIG) == Settings()
+
+
+@pytest.mark.parametrize("config, message", [({"strategy": "fedsgd"}, "strategy"), ({"nope": 1}, "unknown key"),
+                                             ({"secagg": True, "compress": "bf16"}, "compress"),
+                                             ({"batch-size": "many"}, "is not a int")])
+def test_bad_run_configs_are_refused(config, message):
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_run_config(config)
