@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from harness import Bench, peak_rss_mb  # noqa: E402
 
 from mmdomain_medical.dataset import MedicalDataset  # noqa: E402
-from mmdomain_medical.dicom_read import normalise, read_dicom  # noqa: E402
+from mmdomain_medical.dicom_read import read_dicom  # noqa: E402
+from mmdomain_medical.intensity import normalise  # noqa: E402
 from mmdomain_medical.synthetic import chest_image, generate, _dicom, SITE_PROFILES  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -186,8 +187,8 @@ def main() -> None:
         cached = MedicalDataset(site, "all", cache="memory")
         for i in range(len(cached)):
             cached[i]
-        for i in range(len(uncached)):  # warm the header/PHI index alike
-            uncached._header_info(i)
+        for i in range(len(uncached)):  # warm the header/PHI index alike (one header read per study)
+            uncached.image_meta(i)
 
         def epoch(ds):
             return lambda: [ds[i] for i in range(len(ds))]

@@ -11,20 +11,23 @@ import click
 
 from mmdomain import DataError
 
+from .dataset import MedicalDataset, describe
 from .deid import deidentify
+from .dicom_header import header_facts, safe_meta
+from .dicom_parse import read_header
+from .dicom_read import read_dicom
 from .errors import MedicalDataError
+from .pairing import index_tree, manifest_rows
+from .reports import read_text_report, scrub_text, split_sections
+from .sr import is_sr, sr_text
 
 
 def _inspect_file(path: Path) -> dict:
-    from .dicom_read import read_dicom, read_header, safe_meta
-    from .sr import is_sr, sr_text
-    from .reports import read_text_report, scrub_text, split_sections
-
     if path.suffix.lower() in (".txt",):
         sections = split_sections(scrub_text(read_text_report(path)))
         return {"path": str(path), "kind": "report", "sections": {k: len(v) for k, v in sections.items()}}
     ds = read_header(path)
-    info = {"path": str(path), **safe_meta(ds)}
+    info = {"path": str(path), **safe_meta(header_facts(ds))}
     if is_sr(ds):
         phi = deidentify(ds, burned_in="warn", path=path)
         text = scrub_text(sr_text(ds, path), phi)
@@ -47,8 +50,6 @@ def medical() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def inspect_cmd(path: Path, as_json: bool) -> None:
     """What the loader sees in a DICOM file, report, or folder (de-identified)."""
-    from .dataset import MedicalDataset, describe
-
     try:
         if path.is_dir():
             info = describe(MedicalDataset(path, split="all", cache=None, burned_in="warn"))
@@ -69,10 +70,8 @@ def inspect_cmd(path: Path, as_json: bool) -> None:
               help="manifest CSV to write (default ROOT/manifest.csv; '-' for stdout)")
 def index_cmd(root: Path, output: Path | None) -> None:
     """Pair images and reports under ROOT into a manifest CSV (paths + study pseudonyms)."""
-    from .pairing import index_tree, manifest_rows
-
     try:
-        studies = index_tree(root)
+        studies = index_tree(root, keep_headers=False)
     except MedicalDataError as exc:
         raise click.ClickException(str(exc)) from None
     rows = manifest_rows(root, studies)

@@ -4,8 +4,18 @@
 Reads a MIMIC-CXR-like tree (``files/...`` + ``labels.csv``), any folder of DICOM with SR /
 OpenI XML reports, or a ``manifest.csv`` / ``manifest.parquet`` (columns ``path``,
 ``report`` or ``report_path``, optional ``study``, ``split`` and label columns).
-Headers are read through the de-identifying reader; report text is scrubbed (regex +
-the study header's own PHI values) before a section is selected.
+The studies are the index's typed ``pairing.Study`` records, split by patient with the core's
+``split_of``. Each study's first image header is read once into a ``DicomHeader``: by the
+index (loose DICOM) or on first use (MIMIC layout, manifests). That one read serves the
+sample's meta, the PHI values scrubbed from the report, and the image decode. Report text is
+scrubbed (regex + the study header's own PHI values) before a section is selected.
+
+``available(i)`` (the core's availability protocol) answers from the index, without decoding
+the image or scrubbing the report. The image is there if the study has one. The report is
+there if its unscrubbed text has one of the chosen sections; the sections are recorded on
+the study when its report is first read. ``ds[i]`` applies the same rule, so the two agree.
+If scrubbing ever removes a heading that the unscrubbed text has (a PHI value spelled like a
+heading), the sample still gets the report: the chosen sections, scrubbed on their own.
 
 What can leave the loader (the contract ``tests/test_deid_phi.py`` checks): pixels (after
 the BurnedInAnnotation refuse/warn policy), the scrubbed text of the chosen sections, and
@@ -27,51 +37,30 @@ Limits of the text scrubbing (documented, not solved):
 
 from __future__ import annotations
 
-import hashlib
-import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
 import torch
-from monai.transforms import Resize
 
 from mmdomain import Sample
+from mmdomain.data import availability_pattern, split_of
 
 from .cache import TensorCache
-from .deid import DEFAULT_KEY, known_phi, pseudonym
-from .dicom_read import normalise, read_dicom, read_header, safe_meta
+from .deid import DEFAULT_KEY, pseudonym
+from .dicom_header import DicomHeader, read_header_record, safe_meta
+from .dicom_read import image_tensor
 from .errors import MedicalDataError
 from .facts import CHEXPERT_LABELS, DEFAULT_REPORT_SECTIONS
 from .labels import encode, read_label_file
 from .pairing import Study, index_tree
-from .reports import read_openi_xml, read_text_report, scrub_text, select_sections, split_sections
+from .reports import read_manifest, read_openi_xml, read_text_report, scrub_text, select_sections, split_sections
 from .sr import read_sr
 
-log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test", "all")
 IMAGE, TEXT = "dicom_image", "report"
-
-
-def split_of(subject: str, fractions: tuple[float, float] = (0.7, 0.15)) -> str:
-    """Deterministic patient-level split from a hash of the subject key."""
-    u = int(hashlib.sha256(subject.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "train" if u < fractions[0] else "val" if u < fractions[0] + fractions[1] else "test"
-
-
-def image_tensor(path: Path, *, size: int, window: Any, key: str, burned_in: str) -> torch.Tensor:
-    """Decode, normalise to [0, 1], take one greyscale frame, resize to ``[1, size, size]``."""
-    img = read_dicom(path, window=window, key=key, burned_in=burned_in)
-    x = normalise(img)
-    if x.ndim == 4:  # CFHW: the middle frame
-        x = x[:, x.shape[1] // 2]
-    if x.shape[0] != 1:  # colour -> grey
-        x = x.mean(0, keepdims=True)
-    t = torch.from_numpy(np.ascontiguousarray(x))
-    if tuple(t.shape[1:]) != (size, size):
-        t = Resize((size, size), mode="area")(t)
-        t = t.as_tensor() if hasattr(t, "as_tensor") else t
-    return t.float().contiguous()
+_META_KEYS = ("modality", "manufacturer", "photometric", "pixel_spacing", "view_position", "bits_stored",
+              "transfer_syntax")
 
 
 class MedicalDataset(torch.utils.data.Dataset):
@@ -92,106 +81,142 @@ class MedicalDataset(torch.utils.data.Dataset):
         self.image_size, self.window, self.key, self.burned_in = image_size, window, deid_key, burned_in
         self.cache = TensorCache(cache, cache_dir)
         self.site = self.root.name
-        self._header: dict[int, tuple[dict, list[str]]] = {}
+        self._image_meta: dict[int, dict[str, Any]] = {}  # safe_meta of each study's first image
         self._reports: dict[int, str | None] = {}  # scrubbed text only
         self.label_table: dict[str, dict[str, str]] = {}
-        self.studies = self._index()
-        self.studies = [s for s in self.studies if split == "all" or s.get("split") == split]
+        self.studies: list[Study] = [s for s in self._index() if split == "all" or s.split == split]
         self._by_subject: dict[str, list[int]] = {}
         for i, st in enumerate(self.studies):
-            if st.get("subject"):
-                self._by_subject.setdefault(st["subject"], []).append(i)
+            if st.subject:
+                self._by_subject.setdefault(st.subject, []).append(i)
 
     # -- index ------------------------------------------------------------------------------
-    def _index(self) -> list[dict]:
+    def _index(self) -> list[Study]:
         for name in ("manifest.parquet", "manifest.csv"):
             if (self.root / name).is_file():
                 return self._from_manifest(self.root / name)
         label_files = sorted(self.root.glob("labels.csv")) + sorted(self.root.glob("*chexpert*.csv"))
         if label_files:
             self.label_table = read_label_file(label_files[0])
-        out = []
-        for st in index_tree(self.root):
-            out.append({"images": sorted(st.images), "report": st.report, "report_kind": st.report_kind,
-                        "report_text": None, "key": st.key, "subject": st.subject, "split": split_of(st.subject),
-                        "values": self.label_table.get(st.label_key) if st.label_key else None})
-        if not out:
+        studies = index_tree(self.root)
+        if not studies:
             raise MedicalDataError(self.root, "no DICOM image or report found under this folder")
-        return out
+        for st in studies:
+            st.split = split_of(st.subject)
+            st.values = self.label_table.get(st.label_key) if st.label_key else None
+        return studies
 
-    def _from_manifest(self, path: Path) -> list[dict]:
-        from .reports import read_manifest
-
+    def _from_manifest(self, path: Path) -> list[Study]:
         df = read_manifest(path)
-        groups: dict[str, dict] = {}
+        groups: dict[str, Study] = {}
         for i, r in enumerate(df.to_dict("records")):
             key = str(r.get("study") or r.get("accession") or r.get("path") or f"row{i}")
-            g = groups.setdefault(key, {"images": [], "report": None, "report_kind": "", "report_text": None,
-                                        "key": key, "split": str(r.get("split") or "") or split_of(key),
-                                        "values": {n: str(r.get(n, "") or "") for n in self.labels}
-                                        if any(n in r for n in self.labels) else None})
+            st = groups.get(key)
+            if st is None:
+                values = {n: str(r.get(n, "") or "") for n in self.labels} if any(n in r for n in self.labels) else None
+                st = groups[key] = Study(key, split=str(r.get("split") or "") or split_of(key), values=values)
             if r.get("path"):
-                g["images"].append(self.root / str(r["path"]))
+                st.images.append(self.root / str(r["path"]))
             if r.get("report"):
-                g["report_text"] = str(r["report"])
+                st.report_text = str(r["report"])
             elif r.get("report_path"):
-                g["report"] = self.root / str(r["report_path"])
-                g["report_kind"] = str(r.get("report_kind") or "") or _kind_of(g["report"])
+                st.report = self.root / str(r["report_path"])
+                st.report_kind = str(r.get("report_kind") or "") or _kind_of(st.report)
         return [groups[k] for k in sorted(groups)]
 
     # -- per study ---------------------------------------------------------------------------
-    def _header_info(self, i: int) -> tuple[dict, list[str]]:
-        """(safe meta, known PHI values) of the study's first image, read once."""
-        if i not in self._header:
-            st = self.studies[i]
-            meta, phi = {}, []
-            if st["images"]:
-                ds = read_header(st["images"][0], stop_before_pixels=True)
-                meta, phi = safe_meta(ds, self.key), known_phi(ds)
-            else:  # a report-only study: the same patient's other studies name the PHI to scrub
-                found: set[str] = set()
-                for j in self._by_subject.get(st.get("subject") or "", []):
-                    if j != i and self.studies[j]["images"]:
-                        found.update(self._header_info(j)[1])
-                phi = sorted(found, key=len, reverse=True)
-            self._header[i] = (meta, phi)
-        return self._header[i]
+    def header(self, i: int) -> DicomHeader | None:
+        """The header of study ``i``'s first image (None without one), read once: by the index,
+        else here on first use."""
+        st = self.studies[i]
+        if st.header is None and st.images:
+            st.header = read_header_record(st.images[0])
+        return st.header
+
+    def image_meta(self, i: int) -> dict[str, Any]:
+        """The PHI-free meta of study ``i``'s first image (``{}`` without one)."""
+        if i not in self._image_meta:
+            header = self.header(i)
+            self._image_meta[i] = safe_meta(header.facts, self.key) if header is not None else {}
+        return self._image_meta[i]
+
+    def _phi(self, i: int) -> tuple[str, ...]:
+        """The PHI values to scrub from study ``i``'s report: its image header's; for a report-only
+        study, those of the same patient's other studies in this dataset."""
+        header = self.header(i)
+        if header is not None:
+            return header.phi
+        found: set[str] = set()
+        for j in self._by_subject.get(self.studies[i].subject, []):
+            if j != i and self.studies[j].images:
+                found.update(self._phi(j))
+        return tuple(sorted(found, key=len, reverse=True))
+
+    def _report_source(self, i: int) -> str | None:
+        """The unscrubbed text of study ``i``'s report, or None; it never leaves this class."""
+        st = self.studies[i]
+        if st.report_text is not None:
+            return st.report_text
+        if st.report is None:
+            return None
+        if st.report_kind == "sr":
+            return read_sr(st.report)
+        if st.report_kind == "xml":
+            return read_openi_xml(st.report)["text"]
+        return read_text_report(st.report)
+
+    def _sections(self, i: int, text: str | None = None) -> frozenset[str]:
+        """The sections of study ``i``'s unscrubbed report (``text`` if just read), recorded on the
+        study; none without a report or when it cannot be read."""
+        st = self.studies[i]
+        if st.sections is None:
+            if text is None:
+                try:
+                    text = self._report_source(i)
+                except MedicalDataError:  # ds[i] names the failure
+                    text = None
+            st.sections = frozenset(split_sections(text)) if text is not None else frozenset()
+        return st.sections
+
+    def _has_report(self, i: int) -> bool:
+        """The one rule for the report modality: one of the chosen sections is in the report."""
+        sections = self._sections(i)
+        return any(s in sections for s in self.report_sections)
+
+    def available(self, i: int) -> frozenset[str]:
+        """The modalities ``self[i]`` has, from the index: nothing decoded, resized or scrubbed."""
+        has_image = bool(self.studies[i].images)
+        return frozenset(m for m, present in ((IMAGE, has_image), (TEXT, self._has_report(i))) if present)
 
     def raw_report(self, i: int) -> str | None:
         """The scrubbed full report text of study ``i`` (all sections), or None."""
         if self.cache.kind is not None and i in self._reports:
             return self._reports[i]
-        text = self._read_report(i)
+        text = self._report_source(i)
+        if text is not None:
+            self._sections(i, text)
+            text = scrub_text(text, self._phi(i))
         if self.cache.kind is not None:
             self._reports[i] = text
         return text
 
-    def _read_report(self, i: int) -> str | None:
-        st = self.studies[i]
-        if st["report_text"] is not None:
-            text = st["report_text"]
-        elif st["report"] is None:
-            return None
-        elif st["report_kind"] == "sr":
-            text = read_sr(st["report"])
-        elif st["report_kind"] == "xml":
-            text = read_openi_xml(st["report"])["text"]
-        else:
-            text = read_text_report(st["report"])
-        return scrub_text(text, self._header_info(i)[1])
+    def _report_input(self, i: int, report: str) -> str:
+        chosen = select_sections(report, self.report_sections)
+        if not chosen:  # scrubbing removed a heading the unscrubbed text has: scrub the chosen sections alone
+            chosen = scrub_text(select_sections(self._report_source(i) or "", self.report_sections), self._phi(i))
+        return chosen
 
     def sample_meta(self, i: int) -> dict[str, Any]:
         st = self.studies[i]
-        meta = {"id": pseudonym(st["key"], self.key, "st-"), "site": self.site, "split": st["split"]}
-        img_meta = self._header_info(i)[0]
-        for k in ("modality", "manufacturer", "photometric", "pixel_spacing", "view_position", "bits_stored",
-                  "transfer_syntax"):
-            if k in img_meta:
-                meta[k] = img_meta[k]
+        meta = {"id": pseudonym(st.key, self.key, "st-"), "site": self.site, "split": st.split}
+        image_meta = self.image_meta(i)
+        for k in _META_KEYS:
+            if k in image_meta:
+                meta[k] = image_meta[k]
         return meta
 
     def target(self, i: int) -> torch.Tensor:
-        values = self.studies[i]["values"]
+        values = self.studies[i].values
         if values is None:
             return torch.full((len(self.labels),), -1, dtype=torch.long)
         return encode(values, self.labels, self.uncertain, self.blank)
@@ -199,19 +224,20 @@ class MedicalDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.studies)
 
+    def _image(self, i: int) -> torch.Tensor:
+        path = self.studies[i].images[0]
+        opts = f"{self.image_size}|{self.window}|{self.burned_in}"
+        return self.cache.get(path, opts, lambda: image_tensor(
+            path, size=self.image_size, window=self.window, key=self.key, burned_in=self.burned_in,
+            header=self.header(i)))
+
     def __getitem__(self, i: int) -> Sample:
-        st = self.studies[i]
         inputs: dict[str, Any] = {}
-        if st["images"]:
-            path = st["images"][0]
-            opts = f"{self.image_size}|{self.window}|{self.burned_in}"
-            inputs[IMAGE] = self.cache.get(path, opts, lambda: image_tensor(
-                path, size=self.image_size, window=self.window, key=self.key, burned_in=self.burned_in))
+        if self.studies[i].images:
+            inputs[IMAGE] = self._image(i)
         report = self.raw_report(i)
-        if report is not None:
-            chosen = select_sections(report, self.report_sections)
-            if chosen:
-                inputs[TEXT] = chosen
+        if report is not None and self._has_report(i):
+            inputs[TEXT] = self._report_input(i, report)
         return Sample(inputs, self.target(i), self.sample_meta(i))
 
 
@@ -221,14 +247,10 @@ def _kind_of(path: Path) -> str:
 
 def describe(dataset: MedicalDataset) -> dict[str, Any]:
     """Aggregate, identifier-free statistics of a built dataset."""
-    from collections import Counter
-
-    patterns, modality, vendor, photometric, syntax, sections = Counter(), Counter(), Counter(), Counter(), Counter(), Counter()
+    patterns, present, modality, vendor, photometric, syntax, sections = (Counter() for _ in range(7))
     for i, st in enumerate(dataset.studies):
-        has = []
-        if st["images"]:
-            has.append(IMAGE)
-            meta = dataset._header_info(i)[0]
+        if st.images:
+            meta = dataset.image_meta(i)
             modality[meta.get("modality") or "?"] += 1
             vendor[meta.get("manufacturer") or "?"] += 1
             photometric[meta.get("photometric") or "?"] += 1
@@ -238,17 +260,15 @@ def describe(dataset: MedicalDataset) -> dict[str, Any]:
         except MedicalDataError:
             text = None
         if text is not None:
-            present = split_sections(text)
-            sections.update(present.keys())
-            if select_sections(text, dataset.report_sections):
-                has.append(TEXT)
-        patterns["+".join(sorted(has)) or "none"] += 1
+            sections.update(split_sections(text).keys())
+        has = dataset.available(i)
+        present.update(has)
+        patterns[availability_pattern(has)] += 1
     n = len(dataset)
     return {
         "studies": n, "split": dataset.split,
         "by_pattern": dict(sorted(patterns.items())),
-        "by_modality": {IMAGE: sum(v for k, v in patterns.items() if IMAGE in k),
-                        TEXT: sum(v for k, v in patterns.items() if TEXT in k)},
+        "by_modality": {IMAGE: present[IMAGE], TEXT: present[TEXT]},
         "dicom_modality": dict(sorted(modality.items())), "manufacturer": dict(sorted(vendor.items())),
         "photometric": dict(sorted(photometric.items())), "transfer_syntax": dict(sorted(syntax.items())),
         "report_section_coverage": {s: round(c / n, 3) for s, c in sorted(sections.items())} if n else {},

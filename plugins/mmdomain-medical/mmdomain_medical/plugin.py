@@ -1,4 +1,8 @@
-"""The medical plugin: everything it contributes, through mmdomain's hooks."""
+"""The medical plugin: everything it contributes, through mmdomain's hooks.
+
+The callbacks import the plugin's modules only when they are called: loading this module
+(the registry loads every plugin) must not pull in pydicom, MONAI or transformers.
+"""
 
 from __future__ import annotations
 
@@ -22,23 +26,17 @@ DEFAULT_MODEL = {
 
 
 def _load_image(path: Path):
-    from .dataset import image_tensor
+    from .dicom_read import image_tensor
 
-    from .deid import DEFAULT_KEY
-
-    return image_tensor(Path(path), size=128, window=None, key=DEFAULT_KEY, burned_in="refuse")
+    return image_tensor(Path(path), size=128)
 
 
 def _load_volume(path: Path):
-    import torch
-
-    from .dicom_read import normalise, read_dicom
+    from .dicom_read import read_dicom, volume_tensor
     from .series import load_series
 
     path = Path(path)
-    img = load_series(path) if path.is_dir() else read_dicom(path)
-    x = normalise(img)
-    return torch.from_numpy(x if x.ndim == 4 else x[:, None])
+    return volume_tensor(load_series(path) if path.is_dir() else read_dicom(path))
 
 
 def _load_report(path: Path) -> str:
@@ -147,7 +145,7 @@ def detect_modality(path: Path):
         return None
     if path.suffix.lower() in DICOM_SUFFIXES:
         try:
-            from .dicom_read import read_header
+            from .dicom_parse import read_header
             from .sr import is_sr
 
             ds = read_header(path, stop_before_pixels=True)

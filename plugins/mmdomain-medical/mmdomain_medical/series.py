@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from .deid import DEFAULT_KEY
-from .dicom_read import DicomImage, read_dicom, read_header
+from .dicom_parse import read_header
+from .dicom_read import DicomImage, read_dicom
 from .errors import MedicalDataError
 from .facts import DICOM_SUFFIXES
 

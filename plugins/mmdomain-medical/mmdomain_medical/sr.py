@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from .dicom_read import read_header
+from .dicom_parse import read_header
 from .errors import MedicalDataError
 from .facts import SR_SOP_CLASSES
 

@@ -11,8 +11,12 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_files
 
-from mmdomain_medical.dicom_read import _walk_header, header_facts, normalise, quiet_validation, read_dicom
+from mmdomain_medical.dicom_header import header_facts
+from mmdomain_medical.dicom_parse import quiet_validation
+from mmdomain_medical.dicom_read import read_dicom
 from mmdomain_medical.errors import MedicalDataError
+from mmdomain_medical.header_walk import walk_header
+from mmdomain_medical.intensity import normalise
 from mmdomain_medical.sr import read_sr
 
 FILES = sorted(f for f in get_testdata_files() if os.path.isfile(f))
@@ -49,7 +53,7 @@ def test_header_walk_reads_what_pydicom_reads():
     accepted, pixel_flags = 0, ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
     for f in FILES:
         data = Path(f).read_bytes()
-        walked = _walk_header(data)
+        walked = walk_header(data)
         if walked is None:
             continue
         accepted += 1

@@ -10,8 +10,13 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ImplicitVRLittleEndian, RLELossless
 
 from dicom_factory import write
-from mmdomain_medical.dicom_read import _fast_native, normalise, read_dicom, read_header
+from mmdomain_medical.dicom_header import header_facts
+from mmdomain_medical.dicom_pixels import native_from_file
+from mmdomain_medical.dicom_parse import read_header
+from mmdomain_medical.dicom_read import read_dicom
 from mmdomain_medical.errors import MedicalDataError
+from mmdomain_medical.header_walk import walk_header
+from mmdomain_medical.intensity import normalise
 from mmdomain_medical.series import load_series
 
 
@@ -83,7 +88,7 @@ def test_fast_path_matches_pydicom():
     for name in ("CT_small.dcm", "MR_small.dcm", "SC_rgb.dcm", "SC_rgb_16bit.dcm"):
         f = get_testdata_file(name)
         ds = read_header(f)
-        fast = _fast_native(ds, f)
+        fast = native_from_file(ds, f, header_facts(ds))
         assert fast is not None, name
         np.testing.assert_array_equal(fast, pydicom.dcmread(f).pixel_array)
 
@@ -181,11 +186,9 @@ def test_rle_greyscale_fast_path_matches_pydicom(tmp_path, monkeypatch, case):
 
 def test_files_the_header_walk_declines_still_read(tmp_path):
     """Implicit VR, a LUT sequence, non-ASCII text, an undefined-length UN: pydicom parses them."""
-    from mmdomain_medical.dicom_read import _walk_header
-
     px = np.arange(12, dtype=np.uint16).reshape(3, 4)
     base = write(tmp_path / "base.dcm", px, Manufacturer="Acme")
-    assert _walk_header(base.read_bytes()) is not None
+    assert walk_header(base.read_bytes()) is not None
     variants = {}
     ds = pydicom.dcmread(base)
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
@@ -202,7 +205,7 @@ def test_files_the_header_walk_declines_still_read(tmp_path):
     ds.ModalityLUTSequence = Sequence([lut])
     ds.save_as(variants.setdefault("modality LUT sequence", tmp_path / "lut.dcm"))
     for name, f in variants.items():
-        assert _walk_header(f.read_bytes()) is None, name
+        assert walk_header(f.read_bytes()) is None, name
         img = read_dicom(f)
         expect = [[0, 10, 20, 30], [30] * 4, [30] * 4] if "LUT" in name else px
         np.testing.assert_array_equal(img.array[0], expect, err_msg=name)
@@ -211,8 +214,6 @@ def test_files_the_header_walk_declines_still_read(tmp_path):
 
 def test_sequences_are_skipped_by_the_header_walk(tmp_path, monkeypatch):
     """Defined and undefined-length sequences, undefined-length items, nested: no pydicom parse."""
-    from mmdomain_medical.dicom_read import _walk_header
-
     px = np.arange(12, dtype=np.uint16).reshape(3, 4)
     base = write(tmp_path / "base.dcm", px, PixelSpacing=[0.5, 0.5])
     inner = Dataset()
@@ -230,7 +231,7 @@ def test_sequences_are_skipped_by_the_header_walk(tmp_path, monkeypatch):
         item["AnatomicRegionSequence"].is_undefined_length = undefined
         item.is_undefined_length_sequence_item = undefined
         ds.save_as(files.setdefault(name, tmp_path / f"{name}.dcm"))
-    expect = {name: (pydicom.dcmread(f).PixelSpacing, _walk_header(f.read_bytes())) for name, f in files.items()}
+    expect = {name: (pydicom.dcmread(f).PixelSpacing, walk_header(f.read_bytes())) for name, f in files.items()}
     assert b"\xff\xff\xff\xff" in files["undefined"].read_bytes()
     _no_pydicom_parse(monkeypatch)
     for name, f in files.items():
@@ -242,7 +243,7 @@ def test_sequences_are_skipped_by_the_header_walk(tmp_path, monkeypatch):
     data = files["undefined"].read_bytes()
     cut = tmp_path / "cut.dcm"
     cut.write_bytes(data[:data.index(b"T-D3000")])
-    assert _walk_header(cut.read_bytes()) is None
+    assert walk_header(cut.read_bytes()) is None
 
 
 def test_invalid_image_pixel_number_is_a_clear_error(tmp_path):
