@@ -44,6 +44,8 @@ def _contained(handler):
             return handler(msg, context)
         except PolicyRefusal as exc:
             raise SiteError(str(exc)) from None
+        except SiteError:  # written to leave the site (no path, no identifier)
+            raise
         except Exception as exc:  # noqa: BLE001 - nothing but the type may leave the site
             log.exception("site %s: %s failed", context.node_id, handler.__name__)
             raise SiteError(f"{handler.__name__} failed at the site with {type(exc).__name__} "
@@ -74,6 +76,10 @@ def _train_locally(cfg, settings, registry, node_config, global_w, node_id: int,
     Returns the trained model, its modality counts, its sample count and aggregate metrics."""
     t0 = time.perf_counter()
     model = model if model is not None else task.build(settings, registry)
+    expected = str(cfg.get("frozen-sha256", ""))
+    if expected and task.frozen_digest(model) != expected:
+        raise SiteError("the frozen parts of this site's model differ from the server's (frozen-sha256): every "
+                        "participant must start from the same init-from checkpoint and seed")
     task.set_weights(model, global_w)
     data = task.load_site(settings, node_config, registry, "train")
     mod_counts, _ = availability_counts(data, model.modalities)
@@ -87,7 +93,8 @@ def _train_locally(cfg, settings, registry, node_config, global_w, node_id: int,
     rnd = int(cfg.get("server-round", 0))
     # simulation: the partition id, so a run repeats exactly whatever ids Flower gives the nodes
     site = int(node_config["partition-id"]) if "partition-id" in node_config else node_id % 997
-    stats = task.train_site(model, data, settings, seed=settings.seed * 1000 + rnd + 7919 * site)
+    stats = task.train_site(model, data, settings, seed=settings.seed * 1000 + rnd + 7919 * site,
+                            server_round=max(rnd, 1))
     metrics.update({k: v for k, v in stats.items() if isinstance(v, (int, float))})
     metrics["num-examples"] = len(data)
     metrics["site-seconds"] = time.perf_counter() - t0  # local compute, for overhead figures

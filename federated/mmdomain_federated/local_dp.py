@@ -32,7 +32,6 @@ import warnings
 from typing import Any, Callable
 
 import torch
-from opacus.accountants import RDPAccountant
 from opacus.grad_sample import GradSampleModule, register_grad_sampler
 from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
@@ -43,6 +42,8 @@ from mmdomain.data.sample import Batch
 from mmdomain.errors import ConfigError
 from mmdomain.fusion.base import MissingToken, mask_like
 from mmdomain.tasks.base import Task
+
+from .budget import local_epsilon, plan_local
 
 
 # A layer whose inputs need no gradient (the first conv, an embedding) gets its per-sample rule
@@ -119,15 +120,27 @@ def poisson_loader(loader: DataLoader, sample_rate: float, generator: torch.Gene
                       pin_memory=loader.pin_memory)
 
 
+def site_noise(settings, n: int, batch_size: int) -> float:
+    """This site's noise multiplier: planned from ``target-epsilon`` over the whole training
+    (rounds x local epochs, from the site's own ``n``; ``budget.plan_local``), else the configured one."""
+    if settings.target_epsilon > 0:
+        return plan_local(settings.target_epsilon, settings.target_delta, n=n, batch_size=batch_size,
+                          epochs=settings.num_server_rounds * settings.local_epochs).noise_multiplier
+    return settings.local_noise_multiplier
+
+
 def private_training(model, loader: DataLoader, optimizer: torch.optim.Optimizer, settings, *,
-                     device: torch.device, extra_loss: Callable | None = None) -> dict[str, Any]:
-    """``settings.local_epochs`` of DP-SGD on ``model`` (trained in place, names unchanged);
-    ``loader`` gives the dataset, collate and mean batch size. Returns train-loss,
-    train-samples and local-epsilon (at ``settings.target_delta``)."""
+                     device: torch.device, extra_loss: Callable | None = None, server_round: int = 1) -> dict[str, Any]:
+    """``settings.local_epochs`` of DP-SGD on ``model``'s trainable parameters (trained in place,
+    names unchanged; frozen encoders cost no privacy); ``loader`` gives the dataset, collate and
+    mean batch size. Returns train-loss, train-samples, the noise used and ``local-epsilon``: what
+    the site has spent by the end of ``server_round`` (at ``settings.target_delta``), counting every
+    earlier round as this one's steps (an over-estimate for a site that missed a round)."""
     model.train()
     _check_model(model)
     n = len(loader.dataset)
     rate = min(1.0, loader.batch_size / n)
+    noise_multiplier = site_noise(settings, n, loader.batch_size)
     sampling, noise = torch.Generator(), torch.Generator(device=device)
     sampling.seed(), noise.seed()
     batches = poisson_loader(loader, rate, sampling)
@@ -135,12 +148,10 @@ def private_training(model, loader: DataLoader, optimizer: torch.optim.Optimizer
     if not unsupported_layers(model):
         hooked = GradSampleModule(model)  # hooks on model's own layers: its parameters get .grad_sample
         hooked.forbid_grad_accumulation()
-    dp = DPOptimizer(optimizer, noise_multiplier=settings.local_noise_multiplier,
+    dp = DPOptimizer(optimizer, noise_multiplier=noise_multiplier,
                      max_grad_norm=settings.local_clip_norm, expected_batch_size=rate * n, generator=noise)
-    accountant = RDPAccountant()
-    dp.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=rate))
     params = dp.params
-    total, seen = 0.0, 0
+    total, seen, steps = 0.0, 0, 0
     try:
         for _ in range(settings.local_epochs):
             for step, batch in enumerate(batches):
@@ -152,6 +163,7 @@ def private_training(model, loader: DataLoader, optimizer: torch.optim.Optimizer
                     total += float(losses.detach().sum())
                     seen += size
                 _noised_step(model, dp, params, size, extra_loss)
+                steps += 1
                 if settings.max_steps and step + 1 >= settings.max_steps:
                     break
     finally:
@@ -160,8 +172,9 @@ def private_training(model, loader: DataLoader, optimizer: torch.optim.Optimizer
         for p in params:
             if hasattr(p, "grad_sample"):
                 del p.grad_sample  # the one-sample-at-a-time path sets it too
-    return {"train-loss": total / max(seen, 1), "train-samples": seen,
-            "local-epsilon": float(accountant.get_epsilon(delta=settings.target_delta)) if len(accountant) else 0.0}
+    spent = local_epsilon(noise_multiplier, rate, steps * max(server_round, 1), settings.target_delta) if steps else 0.0
+    return {"train-loss": total / max(seen, 1), "train-samples": seen, "local-noise-multiplier": noise_multiplier,
+            "local-epsilon": spent}
 
 
 def _per_sample_gradients(model, hooked: GradSampleModule | None, batch: Batch, dp: DPOptimizer,

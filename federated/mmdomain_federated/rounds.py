@@ -18,6 +18,8 @@ from .records import nbytes, numpy_to_arrays
 from .settings import Settings
 from .strategy import ModalityAware, origin, sender
 
+LOCAL_MECHANISM = "dp-sgd-local-record-level"
+
 Log = Callable[[str], None]
 
 
@@ -79,15 +81,17 @@ def readiness_round(grid: Grid, nodes: list[int], settings: Settings, refused: d
 
 
 def train_round(grid: Grid, rnd: int, weights: dict[str, np.ndarray], settings: Settings,
-                strategy: ModalityAware, refused: dict[int, str], fusion_from: str, log: Log) -> RoundResult:
-    """One training round to every live, non-refusing site; nothing is sent to fewer than ``min-sites``."""
+                strategy: ModalityAware, refused: dict[int, str], fusion_from: str, log: Log,
+                frozen_sha256: str = "") -> RoundResult:
+    """One training round to every live, non-refusing site; nothing is sent to fewer than ``min-sites``.
+    ``frozen_sha256`` (``task.frozen_digest``) lets each site check the parts that do not travel."""
     started = time.perf_counter()
     if settings.secagg:
         targets = [n for n in grid.get_node_ids() if n not in refused]
         result = RoundResult(rnd, weights, targets, secure=True, started=started)
         return _secure(grid, result, settings, strategy, fusion_from, log) if len(targets) >= settings.min_sites \
             else result
-    config = ConfigRecord({"fused-eval": settings.fused_eval})
+    config = ConfigRecord({"fused-eval": settings.fused_eval, "frozen-sha256": frozen_sha256})
     messages = [m for m in strategy.configure_train(rnd, numpy_to_arrays(weights), config, grid)
                 if m.metadata.dst_node_id not in refused]
     for m in messages:
@@ -149,6 +153,14 @@ def round_record(result: RoundResult) -> dict[str, Any]:
                                         and isinstance(v, (int, float))}
                           for u in result.accepted}
     return record
+
+
+def local_ledger_rows(result: RoundResult, settings: Settings) -> list[dict[str, Any]]:
+    """Ledger rows of the sites' local DP-SGD: what each has spent by the end of this round."""
+    return [{"round": result.round, "site": u.site, "mechanism": LOCAL_MECHANISM,
+             "noise": u.metrics.get("local-noise-multiplier"), "clip": settings.local_clip_norm,
+             "epsilon": u.metrics["local-epsilon"], "delta": settings.target_delta}
+            for u in result.accepted if "local-epsilon" in u.metrics]
 
 
 def local_epsilon(result: RoundResult) -> dict[str, float]:

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .budget import plan_central
 from .privacy import CentralAccountant, Ledger
 from .settings import Settings
 from .state import load_state, save_state
@@ -45,6 +46,12 @@ class RunState:
             run.start_round, run.history = last_round + 1, state["history"]
             run.rejections, run.population = state.get("rejections", []), int(state["population"])
             log(f"resuming after round {last_round} from {out_dir}")
+        if settings.central_dp and settings.target_epsilon > 0:  # planned, on the server's own accountant
+            settings.noise_multiplier = plan_central(settings.target_epsilon, settings.target_delta,
+                                                     rounds=settings.num_server_rounds, sampled=run.population,
+                                                     population=run.population)
+            log(f"central DP: noise multiplier {settings.noise_multiplier:.3f} planned for epsilon "
+                f"{settings.target_epsilon:g} over {settings.num_server_rounds} rounds of {run.population} sites")
         if settings.central_dp:
             run.accountant = CentralAccountant(noise_multiplier=settings.noise_multiplier, clip=settings.clip_norm,
                                                target_delta=settings.target_delta, population=run.population,

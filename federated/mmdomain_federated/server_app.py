@@ -25,8 +25,8 @@ from mmdomain.plugins import get_registry
 from . import task
 from .groups import FUSION_FROM_MULTI, fusion_from
 from .readiness import held_modalities
-from .rounds import (RoundResult, evaluate_round, local_epsilon, readiness_round, round_record, train_round,
-                     wait_for_nodes)
+from .rounds import (RoundResult, evaluate_round, local_epsilon, local_ledger_rows, readiness_round, round_record,
+                     train_round, wait_for_nodes)
 from .run_state import RunState
 from .server_log import ServerLog
 from .settings import Settings
@@ -55,7 +55,7 @@ def run_server(grid: Grid, settings: Settings, out_dir: Path, *, registry=None,
         run = RunState.open(settings, out_dir, task.get_weights(model), max(len(nodes), settings.min_sites), slog)
         report = _readiness(grid, nodes, run, slog)
         source = fusion_from(held_modalities(report)) if report else FUSION_FROM_MULTI
-        stopped, crashed = _train(grid, run, strategy, len(nodes), source, slog)
+        stopped, crashed = _train(grid, run, strategy, len(nodes), source, slog, task.frozen_digest(model))
         if crashed:
             return {"stopped": stopped, "history": run.history, "out_dir": str(out_dir)}
         final = evaluate_round(grid, strategy, run.weights, settings, run.refused, settings.num_server_rounds + 1,
@@ -75,13 +75,14 @@ def _readiness(grid: Grid, nodes: list[int], run: RunState, log: ServerLog) -> d
 
 
 def _train(grid: Grid, run: RunState, strategy: ModalityAware, num_nodes: int, source: str,
-           log: ServerLog) -> tuple[str, bool]:
-    """The rounds left; why they stopped, and whether that was the simulated crash."""
+           log: ServerLog, frozen: str) -> tuple[str, bool]:
+    """The rounds left; why they stopped, and whether that was the simulated crash. ``frozen``:
+    the digest of the model parts rounds do not carry, for the sites to check."""
     s = run.settings
     for rnd in range(run.start_round, s.num_server_rounds + 1):
         if reason := run.budget_stop(rnd):
             return _stop(reason, log), False
-        result = train_round(grid, rnd, run.weights, s, strategy, run.refused, source, log)
+        result = train_round(grid, rnd, run.weights, s, strategy, run.refused, source, log, frozen)
         if len(result.targets) < s.min_sites:
             return _stop(f"round {rnd}: only {len(result.targets)} sites available, min-sites is {s.min_sites}",
                          log), False
@@ -135,6 +136,7 @@ def _record(grid: Grid, strategy: ModalityAware, result: RoundResult,
     record.update(release)
     if local := local_epsilon(result):
         record["local-epsilon"] = local
+        ledger_rows = ledger_rows + local_ledger_rows(result, s)
     record["seconds"] = round(time.perf_counter() - result.started, 3)
     return record, ledger_rows
 
@@ -148,7 +150,15 @@ def _finish(model, run: RunState, final: dict[str, Any], stopped: str, registry,
     np.savez(out_dir / "final.npz", **run.weights)
     summary = {"stopped": stopped, "rounds": len(run.history), "history": run.history, "final": final,
                "rejections": run.rejections, "refused": {str(k): v for k, v in run.refused.items()},
-               "epsilon": run.epsilon, "out_dir": str(out_dir)}
+               "epsilon": run.epsilon, "local-epsilon": _last_local_epsilon(run.history), "out_dir": str(out_dir)}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     log(f"finished ({stopped}); final test metrics {json.dumps(final.get('overall', {}))}; out {out_dir}")
     return summary
+
+
+def _last_local_epsilon(history: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Each site's local DP-SGD epsilon as last reported (what it spent over the whole run)."""
+    spent: dict[str, float] = {}
+    for record in history:
+        spent.update(record.get("local-epsilon", {}))
+    return spent or None

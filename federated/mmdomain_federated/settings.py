@@ -50,6 +50,9 @@ class Settings:
     local_dp: bool = False
     local_noise_multiplier: float = 1.0
     local_clip_norm: float = 1.0
+    target_epsilon: float = 0.0  # > 0: the DP noise is planned to spend at most this over the whole training
+    encoder_train: str = ""  # per-encoder train policy, "m=none;m2=last:1" (mmdomain.models.trainable)
+    init_from: str = ""  # a checkpoint every participant starts from (its frozen parts never travel)
     secagg: bool = False
     secagg_shares: float = 1.0  # fraction of the round's sites each one shares its mask secrets with
     secagg_threshold: float = 0.67  # fraction of those shares needed to unmask a dropped site
@@ -85,8 +88,25 @@ class Settings:
             raise ConfigError("run config: secagg-shares and secagg-threshold are fractions in (0, 1]")
         if self.secagg and (self.secagg_clip_range <= 0 or self.secagg_weight_scale <= 0):
             raise ConfigError("run config: secagg-clip-range and secagg-weight-scale must be > 0")
+        if self.target_epsilon < 0:
+            raise ConfigError(f"run config: target-epsilon must be >= 0 (0 = off), got {self.target_epsilon}")
+        if self.target_epsilon > 0 and not (self.local_dp or self.central_dp):
+            raise ConfigError("run config: target-epsilon plans the noise of local-dp or central-dp; turn one on")
+        if self.target_epsilon > 0 and self.local_dp and self.central_dp:
+            raise ConfigError("run config: target-epsilon plans one mechanism; choose local-dp or central-dp")
+        self.encoder_policies()  # a malformed policy fails here, not at the first round
         if self.secagg and self.compress != "none":
             raise ConfigError("run config: compress applies to clear-text updates; SecAgg+ quantises its own")
+
+    def encoder_policies(self) -> dict[str, str]:
+        """``encoder-train`` as ``{modality: policy}``."""
+        out: dict[str, str] = {}
+        for part in filter(None, (p.strip() for p in self.encoder_train.split(";"))):
+            modality, sep, policy = part.partition("=")
+            if not sep or not modality.strip() or not policy.strip():
+                raise ConfigError(f"run config: encoder-train entry {part!r} is not modality=policy")
+            out[modality.strip()] = policy.strip()
+        return out
 
     def as_run_config(self) -> dict[str, Any]:
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}

@@ -8,6 +8,7 @@ parameter groups and their weighting ``groups``, the readiness report ``readines
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
+from mmdomain.checkpoint import init_from_checkpoint
 from mmdomain.config import ModelConfig, parse
 from mmdomain.data import present_modalities
 from mmdomain.errors import ConfigError, DataError
@@ -44,6 +46,11 @@ def model_config(settings: Settings, registry: Registry) -> ModelConfig:
     if settings.local_dp:
         data["encode_absent"] = True  # per-sample gradients need every row through every encoder
         data["modality_dropout"] = 0.0
+    for m, policy in settings.encoder_policies().items():
+        if m not in data.get("encoders", {}):
+            raise ConfigError(f"run config: encoder-train names {m!r}, which is not a modality of the "
+                              f"{spec.name!r} model ({sorted(data.get('encoders', {}))})")
+        data["encoders"][m]["train"] = policy
     cfg = parse(ModelConfig, data, f"default model of dataset {spec.name!r}")
     for m, comp in cfg.tokenizers.items():
         if registry.tokenizer(comp.name).fit is not None and not comp.fitted:
@@ -54,12 +61,34 @@ def model_config(settings: Settings, registry: Registry) -> ModelConfig:
 
 
 def build(settings: Settings, registry: Registry) -> FusionModel:
-    """Same settings, same initial weights (seeded), on every site and the server."""
+    """Same settings, same initial weights (seeded, then ``init-from``'s), on every site and the server."""
     torch.manual_seed(settings.seed)
     model = build_model(model_config(settings, registry), registry)
+    if settings.init_from:
+        init_from_checkpoint(model, settings.init_from)
     if settings.local_dp:
         _ready_for_dp_sgd(model)
     return model
+
+
+def shared_keys(model: FusionModel) -> list[str]:
+    """The state_dict entries that federated rounds carry: trainable parameters, and the buffers
+    of every encoder that is not frozen (and of fusion and task). Frozen parts never travel; every
+    participant holds them already (same seed or ``init-from`` file) and checks them by hash."""
+    params = dict(model.named_parameters())
+    frozen = tuple(f"encoders.{m}." for m in model.frozen)
+    return [k for k in model.state_dict() if (params[k].requires_grad if k in params else not k.startswith(frozen))]
+
+
+def frozen_digest(model: FusionModel) -> str:
+    """SHA-256 over the names and bytes of everything rounds do not carry ('' when all of it travels)."""
+    shared = set(shared_keys(model))
+    h = hashlib.sha256()
+    rest = [(k, v) for k, v in model.state_dict().items() if k not in shared]
+    for k, v in sorted(rest, key=lambda kv: kv[0]):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest() if rest else ""
 
 
 def _ready_for_dp_sgd(model: torch.nn.Module) -> None:
@@ -76,8 +105,10 @@ def _ready_for_dp_sgd(model: torch.nn.Module) -> None:
                 setattr(module, name, fix(child))
 
 
-def get_weights(model: torch.nn.Module, groups: set[str] | None = None) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()
+def get_weights(model: FusionModel, groups: set[str] | None = None) -> dict[str, np.ndarray]:
+    """The shared entries (``shared_keys``) of ``groups`` (all groups when None), as arrays."""
+    state = model.state_dict()
+    return {k: state[k].detach().cpu().numpy().copy() for k in shared_keys(model)
             if groups is None or param_group(k) in groups}
 
 
@@ -182,27 +213,30 @@ def _simulated_site(settings: Settings, registry: Registry, spec, pid: int, n: i
 
 # -- local work ----------------------------------------------------------------------------------
 def train_site(model: FusionModel, dataset: Dataset, settings: Settings, *, device: torch.device | None = None,
-               seed: int = 0) -> dict[str, Any]:
-    """Local epochs with the core loop; FedProx adds ``mu/2 ||w - w_global||^2``; local DP-SGD
-    (Opacus) when ``settings.local_dp``. Returns loss, sample count, with DP the site's epsilon,
-    and on a GPU the peak memory this training allocated there."""
+               seed: int = 0, server_round: int = 1) -> dict[str, Any]:
+    """Local epochs with the core loop over the trainable parameters; FedProx adds
+    ``mu/2 ||w - w_global||^2``; local DP-SGD (Opacus) when ``settings.local_dp``. Returns loss,
+    sample count, with DP the site's epsilon spent by the end of ``server_round``, and on a GPU
+    the peak memory this training allocated there."""
     device = device or select_device(settings.device)
     seed_everything(seed)
     model.to(device)
     loader = make_loader(dataset, model.modalities, settings.batch_size, shuffle=True, seed=seed, drop_last=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=1e-4)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=1e-4)
     extra = None
     if settings.strategy == "fedprox" and settings.proximal_mu > 0:
-        anchor = [p.detach().clone() for p in model.parameters()]
+        anchor = [p.detach().clone() for p in trainable]
         mu = settings.proximal_mu
 
         def extra(m):  # noqa: E306
-            return (mu / 2) * sum(((p - a) ** 2).sum() for p, a in zip(m.parameters(), anchor))
+            return (mu / 2) * sum(((p - a) ** 2).sum() for p, a in zip(trainable, anchor))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     if settings.local_dp:
         from .local_dp import private_training
-        out = private_training(model, loader, optimizer, settings, device=device, extra_loss=extra)
+        out = private_training(model, loader, optimizer, settings, device=device, extra_loss=extra,
+                               server_round=server_round)
     else:
         loss, seen = 0.0, 0
         for _ in range(settings.local_epochs):
