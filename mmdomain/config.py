@@ -150,6 +150,8 @@ def load_config(path: str | Path) -> RunConfig:
     config = parse(RunConfig, data, str(path))
     if not config.data.root.is_absolute():  # relative paths are relative to the config file
         config.data.root = (path.parent / config.data.root).resolve()
+    if not config.train.out_dir.is_absolute():
+        config.train.out_dir = (path.parent / config.train.out_dir).resolve()
     if config.train.init_from is not None and not config.train.init_from.is_absolute():
         config.train.init_from = (path.parent / config.train.init_from).resolve()
     for comp in (config.model.encoders.values() if config.model else ()):

@@ -41,3 +41,15 @@ def test_missing_and_malformed_files(tmp_path):
         load_config(tmp_path / "nope.toml")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(_write(tmp_path, "bad.toml", "[data\n"))
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    path = folder / "run.toml"
+    path.write_text('[data]\ndataset = "toy"\nroot = "../data"\n[train]\nout_dir = "../runs/x"\n'
+                    'init_from = "../runs/pre/model.safetensors"\n')
+    config = load_config(path)
+    assert config.data.root == tmp_path / "data"
+    assert config.train.out_dir == tmp_path / "runs" / "x"
+    assert config.train.init_from == tmp_path / "runs" / "pre" / "model.safetensors"

@@ -2,8 +2,6 @@
 
 import json
 
-import numpy as np
-import pytest
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 from mmdomain_federated import task
