@@ -3,7 +3,15 @@
 Scenes are read as windows of one target grid (CRS, resolution, bounds) through
 rasterio's WarpedVRT, paired in time with a tolerance; a patch whose S2 is too
 cloudy, or that has no S1 pass close enough in time, keeps the other modality and
-marks the missing one absent.
+marks the missing one absent. ``s2_bands=`` reads a subset of the S2 bands (as torchgeo's
+``bands=``); ``model_for(data options)`` gives a model whose S2 encoder takes them.
+
+Modules: ``bands`` (sensor facts), ``grid``, ``handles`` (per-process raster handles, warps),
+``s2``/``s1`` (readers), ``pairing`` (S2-S1 in time), ``patch_index`` (patches and the one
+availability rule), ``dataset`` (scene folders), ``layouts`` (scene folder, BigEarthNet v2,
+SEN12MS), ``samplers`` (torchgeo-style), ``stats`` (site band statistics), ``encoders``,
+``models`` (model configs), ``synthetic`` (seeded regions), ``commands`` (``mmdomain rs``),
+``plugin`` (the hooks).
 """
 
 from .bands import BIGEARTHNET19, S1_POLARISATIONS, S2_BANDS
@@ -12,8 +20,9 @@ from .pairing import pair_acquisitions
 from .s1 import S1Acquisition, open_s1, read_s1
 from .s2 import S2Product, open_s2, read_s2
 from .dataset import SceneFolderDataset
+from .models import model_for
 from .samplers import GridPatchSampler, RandomPatchSampler
 
 __all__ = ["BIGEARTHNET19", "Grid", "GridPatchSampler", "RandomPatchSampler", "S1Acquisition", "S1_POLARISATIONS",
-           "S2Product", "S2_BANDS", "SceneFolderDataset", "open_s1", "open_s2", "pair_acquisitions", "read_s1",
-           "read_s2"]
+           "S2Product", "S2_BANDS", "SceneFolderDataset", "model_for", "open_s1", "open_s2", "pair_acquisitions",
+           "read_s1", "read_s2"]

@@ -1,6 +1,11 @@
-"""Sensor facts as data: band order, wavelengths, native resolutions, SCL classes, label names."""
+"""Sensor facts as data: band order, wavelengths, native resolutions, SCL classes, label names;
+and ``s2_band_subset``, the one check of a user's band names (``s2_bands=``, as torchgeo's ``bands=``)."""
 
 from __future__ import annotations
+
+from typing import Iterable
+
+from mmdomain import DataError
 
 #: The 12 Sentinel-2 L2A surface-reflectance bands (B10, cirrus, is not in L2A), in tensor order.
 S2_BANDS: tuple[str, ...] = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
@@ -51,3 +56,33 @@ BIGEARTHNET19: tuple[str, ...] = (
 #: SEN12MS simplified IGBP (DFC2020) classes, 1-based in the files.
 SEN12MS_CLASSES: tuple[str, ...] = ("Forest", "Shrubland", "Savanna", "Grassland", "Wetlands", "Croplands",
                                     "Urban/Built-up", "Snow/Ice", "Barren", "Water")
+
+#: Default land-cover classes of a scene folder (``s2s1_scenes``; its default model and the synthetic
+#: regions use them): six CORINE classes, named as in ``BIGEARTHNET19``. A folder with other classes
+#: names them in its ``classes.json`` and gets a model for them with ``models.model_for(task=...)``.
+SCENE_CLASSES: tuple[str, ...] = ("Urban fabric", "Arable land", "Broad-leaved forest", "Coniferous forest",
+                                  "Inland waters", "Inland wetlands")
+
+
+def s2_band_subset(bands: Iterable[str] | None, where: str = "s2_bands") -> tuple[str, ...]:
+    """The Sentinel-2 L2A bands a user named (``None``: all 12), upper-cased, in the given order.
+
+    An unknown name (B10 is not an L2A band) or a repeated one is a ``DataError`` that says ``where``.
+    """
+    if bands is None:
+        return S2_BANDS
+    if isinstance(bands, str):
+        bands = [bands]
+    names = tuple(str(b).strip().upper() for b in bands)
+    unknown = [b for b in names if b not in S2_BANDS]
+    if unknown:
+        raise DataError(f"{where}: unknown Sentinel-2 L2A band(s) {unknown}; the bands are {', '.join(S2_BANDS)}")
+    if not names or len(set(names)) != len(names):
+        raise DataError(f"{where}: name each band once, at least one, got {list(names)}")
+    return names
+
+
+def s2_default_stats(bands: Iterable[str]) -> tuple[list[float], list[float]]:
+    """The declared mean and std of each of ``bands`` (``S2_DEFAULT_MEAN``/``_STD`` picked by name)."""
+    idx = [S2_BANDS.index(b) for b in bands]
+    return [S2_DEFAULT_MEAN[i] for i in idx], [S2_DEFAULT_STD[i] for i in idx]

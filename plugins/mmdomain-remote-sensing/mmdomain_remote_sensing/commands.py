@@ -1,4 +1,5 @@
-"""``mmdomain rs ...``: inspect a product, index a folder into an S2/S1 pairing manifest, band stats."""
+"""``mmdomain rs ...``: inspect a product, index a folder into an S2/S1 pairing manifest, band stats
+(as encoder options, or a whole model config through ``models.model_for``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,17 @@ import sys
 from pathlib import Path
 
 import click
+from rasterio.crs import CRS
 
 from mmdomain import DataError
+
+from .dataset import SceneFolderDataset
+from .handles import open_raster, source_crs
+from .layouts.scene_folder import scan
+from .models import model_for
+from .pairing import pair_acquisitions
+from .s1 import open_s1, polarisation_of
+from .s2 import cloud_fraction, is_s2_product, open_s2, read_scl
 
 
 def _fail(exc: Exception) -> None:
@@ -22,12 +32,6 @@ def rs() -> None:
 
 
 def inspect_path(path: Path) -> dict:
-    from rasterio.crs import CRS
-
-    from .handles import open_raster
-    from .s1 import open_s1, polarisation_of
-    from .s2 import cloud_fraction, is_s2_product, open_s2, read_scl
-
     if is_s2_product(path):
         p = open_s2(path)
         coarse = p.grid(p.res * 8)
@@ -46,8 +50,6 @@ def inspect_path(path: Path) -> dict:
                 "bands": list(a.polarisations), "units": a.units, "nodata": a.nodata,
                 "bounds": [round(b, 6) for b in a.bounds], "time": a.time.isoformat() if a.time else None}
     src = open_raster(path)
-    from .handles import source_crs
-
     return {"kind": "raster", "path": str(path), "crs": source_crs(src).to_string(), "resolution": abs(src.transform.a),
             "bands": [d or f"band {i + 1}" for i, d in enumerate(src.descriptions)],
             "bounds": [round(b, 6) for b in src.bounds], "time": None}
@@ -75,9 +77,6 @@ def inspect_cmd(path: Path, as_json: bool) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="manifest CSV (default: stdout)")
 def index_cmd(root: Path, tolerance_days: float, output: Path | None) -> None:
     """Pair every S2 acquisition under ROOT with the nearest S1 within the tolerance; write a manifest."""
-    from .layouts.scene_folder import scan
-    from .pairing import pair_acquisitions
-
     try:
         folder = scan(root)
         pairs = pair_acquisitions(folder.s2, folder.s1, tolerance_days)
@@ -103,12 +102,13 @@ def index_cmd(root: Path, tolerance_days: float, output: Path | None) -> None:
 @rs.command("stats")
 @click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--patches", default=64, show_default=True)
-def stats_cmd(root: Path, patches: int) -> None:
-    """Per-band mean/std of this site's data, as encoder options (JSON)."""
-    from .dataset import SceneFolderDataset
-
+@click.option("--s2-bands", default=None, help="comma-separated S2 bands to read (the dataset's s2_bands)")
+@click.option("--model", "as_model", is_flag=True, help="print the default model config with these statistics")
+def stats_cmd(root: Path, patches: int, s2_bands: str | None, as_model: bool) -> None:
+    """Per-band mean/std of this site's data, as encoder options (JSON), or a model config using them."""
+    options = {"s2_bands": [b.strip() for b in s2_bands.split(",")]} if s2_bands else {}
     try:
-        ds = SceneFolderDataset(root, "train", task="contrastive")
+        stats = SceneFolderDataset(root, "train", task="contrastive", **options).band_stats(patches)
     except DataError as exc:
         _fail(exc)
-    click.echo(json.dumps(ds.band_stats(patches), indent=1))
+    click.echo(json.dumps(model_for(options, stats=stats) if as_model else stats, indent=1))

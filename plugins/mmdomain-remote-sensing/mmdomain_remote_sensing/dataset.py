@@ -3,10 +3,11 @@
 Every S2 product defines a scene; its grid is the S2 footprint at ``res`` in the dataset
 CRS (the first product's CRS unless given). The S1 acquisition paired with it (nearest in
 time within the tolerance, see ``pairing``) is warped onto the same grid window by window.
-Availability is decided per patch when the index is built (cheap coarse reads): S2 absent
-if its SCL cloud fraction exceeds ``max_cloud`` or too little of it is valid; S1 absent if
-no pass is within the tolerance or too little of the patch has S1 data. The reasons are in
-``sample.meta["absent"]``.
+Availability is decided per patch by ``patch_index.absent_reasons`` (S2 absent if its SCL
+cloud fraction exceeds ``max_cloud`` or too little of it is valid; S1 absent if no pass is
+within the tolerance or too little of the patch has S1 data); the reasons are in
+``sample.meta["absent"]`` and ``available(i)`` answers from the index. Splits are by patch
+(``mmdomain.data.split_of`` of the patch id).
 
 Index by int (the patch list of ``split``) or, torchgeo-style, by a spatiotemporal slice
 ``ds[xmin:xmax, ymin:ymax, tmin:tmax]`` in the dataset CRS (see ``samplers``).
@@ -15,8 +16,6 @@ Index by int (the patch list of ``split``) or, torchgeo-style, by a spatiotempor
 from __future__ import annotations
 
 import json
-import zlib
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,141 +27,76 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from mmdomain import DataError, Sample
+from mmdomain.data import availability_pattern
 
 from .grid import Bounds, Grid, intersect, to_crs
 from .handles import open_raster, warped
-from .layouts.scene_folder import scan
+from .layouts.common import IGNORE, PatchDataset, check_split
+from .layouts.scene_folder import SceneFolder, scan
 from .pairing import pair_acquisitions
-from .s1 import S1Acquisition, read_s1
-from .s2 import S2Product, cloud_fraction, read_s2, read_scl
+from .patch_index import Patch, Scene, index_scene, patch_at, patch_key
+from .s1 import read_s1
+from .s2 import S2Product, read_s2
+from .stats import band_stats
 
-SPLITS = ("train", "val", "test", "all")
 TASKS = ("multilabel", "segmentation", "contrastive")
-IGNORE = 255
 
 
-@dataclass
-class Scene:
-    id: str
-    s2: S2Product
-    s1: S1Acquisition | None
-    s1_reason: str
-    days_apart: float | None
-    grid: Grid
-    label: Path | None
+class SceneFolderDataset(PatchDataset):
+    """Patches of a scene folder (``layouts.scene_folder``) as Samples with ``s2`` and/or ``s1``.
 
-
-@dataclass
-class Patch:
-    scene: int
-    window: Window
-    bounds: Bounds
-    split: str
-    cloud: float
-    s2_valid: float
-    s1_valid: float
-    absent: dict[str, str] = field(default_factory=dict)
-
-
-def split_of(key: str, fractions=(0.7, 0.15, 0.15)) -> str:
-    u = (zlib.crc32(key.encode()) % 10_000) / 10_000
-    return "train" if u < fractions[0] else "val" if u < fractions[0] + fractions[1] else "test"
-
-
-class SceneFolderDataset(torch.utils.data.Dataset):
-    modalities = ("s1", "s2")
+    ``s2_bands`` (as torchgeo's ``bands=``) names the S2 bands to read, in tensor order (default all
+    12); a GeoTIFF stack of fewer bands is read when its bands are named. ``s2`` then has
+    ``len(s2_bands)`` channels: build the model with ``models.model_for(options)`` so the S2
+    encoder takes as many (its ``bands`` option).
+    """
 
     def __init__(self, root: str | Path, split: str = "train", *, task: str = "multilabel", patch_size: int | None = None,
                  stride: int | None = None, res: float = 10.0, crs: Any = None, max_cloud: float = 0.5,
                  time_tolerance_days: float = 6.0, min_valid: float = 0.5, s1_units: str | None = None,
-                 s2_offset: float | None = None, label_fraction: float = 0.05, class_names: list[str] | None = None,
-                 preload: bool = False, site: str | None = None):
-        if split not in SPLITS:
-            raise DataError(f"split must be one of {SPLITS}, got {split!r}")
+                 s2_offset: float | None = None, s2_bands: list[str] | None = None, label_fraction: float = 0.05,
+                 class_names: list[str] | None = None, preload: bool = False, site: str | None = None):
+        check_split(split)
         if task not in TASKS:
             raise DataError(f"task must be one of {TASKS}, got {task!r}")
         self.root, self.split, self.task = Path(root), split, task
-        declared = _declared_options(self.root)
-        patch_size = patch_size or declared.get("patch_size", 64)
+        patch_size = patch_size or _declared_options(self.root).get("patch_size", 64)
         self.patch_size, self.stride = int(patch_size), int(stride or patch_size)
         self.res, self.max_cloud, self.min_valid = float(res), float(max_cloud), float(min_valid)
         self.tolerance = float(time_tolerance_days)
         self.label_fraction, self.preload = float(label_fraction), preload
         self.site = site or self.root.name
-        folder = scan(self.root, s1_units=s1_units, s2_offset=s2_offset)
+        folder = scan(self.root, s1_units=s1_units, s2_offset=s2_offset, s2_bands=s2_bands)
+        self.s2_bands = folder.s2[0].band_names
+        self._classes(folder, class_names)
+        self.crs = CRS.from_user_input(crs) if crs is not None else CRS.from_user_input(folder.s2[0].crs)
+        self.scenes = self._scenes(folder)
+        self.all_patches = [p for k, s in enumerate(self.scenes) for p in index_scene(
+            k, s, self.patch_size, self.stride, min_valid=self.min_valid, max_cloud=self.max_cloud)]
+        self.patches = [p for p in self.all_patches if split == "all" or p.split == split]
+        self._cache: dict[Any, Any] = {}
+
+    # -- index ---------------------------------------------------------------------------
+    def _classes(self, folder: SceneFolder, class_names: list[str] | None) -> None:
         self.class_names = list(class_names or folder.class_names or [])
         values = folder.class_values or list(range(len(self.class_names)))
         self._lut = np.full(256, IGNORE, np.uint8)
         for i, v in enumerate(values):
             self._lut[int(v)] = i
-        if task != "contrastive" and not folder.labels:
-            raise DataError(f"{self.root}: task {task!r} needs land-cover rasters in labels/ (or use task='contrastive')")
-        if task != "contrastive" and not self.class_names:
+        if self.task != "contrastive" and not folder.labels:
+            raise DataError(f"{self.root}: task {self.task!r} needs land-cover rasters in labels/ "
+                            "(or use task='contrastive')")
+        if self.task != "contrastive" and not self.class_names:
             raise DataError(f"{self.root}: labels need class names: write classes.json or pass class_names")
-        self.crs = CRS.from_user_input(crs) if crs is not None else CRS.from_user_input(folder.s2[0].crs)
-        self.scenes: list[Scene] = []
-        for k, pair in enumerate(pair_acquisitions(folder.s2, folder.s1, self.tolerance)):
-            bounds = to_crs(pair.s2.bounds, pair.s2.crs, self.crs)
-            grid = Grid(self.crs, self.res, bounds)
-            label = self._label_for(pair.s2, folder.labels) if task != "contrastive" else None
-            self.scenes.append(Scene(pair.s2.path.stem, pair.s2, pair.s1, pair.reason, pair.days_apart, grid, label))
-        self.all_patches = [p for i in range(len(self.scenes)) for p in self._patches(i)]
-        self.patches = [p for p in self.all_patches if split == "all" or p.split == split]
-        self._cache: dict[Any, Any] = {}
 
-    # -- index ---------------------------------------------------------------------------
-    def _label_for(self, s2: S2Product, labels: list[Path]) -> Path | None:
-        stem = s2.path.stem
-        named = [p for p in labels if p.stem.startswith(stem) or stem.startswith(p.stem.split("_landcover")[0])]
-        for p in named + labels:
-            src = open_raster(p)
-            if src.crs is None:
-                raise DataError(f"{p}: label raster has no CRS")
-            if intersect(to_crs(src.bounds, src.crs, s2.crs), s2.bounds):
-                return p
-        return None
+    def _scenes(self, folder: SceneFolder) -> list[Scene]:
+        scenes = []
+        for pair in pair_acquisitions(folder.s2, folder.s1, self.tolerance):
+            grid = Grid(self.crs, self.res, to_crs(pair.s2.bounds, pair.s2.crs, self.crs))
+            label = _label_for(pair.s2, folder.labels) if self.task != "contrastive" else None
+            scenes.append(Scene(pair.s2.path.stem, pair.s2, pair.s1, pair.reason, pair.days_apart, grid, label))
+        return scenes
 
-    def _patches(self, k: int) -> list[Patch]:
-        scene, ps, st = self.scenes[k], self.patch_size, self.stride
-        g = scene.grid
-        if g.width < ps or g.height < ps:
-            return []
-        f = max(1, ps // 8)  # availability from reads at 1/f resolution: 8x8 coarse pixels per patch
-        coarse = Grid(g.crs, g.res * f, g.bounds)
-        scl = read_scl(scene.s2, coarse)
-        s2ok = warped(scene.s2.bands["B02"][0], coarse, resampling=Resampling.nearest, src_nodata=0, nodata=0,
-                      dtype="uint16").read(scene.s2.bands["B02"][1]) > 0
-        if scl is not None:
-            s2ok &= scl > 1
-        s1ok = None
-        if scene.s1 is not None:
-            _, s1ok = read_s1(scene.s1, coarse)
-        out = []
-        for row in range(0, g.height - ps + 1, st):
-            for col in range(0, g.width - ps + 1, st):
-                win = Window(col, row, ps, ps)
-                r0, c0, n = row // f, col // f, max(1, ps // f)
-                sl = (slice(r0, r0 + n), slice(c0, c0 + n))
-                v2 = float(s2ok[sl].mean()) if s2ok[sl].size else 0.0
-                cloud = cloud_fraction(scl[sl], s2ok[sl]) if scl is not None else 0.0
-                v1 = float(s1ok[sl].mean()) if s1ok is not None and s1ok[sl].size else 0.0
-                absent = {}
-                if v2 < self.min_valid:
-                    absent["s2"] = f"only {v2:.0%} of the patch has valid S2 pixels (min_valid {self.min_valid:.0%})"
-                elif cloud > self.max_cloud:
-                    absent["s2"] = f"S2 cloud fraction {cloud:.0%} > max_cloud {self.max_cloud:.0%}"
-                if scene.s1 is None:
-                    absent["s1"] = scene.s1_reason
-                elif v1 < self.min_valid:
-                    absent["s1"] = f"only {v1:.0%} of the patch has valid S1 pixels (min_valid {self.min_valid:.0%})"
-                if len(absent) == 2:
-                    continue  # nothing to learn from
-                out.append(Patch(k, win, g.window_bounds(win), split_of(f"{scene.id}:{row}:{col}"), cloud, v2, v1,
-                                 absent))
-        return out
-
-    def __len__(self) -> int:
-        return len(self.patches)
 
     @property
     def bounds(self) -> tuple[slice, slice, slice]:
@@ -185,7 +119,7 @@ class SceneFolderDataset(torch.utils.data.Dataset):
 
     def _meta(self, p: Patch) -> dict[str, Any]:
         s = self.scenes[p.scene]
-        return {"id": f"{s.id}:{p.window.row_off}:{p.window.col_off}", "site": self.site, "split": p.split,
+        return {"id": patch_key(s, p.window), "site": self.site, "split": p.split,
                 "scene": s.id, "crs": self.crs.to_string(), "bounds": tuple(round(b, 3) for b in p.bounds),
                 "res": self.res, "s2_time": s.s2.time.isoformat() if s.s2.time else None,
                 "s1_time": s.s1.time.isoformat() if s.s1 is not None and s.s1.time else None,
@@ -258,38 +192,32 @@ class SceneFolderDataset(torch.utils.data.Dataset):
             if s.s2.time is not None and ((t.start is not None and _naive(s.s2.time) < _naive(t.start))
                                           or (t.stop is not None and _naive(s.s2.time) > _naive(t.stop))):
                 continue
-            g = s.grid
-            if intersect(g.bounds, want) == tuple(want) or _inside(want, g.bounds):
-                win = g.window(want)
-                absent: dict[str, str] = {}
-                refl, valid, scl = read_s2(s.s2, g, win)
-                v2 = float(valid.mean())
-                cloud = cloud_fraction(scl, valid) if scl is not None else 0.0
-                if v2 < self.min_valid:
-                    absent["s2"] = f"only {v2:.0%} of the patch has valid S2 pixels"
-                elif cloud > self.max_cloud:
-                    absent["s2"] = f"S2 cloud fraction {cloud:.0%} > max_cloud {self.max_cloud:.0%}"
-                v1 = 0.0
-                read = {"s2": refl}  # the pixels read to decide availability are the sample's pixels
-                if s.s1 is None:
-                    absent["s1"] = s.s1_reason
-                else:
-                    read["s1"], ok1 = read_s1(s.s1, g, win)
-                    v1 = float(ok1.mean())
-                    if v1 < self.min_valid:
-                        absent["s1"] = f"only {v1:.0%} of the patch has valid S1 pixels"
-                if len(absent) == 2:
-                    raise DataError(f"no usable modality at {want}: {absent}")
-                return Patch(k, win, g.window_bounds(win), "all", cloud, v2, v1, absent), read
+            if intersect(s.grid.bounds, want) == tuple(want) or _inside(want, s.grid.bounds):
+                patch, read = patch_at(k, s, s.grid.window(want), min_valid=self.min_valid, max_cloud=self.max_cloud)
+                if len(patch.absent) == 2:
+                    raise DataError(f"no usable modality at {want}: {patch.absent}")
+                return patch, read
         raise DataError(f"bounds {want} (CRS {self.crs.to_string()}) are not inside any scene of {self.root}; "
                         f"dataset extent x {full[0].start:.1f}..{full[0].stop:.1f}, y {full[1].start:.1f}.."
                         f"{full[1].stop:.1f}")
 
     # -- statistics ------------------------------------------------------------------------
     def band_stats(self, max_patches: int = 64) -> dict[str, dict[str, list[float]]]:
-        from .stats import band_stats
-
+        """Per-band mean/std of this site's patches (``stats.band_stats``), for ``models.model_for(stats=...)``."""
         return band_stats(self, max_patches=max_patches)
+
+
+def _label_for(s2: S2Product, labels: list[Path]) -> Path | None:
+    """The land-cover raster of an S2 product: one named after it, else the first that overlaps it."""
+    stem = s2.path.stem
+    named = [p for p in labels if p.stem.startswith(stem) or stem.startswith(p.stem.split("_landcover")[0])]
+    for p in named + labels:
+        src = open_raster(p)
+        if src.crs is None:
+            raise DataError(f"{p}: label raster has no CRS")
+        if intersect(to_crs(src.bounds, src.crs, s2.crs), s2.bounds):
+            return p
+    return None
 
 
 def _declared_options(root: Path) -> dict[str, Any]:
@@ -316,8 +244,8 @@ def describe(dataset: SceneFolderDataset) -> dict[str, Any]:
     """Aggregate, JSON-able statistics of one built dataset."""
     patterns: dict[str, int] = {}
     reasons: dict[str, int] = {}
-    for p in dataset.patches:
-        pat = "+".join(m for m in ("s1", "s2") if m not in p.absent) or "none"
+    for i, p in enumerate(dataset.patches):
+        pat = availability_pattern(dataset.available(i))
         patterns[pat] = patterns.get(pat, 0) + 1
         for m, r in p.absent.items():
             head = f"{m}: " + r.split(" (")[0].split(" > ")[0].rstrip("0123456789%. ")
@@ -347,7 +275,3 @@ def describe(dataset: SceneFolderDataset) -> dict[str, Any]:
         "absent_reasons": dict(sorted(reasons.items())),
         "classes": dataset.class_names,
     }
-
-
-def write_classes(root: Path, names: list[str], values: list[int]) -> None:
-    (root / "classes.json").write_text(json.dumps({"names": names, "values": values}, indent=1) + "\n")

@@ -1,6 +1,10 @@
 """Encoders: a multispectral CNN for S2 and a SAR CNN for S1, each normalising with per-band
-statistics held as buffers (so they travel in the checkpoint; compute them from a site's own
-data with ``stats.band_stats`` and pass them as ``mean``/``std`` options)."""
+statistics held as buffers (so they travel in the checkpoint). A site's own statistics
+(``stats.band_stats``) reach them as ``mean``/``std`` options through ``models.model_for(stats=...)``.
+
+The S2 encoder's input channels are its ``bands`` (default: the 12 L2A bands, or the ``s2``
+modality's channels); a dataset read with ``s2_bands=`` needs the same ``bands`` here, which
+``models.model_for(data options)`` sets. A batch with another channel count is a ``ConfigError``."""
 
 from __future__ import annotations
 
@@ -10,10 +14,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from mmdomain import ConfigError
+from mmdomain import ConfigError, DataError
 from mmdomain.registry import ModalitySpec
 
-from .bands import S1_DB_RANGE, S1_DEFAULT_MEAN, S1_DEFAULT_STD, S2_DEFAULT_MEAN, S2_DEFAULT_STD
+from .bands import S1_DB_RANGE, S1_DEFAULT_MEAN, S1_DEFAULT_STD, S2_BANDS, s2_band_subset, s2_default_stats
 
 
 def _stage(c_in: int, c_out: int, stride: int) -> nn.Sequential:
@@ -36,19 +40,36 @@ class _Normalised(nn.Module):
         return self.head(h) if self.dense else self.head(h.mean((2, 3)))
 
 
+def _s2_inputs(modality: ModalitySpec, bands, in_channels: int | None) -> tuple[tuple[str, ...] | None, int]:
+    """The S2 bands (None: unnamed) and channel count an encoder takes, from its options."""
+    try:
+        names = s2_band_subset(bands, where="s2_cnn: bands") if bands is not None else None
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
+    if names is not None and in_channels is not None and in_channels != len(names):
+        raise ConfigError(f"s2_cnn: in_channels {in_channels} but {len(names)} bands named ({', '.join(names)})")
+    c = len(names) if names is not None else in_channels or modality.channels or len(S2_BANDS)
+    return (names if names is not None else S2_BANDS if c == len(S2_BANDS) else None), c
+
+
 class MultispectralCNN(_Normalised):
     """S2 encoder. ``backbone="small"`` (default): a spectral 1x1 mixing layer then strided conv
     stages with GroupNorm (sub-batches of 1 are fine), ~0.3 M parameters at width 32. Any timm model
     name (e.g. ``"resnet18"``) builds that backbone with ``in_chans`` = the band count, random init
-    unless ``weights`` names a local state-dict file; nothing is downloaded."""
+    unless ``weights`` names a local state-dict file; nothing is downloaded.
+
+    ``bands`` names the input bands (as the dataset's ``s2_bands``; their declared statistics are the
+    default ``mean``/``std``); ``in_channels`` alone takes that many unnamed bands (mean 0, std 1)."""
 
     def __init__(self, modality: ModalitySpec, out_dim: int = 128, width: int = 32, depth: int = 3,
                  dense: bool = False, backbone: str = "small", weights: str | None = None,
+                 bands: list[str] | None = None, in_channels: int | None = None,
                  mean: list[float] | None = None, std: list[float] | None = None):
         super().__init__()
-        c = modality.channels or 12
-        self._set_stats(mean, std, c, S2_DEFAULT_MEAN if c == 12 else (0.0,) * c,
-                        S2_DEFAULT_STD if c == 12 else (1.0,) * c)
+        self.bands, c = _s2_inputs(modality, bands, in_channels)
+        self.in_channels = c
+        default = s2_default_stats(self.bands) if self.bands is not None else ((0.0,) * c, (1.0,) * c)
+        self._set_stats(mean, std, c, *default)
         self.dense, self.out_dim = dense, out_dim
         if backbone == "small":
             layers: list[nn.Module] = [nn.Conv2d(c, width, 1), nn.GELU()]
@@ -64,6 +85,10 @@ class MultispectralCNN(_Normalised):
         self.head = nn.Conv2d(ch, out_dim, 1) if dense else nn.Linear(ch, out_dim)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.shape[1] != self.in_channels:
+            named = f" ({', '.join(self.bands)})" if self.bands else ""
+            raise ConfigError(f"s2_cnn takes {self.in_channels} bands{named}, the s2 input has {x.shape[1]}: give "
+                              "encoders.s2.options.bands the dataset's s2_bands (models.model_for(data options) does)")
         h = self.body((x - self.mean) / self.std)
         if isinstance(h, (list, tuple)):
             h = h[-1]

@@ -12,6 +12,8 @@ from rasterio.windows import Window
 
 from mmdomain import DataError
 
+from .handles import source_crs
+
 Bounds = tuple[float, float, float, float]  # xmin, ymin, xmax, ymax
 
 
@@ -85,8 +87,6 @@ def intersect(a: Bounds, b: Bounds) -> Bounds | None:
 
 def source_bounds(src) -> tuple[Bounds, CRS]:
     """Bounds of a raster in its own CRS, or of its GCPs in theirs."""
-    from .handles import source_crs
-
     crs = source_crs(src)
     if src.crs is None:
         gcps, _ = src.gcps

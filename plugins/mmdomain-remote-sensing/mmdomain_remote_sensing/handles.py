@@ -1,7 +1,10 @@
-"""Raster handles opened lazily, once per process.
+"""Raster handles opened lazily, once per process, and the reads on a grid every reader shares.
 
 A dataset handle inherited across ``fork`` (DataLoader workers) shares GDAL state with
 its parent and broke reads; handles here are keyed by PID, so each worker opens its own.
+At most ``MAX_OPEN_FILES`` files stay open per process (least recently used closed first).
+``warped`` is a file's WarpedVRT onto a grid; ``read_on_grid`` skips the warp where the file's
+pixels already are the grid's.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -23,44 +27,69 @@ from rasterio.windows import Window
 
 from mmdomain import DataError
 
-_cache: dict[int, dict[Any, Any]] = {}
+#: Files a process keeps open at once; past that, the least recently used one is closed with its VRTs
+#: (a patch dataset such as BigEarthNet reads ~14 new files per sample).
+MAX_OPEN_FILES = 128
+
+# pid -> {file: {handle key: handle}}, least recently used file first
+_cache: dict[int, OrderedDict[str, dict[tuple, Any]]] = {}
 _lock = threading.Lock()
 
 
-def _table() -> dict[Any, Any]:
+def _files() -> OrderedDict[str, dict[tuple, Any]]:
     pid = os.getpid()
-    table = _cache.get(pid)
-    if table is None:
+    files = _cache.get(pid)
+    if files is None:
         with _lock:
             for other in [p for p in _cache if p != pid]:
                 _cache.pop(other)  # the parent's handles: never touched here, never closed here
-            table = _cache.setdefault(pid, {})
-    return table
+            files = _cache.setdefault(pid, OrderedDict())
+    return files
+
+
+def _get(path: str | Path, key: tuple) -> Any:
+    files = _files()
+    group = files.get(str(path))
+    if group is None:
+        return None
+    files.move_to_end(str(path))
+    return group.get(key)
+
+
+def _put(path: str | Path, key: tuple, handle: Any) -> None:
+    files = _files()
+    files.setdefault(str(path), {})[key] = handle
+    files.move_to_end(str(path))
+    while len(files) > MAX_OPEN_FILES:
+        _close(files.popitem(last=False)[1])
+
+
+def _close(group: dict[tuple, Any]) -> None:
+    """Close one file's handles: VRTs onto grids, then GCP VRTs (the sources of some), then the file."""
+    for key in sorted(group, key=lambda k: ("vrt", "gcp", "src").index(k[0])):
+        try:
+            group[key].close()
+        except Exception:  # noqa: BLE001 - best effort
+            pass
 
 
 @atexit.register
 def close_all() -> None:
-    """Close this process's handles, VRTs before their sources, while GDAL is still alive
-    (left to interpreter shutdown, their destructors raised inside sys.excepthook)."""
-    table = _cache.pop(os.getpid(), {})
-    for key in sorted(table, key=lambda k: (k[0] != "vrt", len(k) > 2 and k[2] == "gcp")):  # grid VRTs, GCP VRTs, sources
-        try:
-            table[key].close()
-        except Exception:  # noqa: BLE001 - best effort at exit
-            pass
+    """Close this process's handles while GDAL is still alive (left to interpreter shutdown, their
+    destructors raised inside sys.excepthook); also for tests and long-lived notebooks."""
+    for group in _cache.pop(os.getpid(), OrderedDict()).values():
+        _close(group)
 
 
 def open_raster(path: str | Path):
     """The process's handle on ``path`` (opened on first use); DataError if GDAL cannot read it."""
-    key = ("src", str(path))
-    table = _table()
-    src = table.get(key)
+    src = _get(path, ("src",))
     if src is None:
         try:
             src = rasterio.open(path)
         except (RasterioIOError, OSError) as exc:
             raise DataError(f"{path}: not a readable raster ({str(exc).splitlines()[0]})") from None
-        table[key] = src
+        _put(path, ("src",), src)
     return src
 
 
@@ -97,9 +126,8 @@ def gcp_transform(src, tolerance_px: float = 0.05):
 def warped(path: str | Path, grid, *, resampling, nodata: float | None = None, src_nodata: float | None = None,
            dtype: str = "float32"):
     """A WarpedVRT of ``path`` onto ``grid`` (cached per process); reads are windows of the grid."""
-    key = ("vrt", str(path), grid.key(), int(resampling), nodata, src_nodata, dtype)
-    table = _table()
-    vrt = table.get(key)
+    key = ("vrt", grid.key(), int(resampling), nodata, src_nodata, dtype)
+    vrt = _get(path, key)
     if vrt is None:
         src = open_raster(path)
         crs = source_crs(src)
@@ -124,7 +152,7 @@ def warped(path: str | Path, grid, *, resampling, nodata: float | None = None, s
                             resampling=resampling, dtype=dtype, **kw)
         except Exception as exc:  # noqa: BLE001 - GDAL's reasons are varied; say which file
             raise DataError(f"{path}: cannot be warped onto {grid.describe()} ({exc})") from None
-        table[key] = vrt
+        _put(path, key, vrt)
     return vrt
 
 
@@ -153,9 +181,8 @@ def read_on_grid(path: str | Path, band: int, grid, window=None) -> np.ndarray |
 
 
 def _gcp_vrt(path, src, crs, src_nodata):
-    key = ("vrt", str(path), "gcp", CRS.from_user_input(crs).to_string(), src_nodata)
-    table = _table()
-    vrt = table.get(key)
+    key = ("gcp", CRS.from_user_input(crs).to_string(), src_nodata)
+    vrt = _get(path, key)
     if vrt is None:
         kw: dict[str, Any] = {"nodata": np.nan if src_nodata is None else src_nodata}
         if src_nodata is not None:
@@ -164,15 +191,5 @@ def _gcp_vrt(path, src, crs, src_nodata):
             vrt = WarpedVRT(src, crs=crs, resampling=Resampling.nearest, dtype="float32", **kw)
         except Exception as exc:  # noqa: BLE001
             raise DataError(f"{path}: its ground control points cannot be used ({exc})") from None
-        table[key] = vrt
+        _put(path, key, vrt)
     return vrt
-
-
-def clear() -> None:
-    """Close this process's handles (tests; long-lived notebooks)."""
-    table = _cache.pop(os.getpid(), {})
-    for h in reversed(list(table.values())):
-        try:
-            h.close()
-        except Exception:  # noqa: BLE001
-            pass

@@ -1,10 +1,12 @@
 """Sentinel-1 GRD/RTC: group per-polarisation GeoTIFFs into acquisitions, read them on a
-grid in dB with nodata masked (any CRS, or GCP-only georeferencing)."""
+grid in dB with nodata masked (any CRS, or GCP-only georeferencing). The patch layouts
+(BigEarthNet, SEN12MS) describe their files as an ``S1Acquisition`` and read them with the same
+``read_s1`` (SEN12MS keeps VV and VH as bands 1 and 2 of one file: ``S1Acquisition.band``)."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from mmdomain import DataError
 
 from .bands import S1_DB_RANGE, S1_DEFAULT_MEAN, S1_POLARISATIONS
 from .grid import Bounds, Grid, source_bounds
-from .handles import open_raster, warped
+from .handles import open_raster, read_on_grid, warped
 from .timeparse import time_from
 
 _POL = re.compile(r"(?<![A-Za-z])(vv|vh)(?![A-Za-z])", re.IGNORECASE)
@@ -31,6 +33,7 @@ class S1Acquisition:
     crs: object
     bounds: Bounds  # in ``crs``
     nodata: float | None
+    band: dict[str, int] = field(default_factory=dict)  # 1-based band of each polarisation in its file (default 1)
 
     @property
     def polarisations(self) -> tuple[str, ...]:
@@ -63,10 +66,16 @@ def _units(tags: dict[str, str], declared: str | None, path: Path) -> str:
     return "db" if np.median(vals) < 0 else "linear"
 
 
-def open_s1(files: list[str | Path], *, units: str | None = None, time: datetime | None = None) -> S1Acquisition:
-    """One acquisition from its per-polarisation files (VV and/or VH)."""
+def open_s1(files, *, units: str | None = None, time: datetime | None = None,
+            band: dict[str, int] | None = None) -> S1Acquisition:
+    """One acquisition from its per-polarisation files (VV and/or VH): a list (the polarisation from
+    each name) or ``{"VV": file, "VH": file}``; ``band`` gives each polarisation's band (default 1)."""
     pols: dict[str, Path] = {}
-    for f in map(Path, files):
+    if isinstance(files, dict):
+        pols = {str(p).upper(): Path(f) for p, f in files.items()}
+        if not set(pols) <= set(S1_POLARISATIONS):
+            raise DataError(f"S1 polarisations are {S1_POLARISATIONS}, got {sorted(pols)}")
+    for f in [] if isinstance(files, dict) else map(Path, files):
         p = polarisation_of(f)
         if p is None:
             raise DataError(f"{f}: cannot tell the polarisation (expected VV or VH in the file name)")
@@ -79,7 +88,7 @@ def open_s1(files: list[str | Path], *, units: str | None = None, time: datetime
     bounds, crs = source_bounds(src)
     key = _POL.sub("POL", first.stem)
     return S1Acquisition(key, pols, _units(tags, units, first), time or time_from(tags, first.name), crs, bounds,
-                         src.nodata)
+                         src.nodata, dict(band or {}))
 
 
 def find_s1(root: Path, *, units: str | None = None) -> list[S1Acquisition]:
@@ -96,8 +105,19 @@ def to_db(x: np.ndarray) -> np.ndarray:
     return (10.0 * np.log10(np.maximum(x, 10 ** (S1_DB_RANGE[0] / 10)))).astype(np.float32)
 
 
-def to_linear(db: np.ndarray) -> np.ndarray:
-    return (10.0 ** (db / 10.0)).astype(np.float32)
+def _read_pol(acq: S1Acquisition, pol: str, grid: Grid, window) -> np.ndarray:
+    """One polarisation on ``grid`` as stored (dB or linear), NaN where invalid; straight from the
+    file when its pixels are the grid's (``read_on_grid``: the values the warp gives), else warped."""
+    f, band = acq.files[pol], acq.band.get(pol, 1)
+    x = read_on_grid(f, band, grid, window)
+    if x is None:
+        vrt = warped(f, grid, resampling=Resampling.nearest if acq.units == "db" else Resampling.bilinear,
+                     src_nodata=acq.nodata, nodata=np.nan, dtype="float32")
+        return vrt.read(band, window=window)
+    x = x.astype(np.float32)
+    if acq.nodata is not None:
+        x[x == np.float32(acq.nodata)] = np.nan
+    return x
 
 
 def read_s1(acq: S1Acquisition, grid: Grid, window=None, *, fill: str = "median") -> tuple[np.ndarray, np.ndarray]:
@@ -111,25 +131,21 @@ def read_s1(acq: S1Acquisition, grid: Grid, window=None, *, fill: str = "median"
     """
     chans, valid = [], None
     for p in S1_POLARISATIONS:
-        f = acq.files.get(p)
-        if f is None:
+        if p not in acq.files:
             h = window.height if window is not None else grid.height
             w = window.width if window is not None else grid.width
             chans.append(np.full((h, w), S1_DEFAULT_MEAN[S1_POLARISATIONS.index(p)], np.float32))
             continue
-        vrt = warped(f, grid, resampling=Resampling.nearest if acq.units == "db" else Resampling.bilinear,
-                     src_nodata=acq.nodata, nodata=np.nan, dtype="float32")
-        x = vrt.read(1, window=window)
+        x = _read_pol(acq, p, grid, window)
         ok = np.isfinite(x)
         if acq.units == "linear":
             ok &= x > 0
             x = to_db(np.where(ok, x, 1.0))
         chans.append(x)
         valid = ok if valid is None else valid & ok
-    db = np.stack(chans)
     if valid is None:
         raise DataError(f"S1 acquisition {acq.key}: no VV or VH file")
-    db = np.clip(db, *S1_DB_RANGE)
+    db = np.clip(np.stack(chans), *S1_DB_RANGE)
     for c in range(db.shape[0]):
         if fill == "nan":
             db[c][~valid] = np.nan

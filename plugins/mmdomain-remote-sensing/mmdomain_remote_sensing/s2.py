@@ -1,5 +1,7 @@
-"""Sentinel-2 L2A: find the bands of a product (SAFE folder of JP2s, or a GeoTIFF/COG stack),
-its offset and quantification, and read surface reflectance + SCL cloud mask on a grid."""
+"""Sentinel-2 L2A: find the bands of a product (SAFE folder of JP2s, or a GeoTIFF/COG stack, all 12
+bands or the ones a user names), its offset and quantification, and read surface reflectance + SCL
+cloud mask on a grid. The patch layouts (BigEarthNet, SEN12MS) describe their files as an
+``S2Product`` too and read them with the same ``read_s2``."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from rasterio.enums import Resampling
 from mmdomain import DataError
 
 from .bands import (S2_ALL_BANDS, S2_BANDS, S2_BOA_ADD_OFFSET, S2_NODATA_DN, S2_QUANTIFICATION, S2_RESOLUTION_M,
-                    SCL_CLOUDY, SCL_INVALID)
+                    SCL_CLOUDY, SCL_INVALID, s2_band_subset)
 from .grid import Bounds, Grid, source_bounds
 from .handles import open_raster, read_on_grid, warped
 from .timeparse import time_from
@@ -25,7 +27,8 @@ RASTER_SUFFIXES = (".jp2", ".tif", ".tiff")
 
 @dataclass
 class S2Product:
-    """Where each band of one L2A acquisition lives; ``bands[b] = (file, 1-based band index)``."""
+    """Where each band of one L2A acquisition lives; ``bands[b] = (file, 1-based band index)`` for the
+    bands read, in tensor order (all 12 of ``S2_BANDS``, or the subset a user named)."""
 
     path: Path
     bands: dict[str, tuple[Path, int]]
@@ -43,6 +46,16 @@ class S2Product:
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def band_names(self) -> tuple[str, ...]:
+        """The bands read, in tensor order."""
+        return tuple(self.bands)
+
+    @property
+    def reference(self) -> tuple[Path, int]:
+        """The band that places the product: B02 when read, else the finest of the bands read."""
+        return self.bands["B02" if "B02" in self.bands else min(self.bands, key=S2_RESOLUTION_M.__getitem__)]
 
     def grid(self, res: float | None = None) -> Grid:
         return Grid(self.crs, res or self.res, self.bounds)
@@ -103,10 +116,60 @@ def _read_mtd(root: Path) -> tuple[dict[str, float] | None, float | None, dateti
     return offsets or None, quant, when, mtd.name
 
 
-def open_s2(path: str | Path, *, offset: float | None = None, quantification: float | None = None,
+def _stack_bands(path: Path, src, names: tuple[str, ...]) -> dict[str, tuple[Path, int]]:
+    """Where each of ``names`` is in a GeoTIFF stack.
+
+    By band description when they name every band asked for; else by position: a stack of exactly
+    ``len(names)`` bands holds them in that order, a 12- or 13-band one is the full L2A stack in
+    ``S2_BANDS`` order (13th: SCL)."""
+    desc = [(d or "").upper() for d in src.descriptions]
+    if all(b in desc for b in names):
+        return {b: (path, desc.index(b) + 1) for b in names}
+    if src.count == len(names):
+        return {b: (path, i + 1) for i, b in enumerate(names)}
+    if src.count in (12, 13):
+        return {b: (path, S2_BANDS.index(b) + 1) for b in names}
+    named = [d for d in desc if d in S2_ALL_BANDS]
+    has = f"its band descriptions name only {named}" if named else "no band descriptions naming them"
+    if names == S2_BANDS:
+        raise DataError(f"{path}: a Sentinel-2 stack needs 12 bands ({', '.join(S2_BANDS)}), it has {src.count} "
+                        f"and {has}; name the bands it holds with s2_bands=, e.g. s2_bands=('B02', 'B03', 'B04', "
+                        "'B08')")
+    raise DataError(f"{path}: s2_bands names {len(names)} bands ({', '.join(names)}) but the stack has "
+                    f"{src.count} bands and {has}")
+
+
+def _stack_product(path: Path, names: tuple[str, ...]):
+    """Bands, SCL, offsets, quantification, time and metadata source of a GeoTIFF/COG stack."""
+    src = open_raster(path)
+    tags = src.tags()
+    bands = _stack_bands(path, src, names)
+    desc = [(d or "").upper() for d in src.descriptions]
+    in_use = {i for _, i in bands.values()}
+    scl = (path, desc.index("SCL") + 1) if "SCL" in desc else (path, 13) if src.count == 13 and 13 not in in_use \
+        else None
+    if scl is None:
+        side = path.with_name(path.stem + "_SCL" + path.suffix)
+        scl = (side, 1) if side.exists() else None
+    offsets = {b: float(tags["BOA_ADD_OFFSET"]) for b in names} if "BOA_ADD_OFFSET" in tags else None
+    quant = float(tags["BOA_QUANTIFICATION_VALUE"]) if "BOA_QUANTIFICATION_VALUE" in tags else None
+    source = "GeoTIFF tags" if offsets or quant else None
+    return bands, scl, offsets, quant, time_from(tags, path.name), source
+
+
+def _safe_product(path: Path):
+    """The same for a SAFE(-like) folder of per-band JP2s with its MTD xml."""
+    bands, scl = _safe_bands(path)
+    offsets, quant, when, source = _read_mtd(path)
+    return bands, scl, offsets, quant, when or time_from({}, path.name), source
+
+
+def open_s2(path: str | Path, *, bands=None, offset: float | None = None, quantification: float | None = None,
             time: datetime | None = None) -> S2Product:
     """Describe an L2A product: a SAFE(-like) folder or a multi-band GeoTIFF/COG.
 
+    ``bands`` (as torchgeo's ``bands=``) names the bands to read, in tensor order (default all 12,
+    ``S2_BANDS``); a stack of fewer bands is read when they are named (see ``_stack_bands``).
     Offset and quantification come from the product metadata (MTD xml or GeoTIFF tags
     ``BOA_ADD_OFFSET``/``BOA_QUANTIFICATION_VALUE``) when present, else from ``offset``/
     ``quantification``, else the declared baseline >= 04.00 values (-1000, 10000).
@@ -114,52 +177,35 @@ def open_s2(path: str | Path, *, offset: float | None = None, quantification: fl
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such Sentinel-2 product")
-    offsets, quant, when, source = None, None, None, None
-    if path.is_dir():
-        bands, scl = _safe_bands(path)
-        offsets, quant, when, source = _read_mtd(path)
-        if when is None:
-            when = time_from({}, path.name)
-    else:
-        src = open_raster(path)
-        tags = src.tags()
-        names = [(d or "").upper() for d in src.descriptions]
-        if all(b in names for b in S2_BANDS):
-            bands = {b: (path, names.index(b) + 1) for b in S2_BANDS}
-        elif src.count in (12, 13):
-            bands = {b: (path, i + 1) for i, b in enumerate(S2_BANDS)}
-        else:
-            raise DataError(f"{path}: a Sentinel-2 stack needs 12 bands ({', '.join(S2_BANDS)}), it has {src.count}"
-                            " and no band descriptions naming them")
-        scl = (path, names.index("SCL") + 1) if "SCL" in names else (path, 13) if src.count == 13 else None
-        if scl is None:
-            side = path.with_name(path.stem + "_SCL" + path.suffix)
-            scl = (side, 1) if side.exists() else None
-        if "BOA_ADD_OFFSET" in tags:
-            offsets = {b: float(tags["BOA_ADD_OFFSET"]) for b in S2_BANDS}
-        quant = float(tags["BOA_QUANTIFICATION_VALUE"]) if "BOA_QUANTIFICATION_VALUE" in tags else None
-        source = "GeoTIFF tags" if offsets or quant else None
-        when = time_from(tags, path.name)
-    missing = [b for b in S2_BANDS if b not in bands]
+    names = s2_band_subset(bands, where=f"{path}: s2_bands")
+    found, scl, offsets, quant, when, source = _safe_product(path) if path.is_dir() else _stack_product(path, names)
+    missing = [b for b in names if b not in found]
     if missing:
-        raise DataError(f"{path}: Sentinel-2 product lacks bands {missing} (found {sorted(bands)})")
+        raise DataError(f"{path}: Sentinel-2 product lacks bands {missing} (found {sorted(found)})")
     if offsets is None:
         value = S2_BOA_ADD_OFFSET if offset is None else offset
-        offsets = {b: value for b in S2_BANDS}
-    quant = quant or quantification or S2_QUANTIFICATION
-    ref = open_raster(bands["B02"][0])
-    bounds, crs = source_bounds(ref)
-    res = abs(ref.transform.a) if ref.crs is not None else 10.0
-    tile = (re.search(r"_T(\d{2}[A-Z]{3})_", path.name) or re.search(r"T(\d{2}[A-Z]{3})", path.name) or [None, ""])[1]
-    return S2Product(path, bands, scl, offsets, quant, time or when, crs, bounds, res,
-                     metadata_source=source or "declared defaults", tile=tile)
+        offsets = {b: value for b in names}
+    product = S2Product(path, {b: found[b] for b in names}, scl, offsets, quant or quantification or S2_QUANTIFICATION,
+                        time or when, metadata_source=source or "declared defaults")
+    return locate(product)
+
+
+def locate(product: S2Product) -> S2Product:
+    """Fill in the CRS, bounds, resolution and tile of ``product`` from its reference band."""
+    ref = open_raster(product.reference[0])
+    product.bounds, product.crs = source_bounds(ref)
+    product.res = abs(ref.transform.a) if ref.crs is not None else 10.0
+    name = product.path.name
+    product.tile = (re.search(r"_T(\d{2}[A-Z]{3})_", name) or re.search(r"T(\d{2}[A-Z]{3})", name) or [None, ""])[1]
+    return product
 
 
 def read_s2(product: S2Product, grid: Grid, window=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Surface reflectance ``float32 [12, h, w]`` on ``grid`` (window of it), a validity mask
-    ``bool [h, w]`` (inside the footprint, DN != 0) and the SCL classes ``uint8 [h, w]`` (or None)."""
+    """Surface reflectance ``float32 [bands, h, w]`` (``product.band_names``) on ``grid`` (window of it),
+    a validity mask ``bool [h, w]`` (inside the footprint, DN != 0) and the SCL classes ``uint8 [h, w]``
+    (or None)."""
     out, valid = [], None
-    for b in S2_BANDS:
+    for b in product.bands:
         f, idx = product.bands[b]
         dn = read_on_grid(f, idx, grid, window)  # bands already on the grid (10 m onto a 10 m grid): no warp
         if dn is None:

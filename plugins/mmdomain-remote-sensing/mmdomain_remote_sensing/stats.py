@@ -1,5 +1,6 @@
 """Per-band normalisation statistics from a site's own data (never leaves the site: only
-means and standard deviations, passed to the encoders as ``mean``/``std`` options)."""
+means and standard deviations, which reach the encoders as their ``mean``/``std`` options through
+``models.model_for(stats=...)``)."""
 
 from __future__ import annotations
 
@@ -28,14 +29,3 @@ def band_stats(dataset, max_patches: int = 64, seed: int = 0) -> dict[str, dict[
         std = np.sqrt(np.maximum(s2 / n - mean ** 2, 1e-12))
         out[m] = {"mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std]}
     return out
-
-
-def with_stats(model_config: dict[str, Any], stats: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
-    """A copy of a ModelConfig-shaped dict whose encoders carry ``stats``."""
-    import copy
-
-    cfg = copy.deepcopy(model_config)
-    for m, st in stats.items():
-        if m in cfg.get("encoders", {}):
-            cfg["encoders"][m].setdefault("options", {}).update(st)
-    return cfg

@@ -4,7 +4,8 @@ overlap, a couple of days later) and a land-cover raster.
 
 Labels need both sensors: urban vs arable and water vs wetland share one optical spectrum
 and differ only in backscatter; broad-leaved vs coniferous forest share backscatter and differ
-only optically; clouds hide the optical signal. Sites are regions with different class mixes.
+only optically; clouds hide the optical signal. Sites are regions with different class mixes of
+a scene folder's declared default classes (``bands.SCENE_CLASSES``).
 Same seed, same bytes (no clock time is written anywhere).
 """
 
@@ -20,10 +21,8 @@ from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_points
 from rasterio.warp import transform_bounds
 
-from .bands import S2_ALL_BANDS, S2_BANDS, S2_RESOLUTION_M
+from .bands import S2_ALL_BANDS, S2_BANDS, S2_RESOLUTION_M, SCENE_CLASSES
 
-CLASSES = ("Urban fabric", "Arable land", "Broad-leaved forest", "Coniferous forest", "Inland waters",
-           "Inland wetlands")
 CLASS_VALUES = (1, 2, 3, 4, 5, 6)  # values in the label rasters
 _BARE = (0.12, 0.14, 0.17, 0.21, 0.23, 0.24, 0.25, 0.27, 0.28, 0.28, 0.32, 0.28)
 _BROAD = (0.03, 0.05, 0.08, 0.04, 0.11, 0.29, 0.36, 0.40, 0.42, 0.41, 0.21, 0.10)
@@ -41,7 +40,7 @@ ENL = 10.0  # equivalent number of looks of the speckle
 def _labels(rng, n: int, mix) -> np.ndarray:
     seeds = max(6, int(2.5 * (n / 32) ** 2))
     pts = rng.uniform(0, n, (seeds, 2))
-    cls = rng.choice(len(CLASSES), seeds, p=np.asarray(mix, float) / np.sum(mix))
+    cls = rng.choice(len(SCENE_CLASSES), seeds, p=np.asarray(mix, float) / np.sum(mix))
     yy, xx = np.mgrid[:n, :n].astype(np.float32) + 0.5
     d = (yy[None] - pts[:, 0, None, None]) ** 2 + (xx[None] - pts[:, 1, None, None]) ** 2
     return cls[d.argmin(0)].astype(np.uint8)
@@ -164,7 +163,7 @@ def generate(root: str | Path, *, num_sites: int = 2, seed: int = 0, scenes_per_
     sites = []
     for s in range(num_sites):
         rng = np.random.default_rng([seed, s])
-        mix = SITE_MIXES[s] if s < len(SITE_MIXES) else rng.dirichlet(np.ones(len(CLASSES))) * 10 + 0.5
+        mix = SITE_MIXES[s] if s < len(SITE_MIXES) else rng.dirichlet(np.ones(len(SCENE_CLASSES))) * 10 + 0.5
         site = root / f"site-{s}"
         for j in range(scenes_per_site):
             x0, y0 = 300000.0 + 30000.0 * (s * scenes_per_site + j), 5000000.0 + 10000.0 * s
@@ -182,7 +181,7 @@ def generate(root: str | Path, *, num_sites: int = 2, seed: int = 0, scenes_per_
                      shift=s1_shift)
             _write(site / "labels" / f"{safe.stem}_landcover.tif", np.asarray(CLASS_VALUES, np.uint8)[label],
                    crs=UTM, transform=from_origin(x0, y0, 10, 10), nodata=0)
-        (site / "classes.json").write_text(json.dumps({"names": list(CLASSES), "values": list(CLASS_VALUES)},
+        (site / "classes.json").write_text(json.dumps({"names": list(SCENE_CLASSES), "values": list(CLASS_VALUES)},
                                                       indent=1) + "\n")
         (site / "dataset.json").write_text(json.dumps({"patch_size": patch_size}) + "\n")
         sites.append(site)

@@ -129,3 +129,40 @@ def test_sen12ms_malformed_folders_are_data_errors(tmp_path):
           from_origin(0, 0, 10, 10))
     with pytest.raises(DataError, match="have 13 bands"):
         get_registry().dataset("sen12ms").build(tmp_path / "b", "all")
+
+
+def test_available_answers_from_the_index_as_the_samples_have_it(tmp_path, monkeypatch):
+    from mmdomain.data import availability_counts
+    from mmdomain_remote_sensing import handles
+
+    _ben(tmp_path / "ben")
+    _sen12ms(tmp_path / "s12")
+    for name, root in (("bigearthnet_v2", tmp_path / "ben"), ("sen12ms", tmp_path / "s12")):
+        ds = get_registry().dataset(name).build(root, "all")
+        have = [set(ds[i].inputs) for i in range(len(ds))]
+        assert {"s1", "s2"} in have and {"s2"} in have, name  # both patterns occur
+        handles.close_all()
+
+        def refuse(path, *args, **kwargs):
+            raise AssertionError(f"{name}: available() opened {path}")
+
+        monkeypatch.setattr(handles.rasterio, "open", refuse)  # answered from the index: no raster is read
+        assert [ds.available(i) for i in range(len(ds))] == have, name
+        assert availability_counts(ds, ["s1", "s2"])[1] == {"s1+s2": have.count({"s1", "s2"}), "s2": 1}
+        monkeypatch.undo()
+
+
+def test_bigearthnet_reads_past_the_open_file_limit(tmp_path, monkeypatch):
+    from mmdomain_remote_sensing import handles
+
+    _ben(tmp_path)
+    ds = get_registry().dataset("bigearthnet_v2").build(tmp_path, "all")
+    first = [ds[i] for i in range(3)]
+    handles.close_all()
+    monkeypatch.setattr(handles, "MAX_OPEN_FILES", 5)  # fewer than one patch's 14 files
+    for _ in range(2):
+        for i, want in enumerate(first):
+            s = ds[i]
+            assert all(torch.equal(s.inputs[m], want.inputs[m]) for m in want.inputs)
+            assert len(handles._files()) <= 5
+    handles.close_all()

@@ -1,7 +1,8 @@
 """The generic layout: any S2 L2A products and any S1 files covering them, anywhere under a root.
 
     root/
-      s2/  *.SAFE folders (JP2 per band) or *.tif stacks     (found anywhere under root)
+      s2/  *.SAFE folders (JP2 per band) or *.tif stacks     (found anywhere under root; a stack of
+                                                             fewer than 12 bands with s2_bands=)
       s1/  *_VV*.tif, *_VH*.tif per acquisition                (found anywhere under root)
       labels/ *.tif  land-cover rasters, any grid (optional)
       classes.json  {"names": [...], "values": [...]} label value -> class (optional)
@@ -29,7 +30,9 @@ class SceneFolder:
     class_values: list[int] | None
 
 
-def scan(root: str | Path, *, s1_units: str | None = None, s2_offset: float | None = None) -> SceneFolder:
+def scan(root: str | Path, *, s1_units: str | None = None, s2_offset: float | None = None,
+         s2_bands=None) -> SceneFolder:
+    """Every S2 product (read with ``s2_bands``, see ``s2.open_s2``), S1 acquisition and label raster under ``root``."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder of Sentinel-2 / Sentinel-1 scenes")
@@ -41,7 +44,7 @@ def scan(root: str | Path, *, s1_units: str | None = None, s2_offset: float | No
             continue
         if is_s2_product(p):
             s2_paths.append(p)
-    s2 = [open_s2(p, offset=s2_offset) for p in s2_paths]
+    s2 = [open_s2(p, bands=s2_bands, offset=s2_offset) for p in s2_paths]
     s1_root_files = [p for p in root.rglob("*") if not any(q in p.parents for q in s2_paths)]
     s1 = find_s1(root, units=s1_units) if any(polarisation_of(p) for p in s1_root_files if p.is_file()) else []
     labels = sorted(p for p in (root / "labels").glob("*.tif")) if (root / "labels").is_dir() else []
