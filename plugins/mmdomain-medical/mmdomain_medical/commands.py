@@ -1,4 +1,4 @@
-"""``mmdomain medical inspect PATH`` and ``mmdomain medical index ROOT``."""
+"""``mmdomain medical inspect PATH``, ``mmdomain medical index ROOT`` and ``mmdomain medical label ROOT``."""
 
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ import click
 from mmdomain import DataError
 
 from .dataset import MedicalDataset, describe
-from .deid import deidentify
+from .deid import deidentify, pseudonym
 from .dicom_header import header_facts, safe_meta
 from .dicom_parse import read_header
 from .dicom_read import read_dicom
 from .errors import MedicalDataError
+from .facts import CHEXPERT_LABELS, REPORT_SECTIONS
+from .labeller import BLANK, DEFAULT_LABEL_SECTIONS, NEGATIVE, POSITIVE, UNCERTAIN, label_report
+from .labels import REPORT_LABELS_FILE, find_label_file, write_label_file
 from .pairing import index_tree, manifest_rows
 from .reports import read_text_report, scrub_text, split_sections
 from .sr import is_sr, sr_text
@@ -42,7 +45,7 @@ def _inspect_file(path: Path) -> dict:
 
 @click.group("medical")
 def medical() -> None:
-    """DICOM + radiology reports: inspect files, index folders."""
+    """DICOM + radiology reports: inspect files, index folders, label studies from their reports."""
 
 
 @medical.command("inspect")
@@ -92,3 +95,85 @@ def index_cmd(root: Path, output: Path | None) -> None:
     paired = sum(1 for s in studies if s.images and s.report)
     click.echo(f"{len(studies)} studies ({paired} paired, {len(getattr(index_tree, 'errors', []))} unreadable files) "
                f"-> {target}")
+
+
+# Where the dataset finds reports (for the "no reports found" error).
+_REPORT_LAYOUTS = ("MIMIC-CXR files/pXX/pNNNN/sNNNN.txt", "DICOM SR files", "OpenI XML reports",
+                   "manifest.csv / manifest.parquet with a 'report' or 'report_path' column")
+
+
+def _sections_option(values: tuple[str, ...]) -> tuple[str, ...]:
+    sections = tuple(s.strip().lower() for v in values for s in v.split(",") if s.strip())
+    unknown = [s for s in sections if s not in REPORT_SECTIONS]
+    if unknown:
+        raise click.BadParameter(f"unknown report sections {unknown}; known: {list(REPORT_SECTIONS)}",
+                                 param_hint="--sections")
+    return sections or DEFAULT_LABEL_SECTIONS
+
+
+@medical.command("label")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help=f"labels CSV to write (default ROOT/{REPORT_LABELS_FILE}, which the dataset reads when ROOT "
+                   "has no labels.csv; '-' for stdout)")
+@click.option("--sections", multiple=True, metavar="NAMES",
+              help="report sections to read, comma-separated or repeated (default findings,impression; "
+                   "a report with none of them is read whole)")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+def label_cmd(root: Path, output: Path | None, sections: tuple[str, ...], as_json: bool) -> None:
+    """Label each study under ROOT from its de-identified report: the 14 CheXpert observations
+    (1.0 positive, 0.0 negative, -1.0 uncertain, blank not mentioned), by negation- and
+    uncertainty-aware rules (``mmdomain_medical.labeller``). The file holds the study pseudonym
+    (as in Sample.meta["id"]) and the labels only, never report text or identifiers."""
+    chosen = _sections_option(sections)
+    try:
+        ds = MedicalDataset(root, split="all", cache=None, burned_in="warn")
+    except MedicalDataError as exc:
+        raise click.ClickException(f"{exc} (looked for: {'; '.join(_REPORT_LAYOUTS)})") from None
+    rows, unreadable, no_report, whole, capped = [], 0, 0, 0, 0
+    for i, st in enumerate(ds.studies):
+        try:
+            text = ds.raw_report(i)
+        except MedicalDataError:
+            unreadable += 1
+            continue
+        if text is None:
+            no_report += 1
+            continue
+        result = label_report(text, chosen)
+        whole += result.source != "sections"
+        capped += result.capped
+        rows.append({"study": pseudonym(st.key, ds.key, "st-"), **result.values})
+    if not rows:
+        raise click.ClickException(f"{root}: no reports found among {len(ds.studies)} studies "
+                                   f"({unreadable} unreadable; looked for: {'; '.join(_REPORT_LAYOUTS)})")
+    if str(output) == "-":
+        write_label_file(sys.stdout, rows)
+        target = "-"
+    else:
+        target = output or root / REPORT_LABELS_FILE
+        with open(target, "w", newline="") as f:
+            write_label_file(f, rows)
+    counts = {name: {"positive": sum(r[name] == POSITIVE for r in rows),
+                     "uncertain": sum(r[name] == UNCERTAIN for r in rows),
+                     "negative": sum(r[name] == NEGATIVE for r in rows),
+                     "blank": sum(r[name] == BLANK for r in rows)} for name in CHEXPERT_LABELS}
+    site_file = find_label_file(root)
+    summary = {"studies": len(ds.studies), "labelled": len(rows), "without_report": no_report,
+               "unreadable_reports": unreadable, "read_whole_text": whole, "capped": capped,
+               "sections": list(chosen), "output": str(target), "labels": counts,
+               "dataset_reads": str(site_file) if site_file is not None else None}
+    echo = (lambda msg: click.echo(msg, err=True)) if target == "-" else click.echo
+    if as_json:
+        echo(json.dumps(summary, indent=2))
+        return
+    echo(f"{len(rows)} of {len(ds.studies)} studies labelled from their reports ({no_report} without report, "
+         f"{unreadable} unreadable, {whole} read whole: no {'/'.join(s.upper() for s in chosen)}, "
+         f"{capped} capped) -> {target}")
+    width = max(len(n) for n in CHEXPERT_LABELS)
+    echo(f"{'':{width}}  positive  uncertain  negative")
+    for name, c in counts.items():
+        echo(f"{name:{width}}  {c['positive']:8d}  {c['uncertain']:9d}  {c['negative']:8d}")
+    if target != "-" and site_file is not None and site_file.resolve() != Path(target).resolve():
+        echo(f"note: the dataset reads {site_file.name} at this site, not this file "
+             f"(pass label_file={Path(target).resolve()} to use it)")

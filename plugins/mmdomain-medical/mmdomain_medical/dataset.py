@@ -3,7 +3,9 @@
 
 Reads a MIMIC-CXR-like tree (``files/...`` + ``labels.csv``), any folder of DICOM with SR /
 OpenI XML reports, or a ``manifest.csv`` / ``manifest.parquet`` (columns ``path``,
-``report`` or ``report_path``, optional ``study``, ``split`` and label columns).
+``report`` or ``report_path``, optional ``study``, ``split`` and label columns). Without label
+columns, labels come from the site's label file (``labels.find_label_file``; ``label_file=``
+names another), which may be ``labels-from-reports.csv`` (``mmdomain medical label``).
 The studies are the index's typed ``pairing.Study`` records, split by patient with the core's
 ``split_of``. Each study's first image header is read once into a ``DicomHeader``: by the
 index (loose DICOM) or on first use (MIMIC layout, manifests). That one read serves the
@@ -37,6 +39,7 @@ Limits of the text scrubbing (documented, not solved):
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
@@ -52,13 +55,14 @@ from .dicom_header import DicomHeader, read_header_record, safe_meta
 from .dicom_read import image_tensor
 from .errors import MedicalDataError
 from .facts import CHEXPERT_LABELS, DEFAULT_REPORT_SECTIONS
-from .labels import encode, read_label_file
+from .labels import encode, find_label_file, read_label_file
 from .pairing import Study, index_tree
 from .reports import read_manifest, read_openi_xml, read_text_report, scrub_text, select_sections, split_sections
 from .sr import read_sr
 
 SPLITS = ("train", "val", "test", "all")
 IMAGE, TEXT = "dicom_image", "report"
+log = logging.getLogger(__name__)
 _META_KEYS = ("modality", "manufacturer", "photometric", "pixel_spacing", "view_position", "bits_stored",
               "transfer_syntax")
 
@@ -67,7 +71,8 @@ class MedicalDataset(torch.utils.data.Dataset):
     def __init__(self, root: str | Path, split: str = "train", *, report_sections: Iterable[str] = DEFAULT_REPORT_SECTIONS,
                  uncertain: str = "ignore", blank: str = "zeros", image_size: int = 128, window: Any = None,
                  cache: str | None = "memory", cache_dir: str | Path | None = None, burned_in: str = "refuse",
-                 deid_key: str = DEFAULT_KEY, labels: tuple[str, ...] | list[str] = CHEXPERT_LABELS):
+                 deid_key: str = DEFAULT_KEY, labels: tuple[str, ...] | list[str] = CHEXPERT_LABELS,
+                 label_file: str | Path | None = None):
         self.root = Path(root)
         if split not in SPLITS:
             raise MedicalDataError(None, f"split must be one of {SPLITS}, got {split!r}")
@@ -83,6 +88,7 @@ class MedicalDataset(torch.utils.data.Dataset):
         self.site = self.root.name
         self._image_meta: dict[int, dict[str, Any]] = {}  # safe_meta of each study's first image
         self._reports: dict[int, str | None] = {}  # scrubbed text only
+        self.label_file = label_file  # None: the site's own (labels.find_label_file); else absolute or under root
         self.label_table: dict[str, dict[str, str]] = {}
         self.studies: list[Study] = [s for s in self._index() if split == "all" or s.split == split]
         self._by_subject: dict[str, list[int]] = {}
@@ -94,17 +100,43 @@ class MedicalDataset(torch.utils.data.Dataset):
     def _index(self) -> list[Study]:
         for name in ("manifest.parquet", "manifest.csv"):
             if (self.root / name).is_file():
-                return self._from_manifest(self.root / name)
-        label_files = sorted(self.root.glob("labels.csv")) + sorted(self.root.glob("*chexpert*.csv"))
-        if label_files:
-            self.label_table = read_label_file(label_files[0])
+                return self._attach_labels(self._from_manifest(self.root / name))
         studies = index_tree(self.root)
         if not studies:
             raise MedicalDataError(self.root, "no DICOM image or report found under this folder")
         for st in studies:
             st.split = split_of(st.subject)
-            st.values = self.label_table.get(st.label_key) if st.label_key else None
+        return self._attach_labels(studies)
+
+    def _attach_labels(self, studies: list[Study]) -> list[Study]:
+        """Label values for the studies that have none yet (a manifest's label columns come first):
+        from the label file, by MIMIC ``study_id`` or by the study pseudonym (``labels-from-reports.csv``)."""
+        if all(st.values is not None for st in studies):
+            return studies
+        path = self._label_path()
+        if path is None:
+            return studies
+        self.label_table = read_label_file(path)
+        matched = 0
+        for st in studies:
+            if st.values is None:
+                st.values = self.label_table.get(st.label_key) if st.label_key else None
+            if st.values is None:
+                st.values = self.label_table.get(pseudonym(st.key, self.key, "st-"))
+            matched += st.values is not None
+        if self.label_table and not matched:
+            log.warning("%s: no study of %s is in this label file (another site's, or written with another "
+                        "de-identification key?)", path, self.root)
         return studies
+
+    def _label_path(self) -> Path | None:
+        if self.label_file is None:
+            return find_label_file(self.root)
+        path = Path(self.label_file)
+        path = path if path.is_absolute() else self.root / path
+        if not path.is_file():
+            raise MedicalDataError(path, "label file not found")
+        return path
 
     def _from_manifest(self, path: Path) -> list[Study]:
         df = read_manifest(path)
