@@ -71,6 +71,28 @@ def build(settings: Settings, registry: Registry) -> FusionModel:
     return model
 
 
+def _ready_for_dp_sgd(model: FusionModel) -> None:
+    """DP-SGD cannot train BatchNorm (its batch statistics mix samples): Opacus' own fixer swaps
+    each trained one for a GroupNorm that trains as the BatchNorm would have. A frozen encoder
+    keeps its BatchNorm: it runs in eval mode on its stored statistics (no sample mixing, and
+    pretrained statistics are kept). In-place activations (MONAI's ResNet) break Opacus' backward
+    hooks, so they run out of place. Same on the server and every site: all build with these settings."""
+    from opacus.validators.batch_norm import fix
+
+    frozen = {model.encoders[m] for m in model.frozen}
+    for module in [m for m in model.modules() if not any(m is f or _inside(m, f) for f in frozen)]:
+        if getattr(module, "inplace", False) is True:
+            module.inplace = False
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.modules.batchnorm._BatchNorm):
+                trained = child.weight is None or child.weight.requires_grad
+                setattr(module, name, fix(child).requires_grad_(trained))
+
+
+def _inside(module: torch.nn.Module, root: torch.nn.Module) -> bool:
+    return any(module is sub for sub in root.modules())
+
+
 def shared_keys(model: FusionModel) -> list[str]:
     """The state_dict entries that federated rounds carry: trainable parameters, and the buffers
     of every encoder that is not frozen (and of fusion and task). Frozen parts never travel; every
@@ -89,20 +111,6 @@ def frozen_digest(model: FusionModel) -> str:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest() if rest else ""
-
-
-def _ready_for_dp_sgd(model: torch.nn.Module) -> None:
-    """DP-SGD cannot use BatchNorm (its batch statistics mix samples): Opacus' own fixer swaps
-    each for a GroupNorm. In-place activations (MONAI's ResNet) break Opacus' backward hooks, so
-    they run out of place. Same on the server and every site: all build with these settings."""
-    from opacus.validators.batch_norm import fix
-
-    for module in list(model.modules()):
-        if getattr(module, "inplace", False) is True:
-            module.inplace = False
-        for name, child in list(module.named_children()):
-            if isinstance(child, torch.nn.modules.batchnorm._BatchNorm):
-                setattr(module, name, fix(child))
 
 
 def get_weights(model: FusionModel, groups: set[str] | None = None) -> dict[str, np.ndarray]:
