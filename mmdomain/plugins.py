@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Callable
 
+import click
 import pluggy
 
 from . import hookspecs
@@ -230,21 +231,16 @@ class _CommandRecorder:
         self.added[name] = command
 
     def command(self, *args: Any, **kwargs: Any) -> Callable:
-        import click
-
-        def decorator(f: Callable) -> Any:
-            cmd = click.command(*args, **kwargs)(f)
-            self.add_command(cmd)
-            return cmd
-        return decorator
+        return self._adding(click.command, *args, **kwargs)
 
     def group(self, *args: Any, **kwargs: Any) -> Callable:
-        import click
+        return self._adding(click.group, *args, **kwargs)
 
+    def _adding(self, make: Callable, *args: Any, **kwargs: Any) -> Callable:
         def decorator(f: Callable) -> Any:
-            grp = click.group(*args, **kwargs)(f)
-            self.add_command(grp)
-            return grp
+            cmd = make(*args, **kwargs)(f)
+            self.add_command(cmd)
+            return cmd
         return decorator
 
 

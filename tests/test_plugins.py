@@ -125,6 +125,10 @@ class CommandsOnly:
     def register_commands(self, cli):
         cli.add_command(_command("hello"))
 
+        @cli.group("tools")  # the decorator forms go through the same check
+        def tools():
+            """Some tools."""
+
 
 class TakesLocalDemo:
     @hookimpl
@@ -139,7 +143,8 @@ def test_a_plugin_that_only_adds_commands_passes_the_contract(register_plugin):
     manager = register_plugin(CommandsOnly(), name="cmds")
     results = {r.check: r for r in run_contract(manager, "cmds")}
     assert results["loaded"].ok, results["loaded"].detail
-    assert "1 command" in results["loaded"].detail
+    assert "2 command" in results["loaded"].detail
+    assert {i.name: i for i in manager.plugins()}["cmds"].commands == ["hello", "tools"]
 
 
 def test_a_command_name_taken_fails_the_second_plugin_not_the_cli(register_plugin):
