@@ -1,0 +1,146 @@
+"""Utility against privacy: pooled-test macro AUROC of the federated model at epsilon in
+{1, 3, 8} against the same federation without DP, per dataset, over seeds, with paired
+bootstrap intervals (quality benchmark; not a timed test).
+
+Arms (each trained federated, in-process, on the real ServerApp/ClientApp):
+  no-dp         the default model, every parameter, no privacy
+  central       central DP (site-level), noise planned for the target epsilon
+  local-all     local DP-SGD (record-level) of every parameter, from scratch
+  local-frozen  local DP-SGD of fusion + task only, on encoders pretrained self-supervised
+                (contrastive, image<->text or S1<->S2) on a separate public site of unlabelled
+                pairs (another seed of the generator): they cost no privacy and never travel
+
+Target (issue #13): at epsilon <= 8, delta 1e-5, 3 sites of >= 2,000 samples, the private model
+within 0.05 macro AUROC of the non-private one, in both domains.
+
+    ./dev bench dp_utility --datasets medical --site-options '{"studies_per_site": 2000, "image_size": 64}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from harness import RESULTS  # noqa: E402
+
+from mmdomain.bootstrap import paired_bootstrap  # noqa: E402
+from mmdomain.checkpoint import load_checkpoint  # noqa: E402
+from mmdomain.config import DataConfig, ModelConfig, RunConfig, TrainConfig, parse  # noqa: E402
+from mmdomain.plugins import get_registry  # noqa: E402
+from mmdomain.training import fit  # noqa: E402
+from mmdomain_federated import task  # noqa: E402
+from mmdomain_federated.experiment import main_metric, pooled_predictions, pooled_test, run_flower  # noqa: E402
+from mmdomain_federated.settings import Settings  # noqa: E402
+
+ARMS = ("central", "local-all", "local-frozen")
+
+
+def pretrain(registry, dataset: str, public_site: Path, out: Path, epochs: int, batch: int) -> Path:
+    """Contrastive pretraining of the default model's encoders on a public site's pairs (no labels)."""
+    model = json.loads(json.dumps(registry.dataset(dataset).default_model))
+    model["task"] = {"name": "contrastive", "options": {"proj_dim": 64}}
+    model["modality_dropout"] = 0.0
+    config = RunConfig(data=DataConfig(dataset=dataset, root=public_site),
+                       model=parse(ModelConfig, model), train=TrainConfig(epochs=epochs, batch_size=batch,
+                                                                          out_dir=out, progress=False))
+    return fit(config, registry, log=lambda *_: None).checkpoint
+
+
+def arm_config(arm: str, epsilon: float, modalities: list[str], pretrained: Path) -> dict[str, Any]:
+    if arm == "central":
+        return {"central-dp": True, "target-epsilon": epsilon, "clip-norm": 1.0}
+    config = {"local-dp": True, "target-epsilon": epsilon, "local-clip-norm": 1.0}
+    if arm == "local-frozen":
+        config |= {"init-from": str(pretrained), "encoder-train": ";".join(f"{m}=none" for m in modalities)}
+    return config
+
+
+def one_seed(registry, dataset: str, seed: int, args, work: Path, log) -> dict[str, Any]:
+    gen = registry.synthetic_for(dataset)
+    options = json.loads(args.site_options) if args.site_options else gen.quick_options
+    root = work / f"{dataset}-{seed}"
+    gen.generate(root / "sites", num_sites=args.sites, seed=seed, **options)
+    public = gen.generate(root / "public", num_sites=1, seed=seed + 1000, **options)[0]
+    base = {"dataset": dataset, "data-root": str(root / "sites"), "seed": seed, "num-server-rounds": args.rounds,
+            "local-epochs": 1, "batch-size": args.batch, "min-sites": 2, "readiness": False, "resume": False,
+            "target-delta": 1e-5}
+    settings = Settings.from_run_config(base)
+    test = pooled_test(settings, registry, args.sites)
+    modalities = list(task.model_config(settings, registry).modalities)
+    t0 = time.perf_counter()
+    pretrained = pretrain(registry, dataset, public, root / "pretrain", args.pretrain_epochs, args.batch)
+    log(f"  {dataset} seed {seed}: pretrained on the public site in {time.perf_counter() - t0:.0f}s")
+    preds, rows = {}, []
+    for arm, eps in [("no-dp", None)] + [(a, e) for a in args.arms for e in args.epsilons]:
+        config = {**base, **({} if eps is None else arm_config(arm, eps, modalities, pretrained))}
+        t0 = time.perf_counter()
+        out = root / f"{arm}-{eps}"
+        summary = run_flower("in-process", args.sites, config, out, 0.0, lambda *_: None)
+        model, _ = load_checkpoint(out / "model.safetensors", registry)
+        result = task.evaluate_site(model, test, settings)
+        metric = main_metric(result["overall"])
+        preds[(arm, eps)] = pooled_predictions(model, test, settings)
+        spent = summary.get("epsilon") if arm == "central" else \
+            max((summary.get("local-epsilon") or {}).values(), default=None)
+        rows.append({"dataset": dataset, "seed": seed, "arm": arm, "epsilon_target": eps, "epsilon_spent": spent,
+                     "metric": metric, "value": result["overall"].get(metric), "rounds": summary.get("rounds"),
+                     "seconds": round(time.perf_counter() - t0, 1)})
+        log(f"  {dataset} seed {seed} {arm:<12} eps {eps!s:>4}: {metric} {rows[-1]['value']:.3f} "
+            f"(spent {spent if spent is None else round(spent, 2)}, {rows[-1]['seconds']}s)")
+    ref_preds, target = preds[("no-dp", None)]
+    for row in rows[1:]:
+        p = preds[(row["arm"], row["epsilon_target"])]
+        boot = paired_bootstrap(model.task, row["metric"], p[0], {"no-dp": ref_preds}, target, resamples=args.resamples,
+                                seed=seed)
+        row["minus_no_dp"] = boot["margin"]
+        row["interval"] = boot["interval"]
+    return {"rows": rows, "test_rows": len(target), "site_options": options}
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| dataset | seed | arm | epsilon (target / spent) | metric | value | minus no-DP [95% CI] |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        eps = "-" if r["epsilon_target"] is None else f"{r['epsilon_target']:g} / {r['epsilon_spent']:.2f}"
+        diff = f"{r['minus_no_dp']:+.3f} [{r['interval'][0]:+.3f}, {r['interval'][1]:+.3f}]" if "interval" in r else ""
+        lines.append(f"| {r['dataset']} | {r['seed']} | {r['arm']} | {eps} | {r['metric']} | {r['value']:.3f} | {diff} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--datasets", default="medical,s2s1_scenes")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--epsilons", default="1,3,8")
+    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--sites", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--pretrain-epochs", type=int, default=5)
+    ap.add_argument("--resamples", type=int, default=500)
+    ap.add_argument("--site-options", default="", help="JSON generator options per site (default: its quick options)")
+    args = ap.parse_args()
+    args.epsilons = [float(e) for e in args.epsilons.split(",")]
+    args.arms = [a for a in args.arms.split(",") if a]
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    registry = get_registry()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="dp-utility-") as tmp:
+        for dataset in args.datasets.split(","):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                rows += one_seed(registry, dataset, seed, args, Path(tmp), lambda line: print(line, flush=True))["rows"]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "dp_utility.json").write_text(json.dumps({"argv": sys.argv[1:], "rows": rows}, indent=2))
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
