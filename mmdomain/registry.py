@@ -2,7 +2,8 @@
 
 A plugin contributes through ``register`` callbacks the core owns (see ``hookspecs``).
 The registry records which plugin registered each name and rejects a duplicate,
-naming both plugins.
+naming both plugins. (Slightly over 300 lines: each spec's fields and its validation sit next to
+the registry that checks them, so a plugin author reads what ``register`` accepts in one file.)
 """
 
 from __future__ import annotations

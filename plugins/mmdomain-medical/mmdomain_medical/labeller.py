@@ -9,7 +9,7 @@ machine, and negspacy only handles negation, so the mention phrases, uncertainty
 aggregation would have been ours anyway. The rules below follow the CheXpert labeller (Irvin
 et al., 2019: mention phrases, then uncertainty before negation, then aggregation) and NegEx
 (Chapman et al., 2001: pre- and post-cues, pseudo-negations, termination terms). They are
-data, below, and can be read and extended.
+data, below, and can be read and extended (most of this module's ~300 lines are those tables).
 
 How a report is labelled:
 
