@@ -20,6 +20,7 @@ from .grid import Grid
 from .handles import gcp_transform, open_raster
 from .layouts.sen12ms import SEN12MS
 from .models import BIGEARTHNET_MODEL, DEFAULT_MODEL, SEN12MS_MODEL, model_for
+from .pretrained import TorchGeoResNet
 from .s1 import open_s1, polarisation_of, read_s1
 from .s2 import is_s2_product, open_s2, read_s2
 from .synthetic import generate
@@ -68,6 +69,11 @@ def register_encoders(register):
                                      "mean/std (the site's stats, via models.model_for)"))
     register(EncoderSpec("sar_cnn", ("raster",), SARCNN, out_dim=128, supports_dense=True,
                          description="SAR CNN over dB backscatter + cross-pol ratio, clipped, normalised"))
+    register(EncoderSpec("torchgeo_resnet", ("raster",), TorchGeoResNet, out_dim=128, supports_dense=True,
+                         description="ResNet18/50 with torchgeo's Sentinel-2/-1 pretrained weights, read offline from "
+                                     "the torch hub cache (never downloaded); options weights='ResNet18_Weights."
+                                     "SENTINEL2_ALL_MOCO' (or weights_path), out_dim, bands, fill_missing, dn_offset, "
+                                     "weights_sha256; band order and scale mapped to the weights'"))
 
 
 @hookimpl
