@@ -1,21 +1,38 @@
 """Encoders: MONAI ResNet / DenseNet for DICOM images (2D) and volumes (3D), GroupNorm so the
-sub-batches of present rows (even of 1) behave; a BERT-like text encoder from transformers,
-loaded from a LOCAL directory (``path=``) or a tiny randomly initialised BertConfig."""
+sub-batches of present rows (even of 1) behave. The pretrained torchvision / torchxrayvision image
+encoders are in ``image_encoders``, the BERT-like text encoder in ``text_encoder``.
+
+Pretrained weights are only ever read from local files (nothing is downloaded):
+
+- ``weights = "file"`` in the model config (the core's loader: SHA-256 recorded in
+  ``weights_sha256``) for every encoder; the torchvision / torchxrayvision encoders and
+  ``bert_text`` map their library's key layout themselves (``load_pretrained``) and refuse a file
+  of another architecture or format, naming the file and what was expected;
+- ``xrv_densenet121``: also ``weights_name=`` (torchxrayvision's name, read from its cache folder
+  ``~/.torchxrayvision/models_data/``) or ``path=``;
+- ``bert_text``: ``path=`` a Hugging Face model folder.
+
+Every encoder that loaded weights exposes ``weights_source`` (the file or folder) and
+``weights_digest`` (the file's SHA-256, or ``pretrained.folder_digest`` of a folder); the
+``path_sha256`` option makes a build refuse another file or folder than the one expected.
+
+``blocks()`` (for ``train = "last:N"``) lists each encoder's stages, input to output, the
+projection to ``out_dim`` last.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
-from mmdomain import ConfigError
-
-from .errors import MedicalDataError
 
 
 def _norm(channels_hint: int = 8) -> tuple:
     return ("group", {"num_groups": channels_hint})
+
+
+def _with_params(modules: list[nn.Module]) -> list[nn.Module]:
+    return [m for m in modules if any(True for _ in m.parameters())]
 
 
 class MonaiResNetEncoder(nn.Module):
@@ -28,6 +45,11 @@ class MonaiResNetEncoder(nn.Module):
         self.out_dim = out_dim
         self.net = ResNet("basic", list(layers), list(widths), spatial_dims=dims, n_input_channels=modality.channels or 1,
                           conv1_t_stride=2, num_classes=out_dim, norm=_norm(groups))
+
+    def blocks(self) -> list[nn.Module]:
+        """The stem (conv1 + its norm), layer1..layer4, the final ``fc`` (projection to out_dim)."""
+        n = self.net
+        return [nn.Sequential(n.conv1, n.bn1), n.layer1, n.layer2, n.layer3, n.layer4, n.fc]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -44,40 +66,17 @@ class MonaiDenseNetEncoder(nn.Module):
         self.net = DenseNet(dims, modality.channels or 1, out_dim, init_features=init_features,
                             growth_rate=growth_rate, block_config=tuple(blocks), norm=_norm(groups))
 
+    def blocks(self) -> list[nn.Module]:
+        """The stem (conv0 + norm0), each dense block with the transition after it (the last with
+        the final norm), the classification layers (projection to out_dim)."""
+        f = dict(self.net.features.named_children())
+        out: list[nn.Module] = [nn.Sequential(f["conv0"], f["norm0"])]
+        i = 1
+        while f"denseblock{i}" in f:
+            after = f.get(f"transition{i}", f.get("norm5"))
+            out.append(nn.Sequential(f[f"denseblock{i}"], *([after] if after is not None else [])))
+            i += 1
+        return _with_params(out + [self.net.class_layers])
+
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
-
-
-class BertTextEncoder(nn.Module):
-    """Masked mean of a BERT-like model's last hidden states, projected to ``out_dim``."""
-
-    def __init__(self, modality, vocab_size: int, pad_id: int = 0, out_dim: int = 128, path: str | None = None,
-                 layers: int = 2, hidden: int = 128, heads: int = 2, max_length: int = 512):
-        super().__init__()
-        from transformers import AutoModel, BertConfig, BertModel
-
-        self.pad_id, self.out_dim = pad_id, out_dim
-        if path:
-            p = Path(path)
-            if not p.is_dir():
-                raise ConfigError(f"bert_text: path {path} is not a local model directory (nothing is downloaded)")
-            try:
-                self.bert = AutoModel.from_pretrained(str(p), local_files_only=True)
-            except Exception as exc:  # noqa: BLE001
-                raise ConfigError(f"bert_text: cannot load a model from {path} ({type(exc).__name__})") from None
-            if self.bert.get_input_embeddings().num_embeddings < vocab_size:
-                self.bert.resize_token_embeddings(vocab_size)
-        else:
-            cfg = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                             num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=max_length,
-                             pad_token_id=pad_id, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
-            self.bert = BertModel(cfg, add_pooling_layer=False)
-        size = self.bert.config.hidden_size
-        self.proj = nn.Identity() if size == out_dim else nn.Linear(size, out_dim)
-
-    def forward(self, ids: Tensor) -> Tensor:
-        mask = (ids != self.pad_id).long()
-        mask[:, 0] = 1  # an all-padding row still attends somewhere
-        h = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
-        m = mask.unsqueeze(-1).to(h.dtype)
-        return self.proj((h * m).sum(1) / m.sum(1).clamp(min=1))

@@ -78,9 +78,36 @@ def _densenet(modality, **options):
 
 
 def _bert(modality, **options):
-    from .encoders import BertTextEncoder
+    from .text_encoder import BertTextEncoder
 
     return BertTextEncoder(modality, **options)
+
+
+def _tv_resnet(modality, **options):
+    """torchvision ResNet for torchvision's ImageNet weight files (``weights = "resnet18-f37072fd.pth"``)."""
+    from .image_encoders import TorchvisionResNetEncoder
+
+    return TorchvisionResNetEncoder(modality, **options)
+
+
+def _tv_densenet(modality, **options):
+    """torchvision DenseNet for torchvision's ImageNet weight files (``weights = "densenet121-a639ec97.pth"``)."""
+    from .image_encoders import TorchvisionDenseNetEncoder
+
+    return TorchvisionDenseNetEncoder(modality, **options)
+
+
+def _xrv_densenet(modality, **options):
+    """torchxrayvision's DenseNet-121 chest X-ray weights (its cache folder, a file, or ``weights=``)."""
+    from .image_encoders import XrvDenseNetEncoder
+
+    return XrvDenseNetEncoder(modality, **options)
+
+
+def _hf_tokenizer(**options):
+    from .hf_tokenizer import HFTokenizer
+
+    return HFTokenizer(**options)
 
 
 def _wordpiece(**options):
@@ -112,13 +139,31 @@ def register_encoders(register):
     register(EncoderSpec("monai_densenet", ("image", "volume"), _densenet, out_dim=128,
                          description="small MONAI DenseNet (GroupNorm), 2D or 3D"))
     register(EncoderSpec("bert_text", ("text",), _bert, out_dim=128,
-                         description="BERT-like encoder: local dir via path=, else tiny random BertConfig (2x128)"))
+                         description="BERT-like encoder: local Hugging Face folder via path= (its tokenizer: "
+                                     "hf_tokenizer), else tiny random BertConfig (2x128); pooling mean|cls, "
+                                     "max_length; weights= a HF state dict; blocks: embeddings, layers, projection"))
+    register(EncoderSpec("torchvision_resnet", ("image",), _tv_resnet, out_dim=128,
+                         description="torchvision ResNet (arch resnet18|34|50|101|152) from torchvision's ImageNet "
+                                     "weight file (weights=); grey input via the summed RGB conv (grey=sum|mean), "
+                                     "ImageNet normalisation inside, BatchNorm statistics frozen (bn=frozen|batch), "
+                                     "projection to out_dim"))
+    register(EncoderSpec("torchvision_densenet", ("image",), _tv_densenet, out_dim=128,
+                         description="torchvision DenseNet (arch densenet121|161|169|201) from torchvision's "
+                                     "ImageNet weight file (weights=, old norm.1 keys too); grey, normalisation, "
+                                     "bn as torchvision_resnet"))
+    register(EncoderSpec("xrv_densenet121", ("image",), _xrv_densenet, out_dim=128,
+                         description="torchxrayvision's DenseNet-121 chest X-ray weights, without torchxrayvision: "
+                                     "weights_name= from ~/.torchxrayvision/models_data/, path=, or weights= a state "
+                                     "dict; inputs scaled to [-1024, 1024] and resized to 224"))
 
 
 @hookimpl
 def register_tokenizers(register):
     register(TokenizerSpec("wordpiece", _wordpiece, fit=_wordpiece_fit,
                            description="WordPiece fitted on the site's scrubbed reports, or path= a local tokenizer"))
+    register(TokenizerSpec("hf_tokenizer", _hf_tokenizer,
+                           description="a local Hugging Face model folder's own tokenizer (path=; AutoTokenizer, "
+                                       "local files only): the vocabulary and special tokens of bert_text's model"))
 
 
 @hookimpl
