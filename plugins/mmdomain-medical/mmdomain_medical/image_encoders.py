@@ -76,9 +76,6 @@ class _PretrainedImageEncoder(nn.Module):
         self.weights_digest: str | None = None
 
     # -- inputs ------------------------------------------------------------------------------------
-    def scale(self, x: Tensor) -> Tensor:  # the weights' own input normalisation
-        return x
-
     def prepare(self, x: Tensor) -> Tensor:
         x = x.float()
         if self.size and tuple(x.shape[-2:]) != (self.size, self.size):
@@ -95,6 +92,28 @@ class _PretrainedImageEncoder(nn.Module):
         return self
 
     # -- weights -----------------------------------------------------------------------------------
+    def _imagenet_net(self, modality, out_dim: int, arch: str, archs: dict, build, grey: str, normalize: bool,
+                      bn: str) -> None:
+        """The torchvision network ``arch`` (one of ``archs``, made by ``build``), its projection to
+        ``out_dim`` and ImageNet normalisation (grey: the channel means) for inputs in [0, 1]."""
+        if arch not in archs:
+            raise ConfigError(f"{self.encoder_name}: arch={arch!r}; use one of {sorted(archs)}")
+        if grey not in GREY_MODES:
+            raise ConfigError(f"{self.encoder_name}: grey={grey!r}; use one of {GREY_MODES}")
+        if self.in_channels not in (1, 3):
+            raise ConfigError(f"{self.encoder_name}: takes 1 (grey) or 3 (RGB) channels, {modality.name!r} has "
+                              f"{self.in_channels}")
+        self.arch, self.grey, self.normalize = arch, grey, normalize
+        self.net, width = build(arch, self.in_channels, bn == "frozen")
+        self.proj = nn.Linear(width, out_dim)
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if self.in_channels == 3 else ((GREY_MEAN,), (GREY_STD,))
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def scale(self, x: Tensor) -> Tensor:
+        """The weights' own input normalisation (ImageNet here; torchxrayvision overrides it)."""
+        return (x - self.mean) / self.std if self.normalize else x
+
     def map_library_state(self, state: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
         raise NotImplementedError
 
@@ -146,22 +165,7 @@ class TorchvisionResNetEncoder(_PretrainedImageEncoder):
                  normalize: bool = True, bn: str = "frozen", size: int | None = None):
 
         super().__init__(modality, out_dim, bn, size)
-        if arch not in RESNETS:
-            raise ConfigError(f"{self.encoder_name}: arch={arch!r}; use one of {sorted(RESNETS)}")
-        if grey not in GREY_MODES:
-            raise ConfigError(f"{self.encoder_name}: grey={grey!r}; use one of {GREY_MODES}")
-        if self.in_channels not in (1, 3):
-            raise ConfigError(f"{self.encoder_name}: takes 1 (grey) or 3 (RGB) channels, {modality.name!r} has "
-                              f"{self.in_channels}")
-        self.arch, self.grey, self.normalize = arch, grey, normalize
-        self.net, width = build_resnet(arch, self.in_channels, bn == "frozen")
-        self.proj = nn.Linear(width, out_dim)
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if self.in_channels == 3 else ((GREY_MEAN,), (GREY_STD,))
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
-
-    def scale(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std if self.normalize else x
+        self._imagenet_net(modality, out_dim, arch, RESNETS, build_resnet, grey, normalize, bn)
 
     def blocks(self) -> list[nn.Module]:
         """The stem (conv1 + bn1), layer1..layer4, the projection."""
@@ -205,22 +209,7 @@ class TorchvisionDenseNetEncoder(_PretrainedImageEncoder):
                  normalize: bool = True, bn: str = "frozen", size: int | None = None):
 
         super().__init__(modality, out_dim, bn, size)
-        if arch not in DENSENETS:
-            raise ConfigError(f"{self.encoder_name}: arch={arch!r}; use one of {sorted(DENSENETS)}")
-        if grey not in GREY_MODES:
-            raise ConfigError(f"{self.encoder_name}: grey={grey!r}; use one of {GREY_MODES}")
-        if self.in_channels not in (1, 3):
-            raise ConfigError(f"{self.encoder_name}: takes 1 (grey) or 3 (RGB) channels, {modality.name!r} has "
-                              f"{self.in_channels}")
-        self.arch, self.grey, self.normalize = arch, grey, normalize
-        self.net, width = build_densenet(arch, self.in_channels, bn == "frozen")
-        self.proj = nn.Linear(width, out_dim)
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if self.in_channels == 3 else ((GREY_MEAN,), (GREY_STD,))
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
-
-    def scale(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std if self.normalize else x
+        self._imagenet_net(modality, out_dim, arch, DENSENETS, build_densenet, grey, normalize, bn)
 
     def blocks(self) -> list[nn.Module]:
         """The stem (conv0 + norm0), each dense block with its transition (the last with norm5), the projection."""

@@ -6,6 +6,7 @@ The callbacks import the plugin's modules only when they are called: loading thi
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from mmdomain import (DatasetSpec, EncoderSpec, ModalitySpec, SyntheticSpec, TokenizerSpec, hookimpl)
@@ -65,49 +66,23 @@ def _generate(root, *, num_sites=2, seed=0, **options):
     return generate(root, num_sites=num_sites, seed=seed, **options)
 
 
-def _resnet(modality, **options):
-    from .encoders import MonaiResNetEncoder
-
-    return MonaiResNetEncoder(modality, **options)
-
-
-def _densenet(modality, **options):
-    from .encoders import MonaiDenseNetEncoder
-
-    return MonaiDenseNetEncoder(modality, **options)
+def _lazy(module: str, name: str):
+    """A builder that imports ``module``'s ``name`` when it is first called (see the module docstring)."""
+    def build(*args, **options):
+        return getattr(importlib.import_module(f"{__package__}.{module}"), name)(*args, **options)
+    build.__name__ = build.__qualname__ = f"build_{name}"
+    return build
 
 
-def _bert(modality, **options):
-    from .text_encoder import BertTextEncoder
-
-    return BertTextEncoder(modality, **options)
-
-
-def _tv_resnet(modality, **options):
-    """torchvision ResNet for torchvision's ImageNet weight files (``weights = "resnet18-f37072fd.pth"``)."""
-    from .image_encoders import TorchvisionResNetEncoder
-
-    return TorchvisionResNetEncoder(modality, **options)
-
-
-def _tv_densenet(modality, **options):
-    """torchvision DenseNet for torchvision's ImageNet weight files (``weights = "densenet121-a639ec97.pth"``)."""
-    from .image_encoders import TorchvisionDenseNetEncoder
-
-    return TorchvisionDenseNetEncoder(modality, **options)
-
-
-def _xrv_densenet(modality, **options):
-    """torchxrayvision's DenseNet-121 chest X-ray weights (its cache folder, a file, or ``weights=``)."""
-    from .image_encoders import XrvDenseNetEncoder
-
-    return XrvDenseNetEncoder(modality, **options)
-
-
-def _hf_tokenizer(**options):
-    from .hf_tokenizer import HFTokenizer
-
-    return HFTokenizer(**options)
+_resnet = _lazy("encoders", "MonaiResNetEncoder")
+_densenet = _lazy("encoders", "MonaiDenseNetEncoder")
+_bert = _lazy("text_encoder", "BertTextEncoder")
+#: torchvision ResNet / DenseNet for torchvision's ImageNet weight files (``weights = "resnet18-f37072fd.pth"``)
+_tv_resnet = _lazy("image_encoders", "TorchvisionResNetEncoder")
+_tv_densenet = _lazy("image_encoders", "TorchvisionDenseNetEncoder")
+#: torchxrayvision's DenseNet-121 chest X-ray weights (its cache folder, a file, or ``weights=``)
+_xrv_densenet = _lazy("image_encoders", "XrvDenseNetEncoder")
+_hf_tokenizer = _lazy("hf_tokenizer", "HFTokenizer")
 
 
 def _wordpiece(**options):
