@@ -148,3 +148,44 @@ def test_fit_starts_from_a_checkpoint_and_writes_the_report(registry, toy_site, 
     assert report["modules"]["task"]["loaded"] == 2
     for k, v in trained.model.encoders["toy_image"].state_dict().items():  # frozen: unchanged by training
         torch.testing.assert_close(result.model.encoders["toy_image"].state_dict()[k].cpu(), v.cpu())
+
+
+class _BatchNormEncoder(torch.nn.Module):
+    """Two conv + BatchNorm blocks and a head: ``last:1`` freezes both blocks."""
+
+    def __init__(self, modality, out_dim: int = 8):
+        super().__init__()
+        self.out_dim = out_dim
+        self.block1 = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+        self.block2 = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3), torch.nn.BatchNorm2d(4))
+        self.head = torch.nn.Linear(4, out_dim)
+
+    def forward(self, x):
+        return self.head(self.block2(self.block1(x)).mean((2, 3)))
+
+
+def test_frozen_batchnorm_keeps_its_statistics_in_train_mode(registry, register_plugin, batch):
+    from mmdomain import EncoderSpec, ModalitySpec, hookimpl
+
+    class BNPlugin:  # the toy modalities plus an encoder with BatchNorm, on a bare manager
+        @hookimpl
+        def register_modalities(self, register):
+            register(ModalitySpec("toy_image", "image", channels=1))
+            register(ModalitySpec("toy_note", "text"))
+
+        @hookimpl
+        def register_encoders(self, register):
+            register(EncoderSpec("bn_cnn", ("image",), _BatchNormEncoder, out_dim=8))
+
+    cfg = json.loads(json.dumps(registry.dataset("toy").default_model))
+    registry = register_plugin(BNPlugin(), name="bn").registry
+    cfg["encoders"]["toy_image"] = {"name": "bn_cnn", "train": "last:1"}
+    model = build_model(parse(ModelConfig, cfg), registry).train()
+    enc = model.encoders["toy_image"]
+    assert enc.training and enc.head.training and not enc.block1[1].training and not enc.block2[1].training
+    before = enc.block1[1].running_mean.clone()
+    model.loss(model(batch), batch).backward()
+    torch.testing.assert_close(enc.block1[1].running_mean, before)  # frozen statistics did not drift
+    cfg["encoders"]["toy_image"]["train"] = "all"
+    trained = build_model(parse(ModelConfig, cfg), registry).train()
+    assert trained.encoders["toy_image"].block1[1].training  # a BatchNorm that learns uses batch statistics

@@ -171,9 +171,17 @@ class FusionModel(nn.Module):
         return {m for m, e in self.encoders.items() if is_frozen(e)}
 
     def train(self, mode: bool = True) -> "FusionModel":
+        """Train mode, except what is frozen: a frozen encoder stays in eval mode, and so does every
+        BatchNorm whose parameters are all frozen (``last:N``, ``norms``-less blocks, ``lora``), so
+        training never drifts the (pretrained) statistics of a part that does not learn."""
         super().train(mode)
-        for m in self.frozen:  # a frozen encoder keeps its normalisation statistics
-            self.encoders[m].eval()
+        if mode:
+            for m in self.frozen:
+                self.encoders[m].eval()
+            for module in self.encoders.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and is_frozen(module) \
+                        and any(True for _ in module.parameters()):
+                    module.eval()
         return self
 
     def forward(self, batch: Batch) -> ModelOutput:

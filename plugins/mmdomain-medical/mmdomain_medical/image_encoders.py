@@ -30,7 +30,6 @@ from .pretrained import (
     densenet_arch_of,
     describe_mismatch,
     examples,
-    keep_frozen_norms_in_eval,
     register_opacus_rules,
     rename_old_densenet_keys,
     resnet_arch_of,
@@ -45,7 +44,8 @@ BN_MODES = ("frozen", "batch")
 
 class _PretrainedImageEncoder(nn.Module):
     """Shared by the torchvision / torchxrayvision encoders: input scaling inside the encoder,
-    BatchNorm mode, ``train()`` that keeps frozen BatchNorm statistics, weight loading.
+    BatchNorm mode, weight loading. (The model's ``train()``, ``FusionModel.train``, keeps every
+    BatchNorm whose parameters are all frozen in eval mode.)
 
     Inputs are images in [0, 1] (the medical dataset's range), ``[B, C, H, W]``.
 
@@ -58,9 +58,9 @@ class _PretrainedImageEncoder(nn.Module):
     ``bn = "batch"``: torchvision's own BatchNorm2d: batch statistics while training (a sub-batch
     of 1 at a 1x1 feature map fails, small sub-batches are noisy); a BatchNorm whose parameters
     are all frozen (``train = "none"``, frozen blocks of ``last:N``, ``lora:R``) stays in eval mode
-    with its pretrained statistics. Under local DP the federated layer replaces these BatchNorms
-    by fresh GroupNorms: the pretrained normalisation is lost (and a frozen encoder's features
-    change), so use ``bn = "frozen"`` (the default) with local DP."""
+    with its pretrained statistics. Under local DP the federated layer replaces the BatchNorms of
+    an encoder that trains by fresh GroupNorms (a wholly frozen encoder keeps them): the pretrained
+    normalisation is lost, so use ``bn = "frozen"`` (the default) with local DP."""
 
     encoder_name = "pretrained"
 
@@ -85,10 +85,8 @@ class _PretrainedImageEncoder(nn.Module):
 
     def train(self, mode: bool = True) -> "_PretrainedImageEncoder":
 
-        super().train(mode)
+        super().train(mode)  # (the model keeps frozen BatchNorms in eval mode: FusionModel.train)
         register_opacus_rules()
-        if mode:
-            keep_frozen_norms_in_eval(self)
         return self
 
     # -- weights -----------------------------------------------------------------------------------

@@ -153,16 +153,6 @@ def register_opacus_rules() -> bool:
     return True
 
 
-def keep_frozen_norms_in_eval(module: nn.Module) -> None:
-    """After ``module.train()``: a BatchNorm whose parameters are all frozen keeps its running
-    statistics (eval mode), so ``last:N`` / ``lora:R`` do not drift the frozen blocks' statistics."""
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            params = list(m.parameters(recurse=False))
-            if params and not any(p.requires_grad for p in params):
-                m.eval()
-
-
 # -- first convolution for grey input ---------------------------------------------------------------
 GREY_MODES = ("sum", "mean")
 

@@ -58,7 +58,7 @@ torchgeo's ``Resize``/``CenterCrop`` are not applied: the encoder pools globally
 patches as they come (>= 32 px gives layer4 a 1x1 map).
 
 **Training.** ``blocks()`` = stem (conv1 + bn1), layer1..layer4, projection, for ``train = "last:N"``.
-BatchNorm layers of blocks with no trainable parameter stay in eval mode (their pretrained
+BatchNorm layers of blocks with no trainable parameter stay in eval mode (``FusionModel.train``; their pretrained
 running statistics are kept); with ``train = "all"`` the backbone's BatchNorm needs sub-batches
 of more than one row per modality.
 
@@ -297,14 +297,6 @@ class TorchGeoResNet(nn.Module):
     def blocks(self) -> list[nn.Module]:
         n = self.net
         return [nn.ModuleList([n.conv1, n.bn1]), n.layer1, n.layer2, n.layer3, n.layer4, self.head]
-
-    def train(self, mode: bool = True) -> TorchGeoResNet:
-        super().train(mode)
-        if mode:  # frozen blocks keep their pretrained BatchNorm statistics
-            for block in self.blocks():
-                if not any(p.requires_grad for p in block.parameters()):
-                    block.eval()
-        return self
 
     def prepare(self, x: Tensor) -> Tensor:
         """Our input (reflectance or dB, in ``bands`` order) -> the weights' input, in their band order."""
