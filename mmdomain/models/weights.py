@@ -63,24 +63,43 @@ def read_state_dict(path: str | Path, where: str = "weights") -> dict[str, torch
     return {k.removeprefix("module.").removeprefix("_module."): v for k, v in state.items()}
 
 
+def state_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], key=None
+                   ) -> tuple[list[str], list[str], list[tuple[str, tuple, tuple]]]:
+    """What keeps ``state`` from loading into a module whose state dict is ``own``: its missing keys,
+    its unexpected keys and ``(key, file shape, module shape)`` of those of another shape (sorted by ``key``)."""
+    missing = sorted(set(own) - set(state), key=key)
+    unexpected = sorted(set(state) - set(own), key=key)
+    shapes = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in sorted(set(own) & set(state), key=key)
+              if state[k].shape != own[k].shape]
+    return missing, unexpected, shapes
+
+
+def describe_mismatch(missing: list[str], unexpected: list[str], shapes: list[tuple], *, own: str = "encoder") -> str:
+    """``state_mismatch`` in words: counts and a few examples of each kind."""
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+    if shapes:
+        k, got, want = shapes[0]
+        parts.append(f"{len(shapes)} of another shape (e.g. {k}: file {got}, {own} {want})")
+    return "; ".join(parts)
+
+
 def check_fits(module: nn.Module, state: dict[str, torch.Tensor], path: Path, where: str) -> None:
     """Refuse a state dict of another architecture, naming the file, the keys and the shapes."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in sorted(set(own) & set(state))
-              if state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-        if shapes:
-            k, got, want = shapes[0]
-            parts.append(f"{len(shapes)} of another shape (e.g. {k}: file {got}, encoder {want})")
+    mismatch = state_mismatch(module.state_dict(), state)
+    if any(mismatch):
         raise ConfigError(f"{where}: {path} does not fit this encoder ({type(module).__name__}): "
-                          + "; ".join(parts))
+                          + describe_mismatch(*mismatch))
+
+
+def check_digest(digest: str, expected: str | None, where: str, source: str | Path, what: str = "file") -> None:
+    """Refuse weights whose SHA-256 ``digest`` is not the ``expected`` one (when one is expected)."""
+    if expected and digest != expected:
+        raise ConfigError(f"{where}: {source} has SHA-256 {digest[:16]}..., the model config expects "
+                          f"{expected[:16]}... (another {what} than the one this model started from)")
 
 
 def load_encoder_weights(module: nn.Module, path: str | Path, *, expected_sha256: str | None = None,
@@ -89,9 +108,7 @@ def load_encoder_weights(module: nn.Module, path: str | Path, *, expected_sha256
     path = Path(path)
     state = read_state_dict(path, where)
     digest = sha256_of(path)
-    if expected_sha256 and digest != expected_sha256:
-        raise ConfigError(f"{where}: {path} has SHA-256 {digest[:16]}..., the model config expects "
-                          f"{expected_sha256[:16]}... (another file than the one this model started from)")
+    check_digest(digest, expected_sha256, where, path)
     loader = getattr(module, "load_pretrained", None)
     if callable(loader):
         loader(state, path)

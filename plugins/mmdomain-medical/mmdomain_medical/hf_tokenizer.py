@@ -14,10 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from mmdomain import ConfigError
 from torch import Tensor
 
-from .pretrained import TOKENIZER_FILES, check_digest, folder_digest
+from mmdomain import ConfigError
+from mmdomain.models.weights import check_digest
+
+from .pretrained import TOKENIZER_FILES, folder_digest
 
 
 class HFTokenizer:
@@ -46,7 +48,7 @@ class HFTokenizer:
         self.pad_id = int(self.tok.pad_token_id)
         self.vocab_size = len(self.tok)
         self.digest = folder_digest(p, only=TOKENIZER_FILES)
-        check_digest(self.digest, path_sha256, "hf_tokenizer", p)
+        check_digest(self.digest, path_sha256, "hf_tokenizer", p, what="folder")
 
     def __call__(self, texts: Sequence[str], max_length: int = 128) -> Tensor:
         enc = self.tok([t or "" for t in texts], padding="longest", truncation=True, max_length=max_length,

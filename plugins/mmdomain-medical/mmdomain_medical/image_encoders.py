@@ -12,9 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from mmdomain import ConfigError
-from mmdomain.models.weights import check_fits, sha256_of
 from torch import Tensor, nn
+
+from mmdomain import ConfigError
+from mmdomain.models.weights import check_digest, check_fits, sha256_of
 
 from .pretrained import (
     DENSENETS,
@@ -25,7 +26,6 @@ from .pretrained import (
     IMAGENET_STD,
     RESNETS,
     adapt_first_conv,
-    check_digest,
     compare_keys,
     densenet_arch_of,
     describe_mismatch,

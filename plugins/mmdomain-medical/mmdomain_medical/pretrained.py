@@ -26,8 +26,10 @@ from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
-from mmdomain import ConfigError
 from torch import Tensor, nn
+
+from mmdomain import ConfigError
+from mmdomain.models.weights import state_mismatch
 
 # ImageNet statistics of torchvision's ``IMAGENET1K_*`` weights (inputs in [0, 1]); a grey image
 # uses their means, the statistics of an R = G = B image under the same weights.
@@ -238,11 +240,8 @@ def strip_prefixes(state: dict[str, Tensor], prefixes: Iterable[str]) -> dict[st
 
 
 def compare_keys(own: dict[str, Tensor], state: dict[str, Tensor]) -> tuple[list[str], list[str], list[tuple]]:
-    missing = sorted(set(own) - set(state), key=natural)
-    unexpected = sorted(set(state) - set(own), key=natural)
-    shapes = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in sorted(set(own) & set(state), key=natural)
-              if state[k].shape != own[k].shape]
-    return missing, unexpected, shapes
+    """The core's ``state_mismatch``, keys in natural order (``layer2`` before ``layer10``)."""
+    return state_mismatch(own, state, key=natural)
 
 
 def describe_mismatch(missing: list[str], unexpected: list[str], shapes: list[tuple]) -> str:
@@ -294,9 +293,3 @@ def folder_digest(path: str | Path, only: Iterable[str] | None = None) -> str:
                 h.update(chunk)
     _DIGESTS[key] = h.hexdigest()
     return _DIGESTS[key]
-
-
-def check_digest(digest: str, expected: str | None, what: str, source: str | Path) -> None:
-    if expected and digest != expected:
-        raise ConfigError(f"{what}: {source} has SHA-256 {digest[:16]}..., the config expects {expected[:16]}... "
-                          "(another model than the one this config started from)")

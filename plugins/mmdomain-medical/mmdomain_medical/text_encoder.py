@@ -8,12 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mmdomain import ConfigError
-from mmdomain.models.weights import check_fits, sha256_of
 from torch import Tensor, nn
 
+from mmdomain import ConfigError
+from mmdomain.models.weights import check_digest, check_fits, sha256_of
+
 from .encoders import _with_params
-from .pretrained import check_digest, compare_keys, describe_mismatch, folder_digest
+from .pretrained import compare_keys, describe_mismatch, folder_digest
 
 # -- text ---------------------------------------------------------------------------------------------
 POOLINGS = ("mean", "cls")
@@ -66,7 +67,7 @@ class BertTextEncoder(nn.Module):
             if self.bert.get_input_embeddings().num_embeddings < vocab_size:
                 self.bert.resize_token_embeddings(vocab_size)
             self.weights_source, self.weights_digest = str(p), folder_digest(p)
-            check_digest(self.weights_digest, path_sha256, "bert_text", p)
+            check_digest(self.weights_digest, path_sha256, "bert_text", p, what="folder")
         else:
             cfg = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
                              num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=max_length,

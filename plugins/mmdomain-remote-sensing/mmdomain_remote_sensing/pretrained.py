@@ -84,7 +84,13 @@ import torch
 from torch import Tensor, nn
 
 from mmdomain import ConfigError, DataError
-from mmdomain.models.weights import read_state_dict, sha256_of
+from mmdomain.models.weights import (
+    check_digest,
+    describe_mismatch,
+    read_state_dict,
+    sha256_of,
+    state_mismatch,
+)
 from mmdomain.registry import ModalitySpec
 
 from .bands import S1_DB_RANGE, S1_POLARISATIONS, S2_BANDS, s2_band_subset
@@ -274,22 +280,13 @@ class TorchGeoResNet(nn.Module):
         path = Path(path)
         where = f"torchgeo_resnet {self.weights_name}"
         digest = sha256_of(path)
-        if self.expected_sha256 and digest != self.expected_sha256:
-            raise ConfigError(f"{where}: {path} has SHA-256 {digest[:16]}..., options.weights_sha256 expects "
-                              f"{self.expected_sha256[:16]}...")
+        check_digest(digest, self.expected_sha256, where, path)
         state = {k: v for k, v in state.items() if k not in HEAD_KEYS}
-        own = self.net.state_dict()
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        shapes = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in own if k in state
-                  and state[k].shape != own[k].shape]
-        if missing or unexpected or shapes:
-            parts = [f"{len(missing)} missing (e.g. {missing[:3]})"] if missing else []
-            parts += [f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"] if unexpected else []
-            if shapes:
-                k, got, want = shapes[0]
-                parts.append(f"{len(shapes)} of another shape (e.g. {k}: file {got}, expected {want})")
+        mismatch = state_mismatch(self.net.state_dict(), state)
+        if any(mismatch):
             raise ConfigError(f"{where}: {path} is not the {self.arch} with {self.net.conv1.in_channels} input "
-                              f"channels ({', '.join(self.weight_bands)}) these weights are: " + "; ".join(parts))
+                              f"channels ({', '.join(self.weight_bands)}) these weights are: "
+                              + describe_mismatch(*mismatch, own="expected"))
         self.net.load_state_dict(state, strict=True)
         self.weights_sha256 = digest
         self.weights_digest.copy_(torch.tensor(list(bytes.fromhex(digest)), dtype=torch.uint8))
