@@ -79,18 +79,14 @@ def _ready_for_dp_sgd(model: FusionModel) -> None:
     hooks, so they run out of place. Same on the server and every site: all build with these settings."""
     from opacus.validators.batch_norm import fix
 
-    frozen = {model.encoders[m] for m in model.frozen}
-    for module in [m for m in model.modules() if not any(m is f or _inside(m, f) for f in frozen)]:
+    frozen = {id(sub) for m in model.frozen for sub in model.encoders[m].modules()}
+    for module in [m for m in model.modules() if id(m) not in frozen]:
         if getattr(module, "inplace", False) is True:
             module.inplace = False
         for name, child in list(module.named_children()):
             if isinstance(child, torch.nn.modules.batchnorm._BatchNorm):
                 trained = child.weight is None or child.weight.requires_grad
                 setattr(module, name, fix(child).requires_grad_(trained))
-
-
-def _inside(module: torch.nn.Module, root: torch.nn.Module) -> bool:
-    return any(module is sub for sub in root.modules())
 
 
 def shared_keys(model: FusionModel) -> list[str]:
