@@ -174,6 +174,9 @@ class SyntheticSpec:
     demo_options: dict[str, Any] | None = None
     #: Options of ``mmdomain demo --quick`` (default: ``quick_options``).
     demo_quick_options: dict[str, Any] | None = None
+    #: Sites large enough to measure privacy and label efficiency (2,000+ samples each at a small
+    #: image / patch size, written and trained within minutes on a laptop); used by the quality benchmarks.
+    large_options: dict[str, Any] | None = None
 
     def validate(self) -> None:
         _check_name(self.name)

@@ -10,6 +10,7 @@ import importlib
 from pathlib import Path
 
 from mmdomain import (DatasetSpec, EncoderSpec, ModalitySpec, SyntheticSpec, TokenizerSpec, hookimpl)
+from mmdomain.data import declared_options
 
 from .facts import CHEXPERT_LABELS, DICOM_SUFFIXES
 
@@ -51,7 +52,7 @@ def _load_report(path: Path) -> str:
 def _build_dataset(root, split="train", **options):
     from .dataset import MedicalDataset
 
-    return MedicalDataset(root, split, **options)
+    return MedicalDataset(root, split, **{**declared_options(root), **options})
 
 
 def _describe(dataset):
@@ -154,6 +155,7 @@ def register_datasets(register):
 def register_synthetic(register):
     register(SyntheticSpec("medical", "medical", _generate, quick_options={"studies_per_site": 24},
                            demo_options={"studies_per_site": 96},
+                           large_options={"studies_per_site": 2000, "image_size": 32, "coupling": 0.8},
                            description="seeded chest X-ray sites: real DICOM (vendor mix, RLE/J2K), "
                                        "MIMIC-style reports with fake PHI, labels needing image AND text"))
 

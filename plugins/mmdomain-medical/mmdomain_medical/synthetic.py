@@ -12,6 +12,13 @@ studies have no report, a few no image.
 Labels need both modalities: each finding is positive when an image sign (opacity blobs,
 a large heart, a basal effusion) AND an indication cue (infection, cardiac history,
 procedure/trauma) agree, so each modality alone ranks at best ~0.83 macro AUROC.
+
+``coupling`` (0 to 1) makes the two modalities share signal, as real pairs do: cue k agrees with
+sign k (infection with opacities, cardiac history with a large heart, a procedure with an
+effusion) with probability ``(1 + coupling) / 2``. At 0 they are independent (nothing for
+cross-modal self-supervision to find); above it, contrastive pretraining on unlabelled pairs
+learns exactly the signs and cues the labels are made of. Images smaller than the reader's
+default size are declared in the site's ``dataset.json``, so they are read at the size written.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (ExplicitVRLittleEndian, JPEG2000Lossless, PYDICOM_IMPLEMENTATION_UID, RLELossless,
                          generate_uid)
+
+from mmdomain.data import write_declared_options
 
 from .facts import CHEXPERT_LABELS, SOP_CLASSES
 
@@ -62,6 +71,7 @@ STREETS = ("Maple", "Juniper", "Chestnut", "Willow")
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December")
 SIZE = 256
+READ_SIZE = 128  # the dataset's default image_size
 
 
 def _uid(*parts) -> str:
@@ -213,11 +223,14 @@ def _labels(rng, signs, cues, uncertain_rate: float) -> dict[str, str]:
 
 def generate(root: str | Path, *, num_sites: int = 2, seed: int = 0, studies_per_site: int = 120,
              missing_report: float = 0.12, missing_image: float = 0.05, uncertain_rate: float = 0.05,
-             image_size: int = SIZE) -> list[Path]:
-    """Write ``num_sites`` sites under ``root``; ``image_size`` is the stored pixel matrix (square)."""
+             image_size: int = SIZE, coupling: float = 0.0) -> list[Path]:
+    """Write ``num_sites`` sites under ``root``; ``image_size`` is the stored pixel matrix (square);
+    ``coupling`` how much the report's cues agree with the image's signs (module docstring)."""
     root = Path(root)
     if image_size < 16:
         raise ValueError(f"image_size must be >= 16, got {image_size}")
+    if not 0.0 <= coupling <= 1.0:
+        raise ValueError(f"coupling must be in [0, 1], got {coupling}")
     sites = []
     for s in range(num_sites):
         profile = SITE_PROFILES[s % len(SITE_PROFILES)]
@@ -249,7 +262,8 @@ def generate(root: str | Path, *, num_sites: int = 2, seed: int = 0, studies_per
                            date=f"{int(rng.integers(2015, 2023))}{int(rng.integers(1, 13)):02d}"
                                 f"{int(rng.integers(1, 28)):02d}")
                 signs = tuple(bool(v) for v in rng.random(3) < 0.5)
-                cues = tuple(bool(v) for v in rng.random(3) < 0.5)
+                u = rng.random(3)  # at coupling 0, the same draws and cues as independent ones
+                cues = tuple(bool(v < 0.5 + coupling / 2 if sg else v < 0.5 - coupling / 2) for v, sg in zip(u, signs))
                 labels = _labels(rng, signs, cues, uncertain_rate)
                 img = chest_image(rng, signs, image_size)
                 drop = rng.random()
@@ -271,5 +285,7 @@ def generate(root: str | Path, *, num_sites: int = 2, seed: int = 0, studies_per
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
+        if image_size < READ_SIZE:
+            write_declared_options(site, {"image_size": image_size})
         sites.append(site)
     return sites

@@ -15,7 +15,6 @@ Index by int (the patch list of ``split``) or, torchgeo-style, by a spatiotempor
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from mmdomain import DataError, Sample
-from mmdomain.data import availability_pattern
+from mmdomain.data import availability_pattern, declared_options
 
 from .grid import Bounds, Grid, intersect, to_crs
 from .handles import open_raster, warped
@@ -60,7 +59,7 @@ class SceneFolderDataset(PatchDataset):
         if task not in TASKS:
             raise DataError(f"task must be one of {TASKS}, got {task!r}")
         self.root, self.split, self.task = Path(root), split, task
-        patch_size = patch_size or _declared_options(self.root).get("patch_size", 64)
+        patch_size = patch_size or declared_options(self.root).get("patch_size", 64)
         self.patch_size, self.stride = int(patch_size), int(stride or patch_size)
         self.res, self.max_cloud, self.min_valid = float(res), float(max_cloud), float(min_valid)
         self.tolerance = float(time_tolerance_days)
@@ -218,17 +217,6 @@ def _label_for(s2: S2Product, labels: list[Path]) -> Path | None:
         if intersect(to_crs(src.bounds, src.crs, s2.crs), s2.bounds):
             return p
     return None
-
-
-def _declared_options(root: Path) -> dict[str, Any]:
-    """``dataset.json`` in a site folder declares defaults (e.g. the patch size a generator chose)."""
-    f = root / "dataset.json"
-    if not f.is_file():
-        return {}
-    try:
-        return dict(json.loads(f.read_text()))
-    except ValueError as exc:
-        raise DataError(f"{f}: not valid JSON ({exc})") from None
 
 
 def _inside(a: Bounds, b: Bounds, eps: float = 1e-6) -> bool:

@@ -21,6 +21,8 @@ from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_points
 from rasterio.warp import transform_bounds
 
+from mmdomain.data import write_declared_options
+
 from .bands import S2_ALL_BANDS, S2_BANDS, S2_RESOLUTION_M, SCENE_CLASSES
 
 CLASS_VALUES = (1, 2, 3, 4, 5, 6)  # values in the label rasters
@@ -183,6 +185,6 @@ def generate(root: str | Path, *, num_sites: int = 2, seed: int = 0, scenes_per_
                    crs=UTM, transform=from_origin(x0, y0, 10, 10), nodata=0)
         (site / "classes.json").write_text(json.dumps({"names": list(SCENE_CLASSES), "values": list(CLASS_VALUES)},
                                                       indent=1) + "\n")
-        (site / "dataset.json").write_text(json.dumps({"patch_size": patch_size}) + "\n")
+        write_declared_options(site, {"patch_size": patch_size})
         sites.append(site)
     return sites
