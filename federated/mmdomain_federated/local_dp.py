@@ -3,14 +3,21 @@ gradients from ``GradSampleModule``'s layer hooks, each clipped to ``local-clip-
 noise ``local-noise-multiplier x clip`` on their sum (``DPOptimizer``), privacy tracked by
 Opacus' RDP accountant.
 
-Per-sample gradients come from Opacus' layer hooks when every trainable parameter sits in a
-layer Opacus has a rule for (its own Linear, Conv, norms, Embedding...; the fusion heads'
-``MissingToken`` rule is registered here). Otherwise (cross-attention fusion and the
-tiny-transformer text encoder use ``nn.MultiheadAttention``), or when the hooks cannot run (MONAI's
-ResNet adds its residual in place onto a hooked layer's output), each sample's gradient is taken
-alone, one sample at a time, into the same ``grad_sample``: exact, slower, and the rest (clipping,
-noise, accountant, sampling) is Opacus' as above. Opacus' functorch fallback is not relied on: it
-replays a layer on its first input only.
+Per-sample gradients, the fastest path that works for the model (chosen on its first batch, kept):
+
+1. Opacus' layer hooks, when every trainable parameter sits in a layer Opacus has a rule for (its
+   own Linear, Conv, norms, Embedding...; the fusion heads' ``MissingToken`` rule is registered here);
+2. else, or when the hooks cannot run (MONAI's ResNet adds its residual in place onto a hooked
+   layer's output), ``torch.func``: ``vmap`` over the gradient of one sample's loss through the whole
+   model (``functional_call`` with the trainable parameters; dropout drawn per sample). This covers
+   ``nn.MultiheadAttention`` (cross-attention fusion, the tiny text transformer) and Hugging Face
+   BERT encoders alike;
+3. else (a model whose forward branches on tensor values, which ``vmap`` cannot trace), each
+   sample's gradient alone, one sample at a time: exact and slow, the checked fallback.
+
+All three fill the same ``grad_sample``; the rest (clipping, noise, accountant, sampling) is
+Opacus'. Opacus' own functorch fallback is not relied on: it replays a layer on its first input
+only, and without its keyword arguments (masks).
 
 What the model must allow (checked before training, a ``ConfigError`` otherwise):
 
@@ -36,6 +43,7 @@ from opacus.grad_sample import GradSampleModule, register_grad_sampler
 from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value, vmap
 from torch.utils.data import DataLoader
 
 from mmdomain.data.sample import Batch
@@ -97,8 +105,88 @@ def one_sample_at_a_time(model: nn.Module, batch: Batch, params: list[nn.Paramet
     return torch.stack(losses)
 
 
+class NotVectorisable(RuntimeError):
+    """The model's forward cannot run under ``vmap`` (the reason is the message)."""
+
+
+def vectorised(model: nn.Module, batch: Batch, params: list[nn.Parameter]) -> Tensor:
+    """Each sample's gradient into ``p.grad_sample`` by ``torch.func`` (``vmap`` of ``grad``: the
+    model's own forward on a batch of one, every sample at once); the losses. ``NotVectorisable``
+    when the model cannot be traced so (nothing is written then)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    trainable = {names[id(p)]: p.detach() for p in params}
+    batch = model.tokenize(batch)  # text as token ids: vmap maps over tensors only
+    if any(not isinstance(v, Tensor) for v in batch.inputs.values()) or batch.target is None:
+        raise NotVectorisable("the batch holds inputs that are not tensors or no target")
+    meta = [{}]
+
+    def loss_of_one(weights, inputs, present, target):
+        one = Batch({m: x.unsqueeze(0) for m, x in inputs.items()}, {m: p.unsqueeze(0) for m, p in present.items()},
+                    target.unsqueeze(0), meta)
+        return model.sample_losses(functional_call(model, weights, (one,)), one).sum()
+
+    per_sample = vmap(grad_and_value(loss_of_one), in_dims=(None, 0, 0, 0), randomness="different")
+    try:
+        grads, losses = per_sample(trainable, batch.inputs, batch.present, batch.target)
+    except (RuntimeError, NotImplementedError, ValueError) as exc:
+        raise NotVectorisable(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    for p in params:
+        p.grad_sample = grads[names[id(p)]]
+    return losses.detach()
+
+
 def _hook_failure(exc: RuntimeError) -> bool:
     return "BackwardHookFunction" in str(exc)
+
+
+class PerSampleGradients:
+    """The per-sample gradient path of one training run: ``hooks`` (Opacus), ``vmap`` (torch.func)
+    or ``one-at-a-time``, from the fastest the model allows; a path that fails on a batch is given
+    up for the next one on that batch and the rest of the run (``fallbacks`` says why)."""
+
+    def __init__(self, model: nn.Module, *, hooks: bool = True):
+        self.model = model
+        self.hooked: GradSampleModule | None = None
+        self.fallbacks: list[str] = []
+        if hooks and not unsupported_layers(model):
+            self.hooked = GradSampleModule(model)  # hooks on model's own layers: its parameters get .grad_sample
+            self.hooked.forbid_grad_accumulation()
+            self.path = "hooks"
+        else:
+            self.path = "vmap"
+
+    def __call__(self, batch: Batch, dp: DPOptimizer, params: list[nn.Parameter]) -> Tensor:
+        """Each sample's gradient into ``p.grad_sample``; the per-sample losses."""
+        if self.path == "hooks":
+            try:
+                losses = self.model.sample_losses(self.hooked(batch), batch)
+                losses.mean().backward()  # Opacus undoes the mean: grad_sample is each sample's own
+                return losses
+            except RuntimeError as exc:
+                if not _hook_failure(exc):
+                    raise
+                self._give_up("hooks", exc)
+                dp.zero_grad(set_to_none=True)
+        if self.path == "vmap":
+            try:
+                return vectorised(self.model, batch, params)
+            except NotVectorisable as exc:
+                self._give_up("vmap", exc)
+        return one_sample_at_a_time(self.model, batch, params)
+
+    def _give_up(self, path: str, exc: Exception) -> None:
+        if path == "hooks":
+            self.hooked.cleanup()  # this model defeats the hooks
+            self.hooked = None
+            self.path = "vmap"
+        else:
+            self.path = "one-at-a-time"
+        self.fallbacks.append(f"{path}: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}")
+
+    def cleanup(self) -> None:
+        if self.hooked is not None:
+            self.hooked.cleanup()  # hooks and per-sample attributes off the model's layers
+            self.hooked = None
 
 
 class _CollateOrNone:
@@ -144,10 +232,7 @@ def private_training(model, loader: DataLoader, optimizer: torch.optim.Optimizer
     sampling, noise = torch.Generator(), torch.Generator(device=device)
     sampling.seed(), noise.seed()
     batches = poisson_loader(loader, rate, sampling)
-    hooked = None
-    if not unsupported_layers(model):
-        hooked = GradSampleModule(model)  # hooks on model's own layers: its parameters get .grad_sample
-        hooked.forbid_grad_accumulation()
+    per_sample = PerSampleGradients(model)
     dp = DPOptimizer(optimizer, noise_multiplier=noise_multiplier,
                      max_grad_norm=settings.local_clip_norm, expected_batch_size=rate * n, generator=noise)
     params = dp.params
@@ -159,7 +244,7 @@ def private_training(model, loader: DataLoader, optimizer: torch.optim.Optimizer
                 size = 0 if batch is None else len(batch)
                 if size:
                     batch = batch.to(device, non_blocking=True)
-                    losses, hooked = _per_sample_gradients(model, hooked, batch, dp, params)
+                    losses = per_sample(batch, dp, params)
                     total += float(losses.detach().sum())
                     seen += size
                 _noised_step(model, dp, params, size, extra_loss)
@@ -167,32 +252,13 @@ def private_training(model, loader: DataLoader, optimizer: torch.optim.Optimizer
                 if settings.max_steps and step + 1 >= settings.max_steps:
                     break
     finally:
-        if hooked is not None:
-            hooked.cleanup()  # hooks and per-sample attributes off the model's layers
+        per_sample.cleanup()
         for p in params:
             if hasattr(p, "grad_sample"):
-                del p.grad_sample  # the one-sample-at-a-time path sets it too
+                del p.grad_sample  # the vmap and one-sample-at-a-time paths set it too
     spent = local_epsilon(noise_multiplier, rate, steps * max(server_round, 1), settings.target_delta) if steps else 0.0
     return {"train-loss": total / max(seen, 1), "train-samples": seen, "local-noise-multiplier": noise_multiplier,
-            "local-epsilon": spent}
-
-
-def _per_sample_gradients(model, hooked: GradSampleModule | None, batch: Batch, dp: DPOptimizer,
-                          params: list[nn.Parameter]) -> tuple[Tensor, GradSampleModule | None]:
-    """Each sample's gradient into ``p.grad_sample``: by Opacus' hooks while they work, else one
-    sample at a time (from the first batch that defeats them on). Returns the per-sample losses
-    and the hooked module still in use (None once the hooks are given up)."""
-    if hooked is not None:
-        try:
-            losses = model.sample_losses(hooked(batch), batch)
-            losses.mean().backward()  # Opacus undoes the mean: grad_sample is each sample's own
-            return losses, hooked
-        except RuntimeError as exc:
-            if not _hook_failure(exc):
-                raise
-            hooked.cleanup()  # this model defeats the hooks: one sample at a time from now on
-            dp.zero_grad(set_to_none=True)
-    return one_sample_at_a_time(model, batch, params), None
+            "local-epsilon": spent, "per-sample-path": per_sample.path}
 
 
 def _noised_step(model, dp: DPOptimizer, params: list[nn.Parameter], size: int, extra_loss: Callable | None) -> None:

@@ -139,19 +139,51 @@ def test_fedprox_gradient_is_added_after_clipping_and_noise(settings_for, regist
 
 
 @pytest.mark.parametrize("fusion", ["cross_attention"])
-def test_layers_without_opacus_rules_train_one_sample_at_a_time(settings_for, registry, fusion, monkeypatch):
-    """nn.MultiheadAttention has no hook rule here: each sample's gradient is taken alone into the
-    same grad_sample, and clipping, noise and accounting stay Opacus'."""
+def test_layers_without_opacus_rules_are_vectorised_by_vmap(settings_for, registry, fusion):
+    """nn.MultiheadAttention has no hook rule: torch.func's vmap gives each sample's gradient,
+    equal to that sample's alone, and a private run trains on it (clipping, noise and accounting
+    stay Opacus')."""
     s, model, data = _site(settings_for, registry, fusion=fusion, max_steps=2)
     assert local_dp.unsupported_layers(model)
-    calls = []
-    real = local_dp.one_sample_at_a_time
-    monkeypatch.setattr(local_dp, "one_sample_at_a_time", lambda *a: calls.append(1) or real(*a))
+    model.eval()  # no dropout (attention's included): both paths see the same network
+    batch = Collate(model.modalities)([data[i] for i in range(6)])
+    params = [p for p in model.parameters() if p.requires_grad]
+    losses = local_dp.vectorised(model, batch, params)
+    by_vmap = [p.grad_sample.clone() for p in params]
+    alone = local_dp.one_sample_at_a_time(model, batch, params)
+    torch.testing.assert_close(losses, alone, rtol=1e-5, atol=1e-6)
+    for a, p in zip(by_vmap, params):
+        torch.testing.assert_close(a, p.grad_sample, rtol=1e-4, atol=1e-5)
+        del p.grad_sample
     before = {k: v.clone() for k, v in model.state_dict().items()}
     stats = task.train_site(model, data, s)
-    assert calls and stats["local-epsilon"] > 0 and stats["train-samples"] > 0
+    assert stats["per-sample-path"] == "vmap" and stats["local-epsilon"] > 0 and stats["train-samples"] > 0
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not any(hasattr(p, "grad_sample") for p in model.parameters())
+
+
+def test_a_forward_vmap_cannot_trace_falls_back_to_one_sample_at_a_time(settings_for, registry, monkeypatch):
+    """A fusion head that branches on a tensor's value defeats vmap: the run says so and goes on
+    one sample at a time, with the same gradients."""
+    s, model, data = _site(settings_for, registry, fusion="cross_attention", max_steps=1, batch_size=4)
+    fusion = model.fusion
+    real_forward = fusion.forward
+
+    def branching(*args, **kwargs):
+        out = real_forward(*args, **kwargs)
+        return out * 2 if bool(out.sum() > 1e9) else out  # data-dependent control flow
+
+    monkeypatch.setattr(fusion, "forward", branching)
+    batch = Collate(model.modalities)([data[i] for i in range(4)])
+    params = [p for p in model.parameters() if p.requires_grad]
+    with pytest.raises(local_dp.NotVectorisable):
+        local_dp.vectorised(model, batch, params)
+    assert not any(hasattr(p, "grad_sample") for p in params)
+    path = local_dp.PerSampleGradients(model)
+    dp = DPOptimizer(torch.optim.SGD(params, lr=0.1), noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=4)
+    losses = path(batch, dp, dp.params)
+    assert path.path == "one-at-a-time" and path.fallbacks and path.fallbacks[0].startswith("vmap: ")
+    assert losses.shape == (4,) and all(p.grad_sample.shape[0] == 4 for p in params)
 
 
 def test_one_sample_at_a_time_equals_the_hooks(settings_for, registry):
@@ -172,15 +204,26 @@ def test_one_sample_at_a_time_equals_the_hooks(settings_for, registry):
 
 def test_medical_resnet_defeats_the_hooks_and_still_trains_privately(registry):
     """MONAI's ResNet adds its residual in place onto a hooked layer's output (Opacus' hooks
-    fail there); BatchNorm becomes GroupNorm for DP-SGD. The site still trains, one sample at a time."""
+    fail there); BatchNorm becomes GroupNorm for DP-SGD. The site trains with vmap's per-sample
+    gradients through the ResNet and the BERT text encoder, equal to each sample's alone."""
     s = Settings.from_run_config({"dataset": "medical", "local-dp": True, "max-steps": 1, "batch-size": 4,
                                        "readiness": False})
     model = task.build(s, registry)
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     site = task.site_folders(task.synthetic_root(registry, "medical", 2, 0, True))[0]
     data = task.load_site(s, {"data-root": str(site)}, registry, "train")
+    model.eval()  # no dropout: the two paths see the same network
+    batch = model.tokenize(Collate(model.modalities)([data[i] for i in range(3)]))
+    params = [p for p in model.parameters() if p.requires_grad]
+    local_dp.vectorised(model, batch, params)
+    by_vmap = [p.grad_sample.clone() for p in params]
+    local_dp.one_sample_at_a_time(model, batch, params)
+    for a, p in zip(by_vmap, params):
+        torch.testing.assert_close(a, p.grad_sample, rtol=1e-4, atol=1e-5)
+        del p.grad_sample
     stats = task.train_site(model, data, s)
     assert stats["local-epsilon"] > 0 and stats["train-samples"] > 0
+    assert stats["per-sample-path"] == "vmap"
 
 
 @pytest.mark.gpu

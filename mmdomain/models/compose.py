@@ -2,9 +2,10 @@
 
 Encoders run only on the rows where their modality is present (absent rows get a zero
 embedding that the fusion heads mask out), so a missing modality costs nothing and its
-fill values cannot reach the output. ``encode_absent=True`` runs encoders on every row
-instead, which per-sample-gradient DP (Opacus) needs for the encoders it trains (a frozen
-encoder still runs on present rows only, without gradients).
+fill values cannot reach the output. ``encode_absent=True`` runs every encoder on every row
+instead (frozen ones without gradients), with no indexing that depends on which rows are
+present: what per-sample-gradient DP needs (Opacus' hooks see the whole batch; torch.func's
+vmap cannot trace data-dependent shapes).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ..errors import ConfigError, MMDomainError
 from ..fusion.base import modality_dropout
 from ..registry import Registry, Tokenizer
 from .trainable import apply_policy, is_frozen
-from .weights import load_encoder_weights
+from .weights import load_encoder_weights, started_from
 
 
 @dataclass
@@ -111,6 +112,8 @@ class FusionModel(nn.Module):
             if comp.weights and load_weights:
                 comp.weights_sha256 = load_encoder_weights(encoders[m], comp.weights, where=f"encoders.{m}",
                                                            expected_sha256=comp.weights_sha256)
+            elif load_weights:
+                comp.weights_sha256 = started_from(encoders[m], comp.weights_sha256, where=f"encoders.{m}")
             apply_policy(encoders[m], comp.train, where=f"encoders.{m}.train")
         self.encoders = nn.ModuleDict(encoders)
         self.dims = {m: e.out_dim for m, e in encoders.items()}
@@ -132,8 +135,9 @@ class FusionModel(nn.Module):
         device = next(self.parameters()).device
         for m in self.modalities:
             x, present = batch.inputs.get(m), batch.present[m]
-            if self.config.encode_absent and x is not None and m not in self.frozen:
-                embeddings[m] = self.encoders[m](x)
+            if self.config.encode_absent and x is not None:  # every row, with no data-dependent indexing
+                with torch.no_grad() if m in self.frozen else contextlib.nullcontext():
+                    embeddings[m] = self.encoders[m](x)
                 continue
             idx = present.nonzero().squeeze(1)
             if x is None or idx.numel() == 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from mmdomain import ConfigError
@@ -34,7 +35,7 @@ class BertTextEncoder(nn.Module):
     ``hf_tokenizer`` tokenizer (``path`` = the same folder). ``max_length`` caps the tokens the
     model sees (and at most the model's ``max_position_embeddings``); for the random model it is
     also its number of positions. The folder's digest (``pretrained.folder_digest``) is
-    ``weights_digest``; ``path_sha256`` refuses a folder with another digest. ``weights = "file"``
+    ``weights_sha256``; ``path_sha256`` refuses a folder with another digest. ``weights = "file"``
     (the core's loader) also reads a Hugging Face state dict (``model.safetensors`` /
     ``pytorch_model.bin``; ``bert.`` prefix and task heads ignored) into this architecture."""
 
@@ -50,7 +51,7 @@ class BertTextEncoder(nn.Module):
             raise ConfigError("bert_text: max_length must be >= 1")
         self.pad_id, self.out_dim, self.pooling = pad_id, out_dim, pooling
         self.weights_source: str | None = None
-        self.weights_digest: str | None = None
+        self.weights_sha256: str | None = None
         if path:
 
             p = Path(path).expanduser()
@@ -66,8 +67,8 @@ class BertTextEncoder(nn.Module):
                 self.bert.pooler = None
             if self.bert.get_input_embeddings().num_embeddings < vocab_size:
                 self.bert.resize_token_embeddings(vocab_size)
-            self.weights_source, self.weights_digest = str(p), folder_digest(p)
-            check_digest(self.weights_digest, path_sha256, "bert_text", p, what="folder")
+            self.weights_source, self.weights_sha256 = str(p), folder_digest(p)
+            check_digest(self.weights_sha256, path_sha256, "bert_text", p, what="folder")
         else:
             cfg = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
                              num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=max_length,
@@ -97,8 +98,6 @@ class BertTextEncoder(nn.Module):
 
     def load_pretrained(self, state: dict[str, Tensor], path: str | Path) -> None:
         """``weights = "file"``: this encoder's own state dict, or a Hugging Face one of its model."""
-
-
         path = Path(path)
         if set(state) == set(self.state_dict()):
             check_fits(self, state, path, "bert_text")
@@ -117,13 +116,17 @@ class BertTextEncoder(nn.Module):
                                   f"{self.bert.get_input_embeddings().num_embeddings}): "
                                   + describe_mismatch(missing, unexpected, shapes))
             self.bert.load_state_dict(hf)
-        self.weights_source, self.weights_digest = str(path), sha256_of(path)
+        self.weights_source, self.weights_sha256 = str(path), sha256_of(path)
 
     def forward(self, ids: Tensor) -> Tensor:
         ids = ids[:, : self.max_length]
         mask = (ids != self.pad_id).long()
         mask[:, 0] = 1  # an all-padding row still attends somewhere
-        h = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        # the 4-D additive mask is used as given: transformers' own mask building branches on the
+        # mask's values, which per-sample gradients by torch.func (local DP) cannot trace
+        dtype = self.bert.get_input_embeddings().weight.dtype
+        bias = (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+        h = self.bert(input_ids=ids, attention_mask=bias).last_hidden_state
         if self.pooling == "cls":
             return self.proj(h[:, 0])
         m = mask.unsqueeze(-1).to(h.dtype)
