@@ -8,7 +8,11 @@ knows its library's layout (torchgeo, torchvision, torchxrayvision...) defines
 ``load_pretrained(state_dict, path)`` and maps the keys itself; others must match exactly.
 
 The digest is written into the model config (``weights_sha256``), so every site of a federation
-can check that it starts from the same file, and a checkpoint says what it started from.
+can check that it starts from the same file, and a checkpoint says what it started from. An
+encoder that loads weights itself, from its own options (a Hugging Face folder, the torch hub
+cache, torchxrayvision's cache), reports them as ``weights_source`` and ``weights_sha256``
+attributes: the core records that digest the same way (``started_from``), and a rebuild from a
+config that records another digest is refused.
 """
 
 from __future__ import annotations
@@ -115,4 +119,16 @@ def load_encoder_weights(module: nn.Module, path: str | Path, *, expected_sha256
     else:
         check_fits(module, state, path, where)
         module.load_state_dict(state)
+    return digest
+
+
+def started_from(module: nn.Module, recorded: str | None, *, where: str) -> str | None:
+    """The SHA-256 of the weights ``module`` loaded itself (its ``weights_sha256``, or None), checked
+    against the digest a config ``recorded`` (another digest: a ``ConfigError``). Returns the digest to
+    record: the module's, else what was recorded."""
+    digest = getattr(module, "weights_sha256", None)
+    if not isinstance(digest, str) or not digest:
+        return recorded
+    source = getattr(module, "weights_source", None) or "its weights"
+    check_digest(digest, recorded, where, source, what="set of weights")
     return digest

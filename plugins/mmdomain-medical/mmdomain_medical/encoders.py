@@ -13,7 +13,7 @@ Pretrained weights are only ever read from local files (nothing is downloaded):
 - ``bert_text``: ``path=`` a Hugging Face model folder.
 
 Every encoder that loaded weights exposes ``weights_source`` (the file or folder) and
-``weights_digest`` (the file's SHA-256, or ``pretrained.folder_digest`` of a folder); the
+``weights_sha256`` (the file's SHA-256, or ``pretrained.folder_digest`` of a folder); the
 ``path_sha256`` option makes a build refuse another file or folder than the one expected.
 
 ``blocks()`` (for ``train = "last:N"``) lists each encoder's stages, input to output, the

@@ -4,7 +4,7 @@ state-dict files) and torchxrayvision's DenseNet-121 (``xrv_densenet121``: ``wei
 from its cache folder ``~/.torchxrayvision/models_data/``, or ``path=``). Each maps its library's key
 layout itself (``load_pretrained``), refuses a file of another architecture or format naming the
 file and what was expected, scales its input inside the encoder, adapts the first convolution to
-grey input, and exposes ``weights_source`` / ``weights_digest`` and ``blocks()`` (see ``encoders``).
+grey input, and exposes ``weights_source`` / ``weights_sha256`` and ``blocks()`` (see ``encoders``).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class _PretrainedImageEncoder(nn.Module):
         self.out_dim, self.bn, self.size = out_dim, bn, size
         self.in_channels = modality.channels or 1
         self.weights_source: str | None = None
-        self.weights_digest: str | None = None
+        self.weights_sha256: str | None = None
 
     # -- inputs ------------------------------------------------------------------------------------
     def prepare(self, x: Tensor) -> Tensor:
@@ -125,7 +125,7 @@ class _PretrainedImageEncoder(nn.Module):
             self.load_state_dict(state)
         else:
             self.net.load_state_dict(self.map_library_state(state, path))
-        self.weights_source, self.weights_digest = str(path), sha256_of(path)
+        self.weights_source, self.weights_sha256 = str(path), sha256_of(path)
 
     def _fit(self, path: Path, state: dict[str, Tensor], found: str, wanted: str, hint: str = "") -> None:
         """Refuse ``state`` unless it is exactly ``self.net``'s keys and shapes (BatchNorm step
@@ -293,7 +293,7 @@ class XrvDenseNetEncoder(TorchvisionDenseNetEncoder):
                                   "files only; copy torchxrayvision's .pt file there, or use weights_name= for its "
                                   "cache folder ~/.torchxrayvision/models_data/)")
             self.load_pretrained(read_torch_model_file(file, "xrv_densenet121"), file)
-            check_digest(self.weights_digest, path_sha256, "xrv_densenet121", file)
+            check_digest(self.weights_sha256, path_sha256, "xrv_densenet121", file)
 
     def scale(self, x: Tensor) -> Tensor:
         return (2.0 * x - 1.0) * 1024.0 if self.normalize else x

@@ -122,7 +122,7 @@ def test_torchvision_resnet18_file_frozen(files):
                    "weights": str(path), "train": "none"})
     model = build_model(cfg, get_registry())
     enc = model.encoders["dicom_image"]
-    assert model.config.encoders["dicom_image"].weights_sha256 == sha256_of(path) == enc.weights_digest
+    assert model.config.encoders["dicom_image"].weights_sha256 == sha256_of(path) == enc.weights_sha256
     assert enc.weights_source == str(path)
     # grey input: the RGB kernels summed (default grey="sum"); everything else exactly the file's
     assert torch.equal(enc.net.conv1.weight, sd["conv1.weight"].sum(1, keepdim=True))
@@ -319,7 +319,7 @@ def test_xrv_from_its_cache_folder_without_torchxrayvision(xrv_files, monkeypatc
     model = build_model(cfg, get_registry())
     enc = model.encoders["dicom_image"]
     assert "torchxrayvision" not in sys.modules
-    assert enc.weights_source == str(xrv_files["legacy"]) and enc.weights_digest == sha256_of(xrv_files["legacy"])
+    assert enc.weights_source == str(xrv_files["legacy"]) and enc.weights_sha256 == sha256_of(xrv_files["legacy"])
     assert torch.equal(enc.net.features.conv0.weight, sd["features.conv0.weight"])  # 1 channel, as is
     assert torch.equal(enc.net.features.denseblock4.denselayer16.norm2.running_var,
                        sd["features.denseblock4.denselayer16.norm2.running_var"])
@@ -365,7 +365,7 @@ def test_xrv_converted_state_dict_through_weights(xrv_files, tmp_path):
                    "train": "last:2"})
     model = build_model(cfg, get_registry())
     enc = model.encoders["dicom_image"]
-    assert model.config.encoders["dicom_image"].weights_sha256 == digest == enc.weights_digest
+    assert model.config.encoders["dicom_image"].weights_sha256 == digest == enc.weights_sha256
     assert torch.equal(enc.net.features.transition3.conv.weight, xrv_files["sd"]["features.transition3.conv.weight"])
     trainable = {k.split(".")[2] for k, p in enc.named_parameters() if p.requires_grad and k.startswith("net.")}
     assert trainable == {"denseblock4", "norm5"}
@@ -496,7 +496,13 @@ def test_bert_folder_with_its_own_tokenizer(bert_folder):
     ids = tok(["Fever and cough", "chest pains"], 16)
     assert ids[0].tolist() == [WORDS.index(w) for w in ("[CLS]", "fever", "and", "cough", "[SEP]")]
     assert WORDS.index("##s") in ids[1].tolist() and tok.pad_id == 0 and tok.vocab_size == len(WORDS)
-    assert enc.weights_digest == folder_digest(bert_folder) != tok.digest
+    assert enc.weights_sha256 == folder_digest(bert_folder) != tok.digest
+    # the core records what the encoder started from, so a checkpoint says it and every site can check it
+    assert model.config.encoders["report"].weights_sha256 == enc.weights_sha256
+    other = cfg.model_copy(deep=True)
+    other.encoders["report"].weights_sha256 = "0" * 64
+    with pytest.raises(ConfigError, match=r"encoders\.report: .*another set of weights than the one this model started"):
+        build_model(other, get_registry())
     assert tok.digest == folder_digest(bert_folder, only=["tokenizer.json", "tokenizer_config.json"])
     emb = saved.get("embeddings.word_embeddings.weight", saved.get("bert.embeddings.word_embeddings.weight"))
     assert torch.equal(enc.bert.get_input_embeddings().weight, emb)
@@ -519,7 +525,7 @@ def test_bert_digest_and_refusals(bert_folder, tmp_path):
 
     m = get_registry().modality("report")
     digest = folder_digest(bert_folder)
-    assert BertTextEncoder(m, len(WORDS), path=str(bert_folder), path_sha256=digest).weights_digest == digest
+    assert BertTextEncoder(m, len(WORDS), path=str(bert_folder), path_sha256=digest).weights_sha256 == digest
     copy = tmp_path / "copy"
     shutil.copytree(bert_folder, copy)
     assert folder_digest(copy) == digest
@@ -552,7 +558,7 @@ def test_bert_hf_state_dict_through_weights(bert_folder, tmp_path):
                                 modality="report", tokenizer=tok), get_registry())
     enc = model.encoders["report"]
     saved = {k.removeprefix("bert."): v for k, v in load_file(str(f)).items()}
-    assert model.config.encoders["report"].weights_sha256 == sha256_of(f) == enc.weights_digest
+    assert model.config.encoders["report"].weights_sha256 == sha256_of(f) == enc.weights_sha256
     assert torch.equal(enc.bert.encoder.layer[1].output.dense.weight, saved["encoder.layer.1.output.dense.weight"])
     with pytest.raises(ConfigError, match=r"encoder\.layer\.1\..* not expected") as e:
         build_model(_config({"name": "bert_text", "options": {**opts, "layers": 1}, "weights": str(f)},
@@ -568,6 +574,6 @@ def test_no_weights_anywhere_means_random_architecture_only():
     m = reg.modality("dicom_image")
     for name in ("torchvision_resnet", "xrv_densenet121"):
         enc = reg.encoder(name).build(m, **({"size": None} if name == "xrv_densenet121" else {}))
-        assert enc.weights_digest is None and enc.weights_source is None
+        assert enc.weights_sha256 is None and enc.weights_source is None
         y = enc.eval()(torch.rand(1, 1, SIZE, SIZE))
         assert y.shape == (1, 128) and torch.isfinite(y).all()

@@ -249,7 +249,7 @@ class TorchGeoResNet(nn.Module):
         self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("shift", torch.tensor(shift, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("weights_digest", torch.zeros(32, dtype=torch.uint8))
-        self.weights_sha256 = None
+        self.weights_sha256 = self.weights_source = None
         self.arch, self.dense, self.out_dim = "resnet18", dense, out_dim
         self.net = timm.create_model(self.arch, pretrained=False, in_chans=len(ours), num_classes=0)
         self.head = nn.Conv2d(self.net.num_features, out_dim, 1) if dense else nn.Linear(self.net.num_features, out_dim)
@@ -288,7 +288,7 @@ class TorchGeoResNet(nn.Module):
                               f"channels ({', '.join(self.weight_bands)}) these weights are: "
                               + describe_mismatch(*mismatch, own="expected"))
         self.net.load_state_dict(state, strict=True)
-        self.weights_sha256 = digest
+        self.weights_sha256, self.weights_source = digest, str(path)
         self.weights_digest.copy_(torch.tensor(list(bytes.fromhex(digest)), dtype=torch.uint8))
 
     def blocks(self) -> list[nn.Module]:
