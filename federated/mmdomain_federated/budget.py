@@ -14,6 +14,7 @@ server uses during the run), the noise found by bisection.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ def local_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta
         return float(accountant.get_epsilon(delta=delta))
 
 
+@functools.lru_cache(maxsize=256)  # seconds of accountant work; a site asks the same again every round
 def plan_local(target_epsilon: float, delta: float, *, n: int, batch_size: int, epochs: float) -> LocalPlan:
     """The noise multiplier of local DP-SGD that spends at most ``target_epsilon`` over the training."""
     _check(target_epsilon, delta)

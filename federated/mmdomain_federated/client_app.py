@@ -11,7 +11,6 @@ import time
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from mmdomain.data import availability_counts
 from mmdomain.errors import ConfigError, DataError
 
 from . import task
@@ -82,7 +81,7 @@ def _train_locally(cfg, settings, registry, node_config, global_w, node_id: int,
                         "participant must start from the same init-from checkpoint and seed")
     task.set_weights(model, global_w)
     data = task.load_site(settings, node_config, registry, "train")
-    mod_counts, _ = availability_counts(data, model.modalities)
+    mod_counts, n = task.training_counts(model, data)  # contrastive: the rows holding both modalities
     metrics: dict = {}
     if cfg.get("fused-eval", False):  # evaluate the incoming global model: one message per round
         try:
@@ -93,12 +92,13 @@ def _train_locally(cfg, settings, registry, node_config, global_w, node_id: int,
     rnd = int(cfg.get("server-round", 0))
     # simulation: the partition id, so a run repeats exactly whatever ids Flower gives the nodes
     site = int(node_config["partition-id"]) if "partition-id" in node_config else node_id % 997
-    stats = task.train_site(model, data, settings, seed=settings.seed * 1000 + rnd + 7919 * site,
-                            server_round=max(rnd, 1))
-    metrics.update({k: v for k, v in stats.items() if isinstance(v, (int, float))})
-    metrics["num-examples"] = len(data)
+    if n > 0:  # a contrastive site without one pair has nothing to learn from (and sends nothing)
+        stats = task.train_site(model, data, settings, seed=settings.seed * 1000 + rnd + 7919 * site,
+                                server_round=max(rnd, 1))
+        metrics.update({k: v for k, v in stats.items() if isinstance(v, (int, float))})
+    metrics["num-examples"] = n
     metrics["site-seconds"] = time.perf_counter() - t0  # local compute, for overhead figures
-    return model, mod_counts, len(data), metrics
+    return model, mod_counts, n, metrics
 
 
 def _train_secure(msg: Message, context: Context, settings, registry, node_config) -> Message:

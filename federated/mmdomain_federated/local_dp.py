@@ -76,7 +76,7 @@ def unsupported_layers(model: nn.Module) -> list[str]:
             and type(m) not in GradSampleModule.GRAD_SAMPLERS]
 
 
-def _check_model(model: nn.Module) -> None:
+def check_model(model: nn.Module) -> None:
     if not model.config.encode_absent:
         raise ConfigError("local-dp: the model must be built with encode_absent=True (task.model_config does it)")
     if getattr(type(model.task), "sample_losses", Task.sample_losses) is Task.sample_losses:
@@ -225,7 +225,7 @@ def private_training(model, loader: DataLoader, optimizer: torch.optim.Optimizer
     the site has spent by the end of ``server_round`` (at ``settings.target_delta``), counting every
     earlier round as this one's steps (an over-estimate for a site that missed a round)."""
     model.train()
-    _check_model(model)
+    check_model(model)
     n = len(loader.dataset)
     rate = min(1.0, loader.batch_size / n)
     noise_multiplier = site_noise(settings, n, loader.batch_size)

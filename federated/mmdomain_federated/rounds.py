@@ -89,15 +89,28 @@ def train_round(grid: Grid, rnd: int, weights: dict[str, np.ndarray], settings: 
     if settings.secagg:
         targets = [n for n in grid.get_node_ids() if n not in refused]
         result = RoundResult(rnd, weights, targets, secure=True, started=started)
-        return _secure(grid, result, settings, strategy, fusion_from, log) if len(targets) >= settings.min_sites \
-            else result
-    config = ConfigRecord({"fused-eval": settings.fused_eval, "frozen-sha256": frozen_sha256})
-    messages = [m for m in strategy.configure_train(rnd, numpy_to_arrays(weights), config, grid)
-                if m.metadata.dst_node_id not in refused]
-    for m in messages:
-        m.metadata.group_id = str(rnd)
-    result = RoundResult(rnd, weights, [m.metadata.dst_node_id for m in messages], started=started)
-    return _clear(grid, result, messages, settings, strategy) if len(messages) >= settings.min_sites else result
+        if len(targets) >= settings.min_sites:
+            result = _secure(grid, result, settings, strategy, fusion_from, log)
+    else:
+        config = ConfigRecord({"fused-eval": settings.fused_eval, "frozen-sha256": frozen_sha256})
+        messages = [m for m in strategy.configure_train(rnd, numpy_to_arrays(weights), config, grid)
+                    if m.metadata.dst_node_id not in refused]
+        for m in messages:
+            m.metadata.group_id = str(rnd)
+        result = RoundResult(rnd, weights, [m.metadata.dst_node_id for m in messages], started=started)
+        if len(messages) >= settings.min_sites:
+            result = _clear(grid, result, messages, settings, strategy)
+    if settings.central_dp and result.weights is not weights:
+        result.weights = valid_statistics(result.weights)
+    return result
+
+
+def valid_statistics(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Central-DP noise lands on the normalisation layers' running statistics as well (they travel
+    with the update), and can push a running variance below zero: every evaluation of the model
+    would then be NaN, whatever its task. Variances are clamped at zero, a post-processing of the
+    noised release (no privacy cost); everything else is left as released."""
+    return {k: (np.maximum(v, 0).astype(v.dtype) if k.endswith("running_var") else v) for k, v in weights.items()}
 
 
 def _clear(grid: Grid, result: RoundResult, messages: list[Message], settings: Settings,

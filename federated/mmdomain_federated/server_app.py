@@ -19,7 +19,7 @@ import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from mmdomain.checkpoint import save_checkpoint
+from mmdomain.checkpoint import describe_init, save_checkpoint
 from mmdomain.plugins import get_registry
 
 from . import task
@@ -49,7 +49,10 @@ def run_server(grid: Grid, settings: Settings, out_dir: Path, *, registry=None,
     ``events.log``, to ``log`` and, with ``echo``, to stdout."""
     registry = registry or get_registry()
     with ServerLog(out_dir, echo=echo, callback=log) as slog:
-        model = task.build(settings, registry)
+        model, init = task.build_with_report(settings, registry)
+        if init:  # what every participant's start took from init-from (the sites build the same)
+            (out_dir / "init-report.json").write_text(json.dumps(init, indent=1))
+            slog(f"initialised from {settings.init_from}: " + "; ".join(describe_init(init).splitlines()))
         strategy = make_strategy(settings)
         nodes = wait_for_nodes(grid, max(settings.expected_sites, settings.min_sites), settings.round_timeout, slog)
         run = RunState.open(settings, out_dir, task.get_weights(model), max(len(nodes), settings.min_sites), slog)
@@ -146,9 +149,11 @@ def _finish(model, run: RunState, final: dict[str, Any], stopped: str, registry,
     out_dir = run.out_dir
     task.set_weights(model, run.weights)
     save_checkpoint(model, out_dir / "model.safetensors", registry,
-                    extra={"federated": {"rounds": len(run.history), "dataset": run.settings.dataset}})
+                    extra={"federated": {"rounds": len(run.history), "dataset": run.settings.dataset,
+                                         "task": model.config.task.name}})
     np.savez(out_dir / "final.npz", **run.weights)
-    summary = {"stopped": stopped, "rounds": len(run.history), "history": run.history, "final": final,
+    summary = {"stopped": stopped, "task": model.config.task.name, "rounds": len(run.history),
+               "history": run.history, "final": final,
                "rejections": run.rejections, "refused": {str(k): v for k, v in run.refused.items()},
                "epsilon": run.epsilon, "local-epsilon": _last_local_epsilon(run.history), "out_dir": str(out_dir)}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))

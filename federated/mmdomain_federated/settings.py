@@ -15,6 +15,9 @@ from mmdomain.errors import ConfigError
 #: Every other field must be there, with the same default (tests/test_settings.py).
 NOT_IN_APP_CONFIG: dict[str, str] = {}
 
+#: Settings fields that are options of ``task = "contrastive"`` (``mmdomain.tasks.ContrastiveTask``'s own).
+CONTRASTIVE_OPTIONS = ("proj_dim", "temperature")
+
 
 @dataclass
 class Settings:
@@ -31,6 +34,9 @@ class Settings:
     lr: float = 0.003
     max_steps: int = 0
     fusion: str = ""
+    task: str = ""  # "" = the dataset's default (supervised) task; "contrastive" = cross-modal pretraining
+    proj_dim: int = 128  # task=contrastive: the projection each modality's embedding is compared in
+    temperature: float = 0.07  # task=contrastive: the initial softmax temperature (it is learned)
     strategy: str = "fedavg"
     proximal_mu: float = 0.01
     aggregation: str = "modality"
@@ -50,6 +56,7 @@ class Settings:
     local_dp: bool = False
     local_noise_multiplier: float = 1.0
     local_clip_norm: float = 1.0
+    local_batch_size: int = 256  # local-dp: the expected Poisson batch (0 = batch-size); capped at the site's size
     target_epsilon: float = 0.0  # > 0: the DP noise is planned to spend at most this over the whole training
     encoder_train: str = ""  # per-encoder train policy, "m=none;m2=last:1" (mmdomain.models.trainable)
     init_from: str = ""  # a checkpoint every participant starts from (its frozen parts never travel)
@@ -82,12 +89,23 @@ class Settings:
             raise ConfigError(f"run config: strategy must be fedavg or fedprox, got {self.strategy!r}")
         if self.aggregation not in ("modality", "plain"):
             raise ConfigError(f"run config: aggregation must be modality or plain, got {self.aggregation!r}")
+        if self.task not in ("", "contrastive"):
+            raise ConfigError(f"run config: task must be '' (the dataset's default task) or contrastive, "
+                              f"got {self.task!r}")
+        changed = [f.name.replace("_", "-") for f in fields(self)
+                   if f.name in CONTRASTIVE_OPTIONS and getattr(self, f.name) != f.default]
+        if self.task != "contrastive" and changed:
+            raise ConfigError(f"run config: {' and '.join(changed)} apply to task=contrastive only")
+        if self.proj_dim < 1 or self.temperature <= 0:
+            raise ConfigError("run config: proj-dim must be >= 1 and temperature > 0")
         if self.compress not in ("none", "bf16"):
             raise ConfigError(f"run config: compress must be none or bf16, got {self.compress!r}")
         if self.secagg and not (0 < self.secagg_shares <= 1 and 0 < self.secagg_threshold <= 1):
             raise ConfigError("run config: secagg-shares and secagg-threshold are fractions in (0, 1]")
         if self.secagg and (self.secagg_clip_range <= 0 or self.secagg_weight_scale <= 0):
             raise ConfigError("run config: secagg-clip-range and secagg-weight-scale must be > 0")
+        if self.local_batch_size < 0:
+            raise ConfigError(f"run config: local-batch-size must be >= 0 (0 = batch-size), got {self.local_batch_size}")
         if self.target_epsilon < 0:
             raise ConfigError(f"run config: target-epsilon must be >= 0 (0 = off), got {self.target_epsilon}")
         if self.target_epsilon > 0 and not (self.local_dp or self.central_dp):
@@ -107,6 +125,12 @@ class Settings:
                 raise ConfigError(f"run config: encoder-train entry {part!r} is not modality=policy")
             out[modality.strip()] = policy.strip()
         return out
+
+    def train_batch_size(self, n: int) -> int:
+        """The batch a site of ``n`` training rows trains with: ``local-batch-size`` under local DP
+        (the expected size of its Poisson batches; at most ``n``), else ``batch-size``."""
+        size = self.local_batch_size if self.local_dp and self.local_batch_size else self.batch_size
+        return max(1, min(size, n)) if n else size
 
     def as_run_config(self) -> dict[str, Any]:
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}

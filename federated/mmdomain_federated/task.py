@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import inspect
 import json
 import tempfile
 from pathlib import Path
@@ -20,7 +21,7 @@ from torch.utils.data import Dataset, Subset
 
 from mmdomain.checkpoint import init_from_checkpoint
 from mmdomain.config import ModelConfig, parse
-from mmdomain.data import present_modalities
+from mmdomain.data import availability_counts, present_modalities
 from mmdomain.errors import ConfigError, DataError
 from mmdomain.fusion.base import upgrade_token_names
 from mmdomain.models.compose import FusionModel, build_model
@@ -35,14 +36,24 @@ SUPPRESS_BELOW = 5  # count cells / per-pattern metrics below this are not sent
 
 # -- model -----------------------------------------------------------------------------------
 def model_config(settings: Settings, registry: Registry) -> ModelConfig:
-    """The dataset's default model (fusion overridable). Tokenizers must not need fitting:
-    a vocabulary fitted on one site's texts would leak its words and differ between sites."""
+    """The dataset's default model (fusion overridable; with ``task = "contrastive"`` its task
+    swapped for cross-modal contrastive pretraining, without modality dropout: the encoders, fusion
+    and tokenizers stay the default model's, so a supervised run's ``init-from`` loads them).
+    Tokenizers must not need fitting: a vocabulary fitted on one site's texts would leak its
+    words and differ between sites."""
     spec = registry.dataset(settings.dataset)
     if not spec.default_model:
         raise ConfigError(f"dataset {spec.name!r} has no default model to train federated")
     data = json.loads(json.dumps(spec.default_model))
     if settings.fusion:
         data["fusion"] = {"name": settings.fusion, "options": {}}
+    if settings.task == "contrastive":
+        if len(data.get("modalities", [])) != 2:
+            raise ConfigError(f"run config: task=contrastive pairs two modalities; the {spec.name!r} model has "
+                              f"{sorted(data.get('modalities', []))}")
+        data["task"] = {"name": "contrastive",
+                        "options": {"proj_dim": settings.proj_dim, "temperature": settings.temperature}}
+        data["modality_dropout"] = 0.0  # dropping a modality would only remove pairs
     if settings.local_dp:
         data["encode_absent"] = True  # per-sample gradients need every row through every encoder
         data["modality_dropout"] = 0.0
@@ -62,13 +73,23 @@ def model_config(settings: Settings, registry: Registry) -> ModelConfig:
 
 def build(settings: Settings, registry: Registry) -> FusionModel:
     """Same settings, same initial weights (seeded, then ``init-from``'s), on every site and the server."""
+    return build_with_report(settings, registry)[0]
+
+
+def build_with_report(settings: Settings, registry: Registry) -> tuple[FusionModel, dict[str, Any] | None]:
+    """``build``, and with ``init-from`` the report of what the checkpoint gave each module
+    (``mmdomain.checkpoint.init_from_checkpoint``; e.g. a contrastive checkpoint's projection heads
+    are counted unused in it), else None. A task local DP-SGD cannot train (no per-sample loss, as
+    contrastive) is refused here, before any round, with local DP's own ``ConfigError``."""
     torch.manual_seed(settings.seed)
     model = build_model(model_config(settings, registry), registry)
-    if settings.init_from:
-        init_from_checkpoint(model, settings.init_from)
+    report = init_from_checkpoint(model, settings.init_from) if settings.init_from else None
     if settings.local_dp:
+        from .local_dp import check_model
+
+        check_model(model)
         _ready_for_dp_sgd(model)
-    return model
+    return model, report
 
 
 def _ready_for_dp_sgd(model: FusionModel) -> None:
@@ -178,6 +199,22 @@ def parse_site_modalities(text: str) -> dict[int, set[str]]:
     return out
 
 
+def build_dataset(spec, root: Path, split: str, settings: Settings) -> Dataset:
+    """``spec.build(root, split)``; for ``task = "contrastive"`` with ``task="contrastive"`` too when
+    the dataset's builder takes a ``task`` option (the remote-sensing datasets: then a site needs no
+    label files, its pairs are enough)."""
+    if settings.task == "contrastive" and _takes_task_option(spec.build):
+        return spec.build(root, split=split, task="contrastive")
+    return spec.build(root, split=split)
+
+
+def _takes_task_option(build) -> bool:
+    try:
+        return "task" in inspect.signature(build).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return False
+
+
 def load_site(settings: Settings, node_config: dict[str, Any], registry: Registry, split: str) -> Dataset:
     """This site's data for ``split``.
 
@@ -188,7 +225,7 @@ def load_site(settings: Settings, node_config: dict[str, Any], registry: Registr
     spec = registry.dataset(settings.dataset)
     keep: set[str] | None = None
     if node_config.get("data-root"):
-        ds = spec.build(Path(str(node_config["data-root"])), split=split)
+        ds = build_dataset(spec, Path(str(node_config["data-root"])), split, settings)
         if node_config.get("modalities"):
             keep = {m for m in str(node_config["modalities"]).split("+") if m}
     else:
@@ -207,12 +244,25 @@ def _simulated_site(settings: Settings, registry: Registry, spec, pid: int, n: i
     root = Path(settings.data_root) if settings.data_root else \
         synthetic_root(registry, settings.dataset, n, settings.seed, settings.synthetic_quick)
     if settings.partition:
-        full = spec.build(root, split=split)
+        full = build_dataset(spec, root, split, settings)
         return Subset(full, registry.partition(full, n, pid, settings.partition))
     folders = site_folders(root)
     if len(folders) < n:
         raise DataError(f"{root} has {len(folders)} site folders, the run needs {n}")
-    return spec.build(folders[pid], split=split)
+    return build_dataset(spec, folders[pid], split, settings)
+
+
+def training_counts(model: FusionModel, dataset: Dataset) -> tuple[dict[str, int], int]:
+    """What a site trains on, from the datasets' availability (no sample decoded): samples per
+    modality and in all. A contrastive model learns only from the rows holding both modalities of
+    its pair (the others add no term to its loss), so then both counts are those rows': a site
+    without pairs trains nothing and its update weighs nothing."""
+    counts, patterns = availability_counts(dataset, model.modalities)
+    if model.task.kind != "contrastive":
+        return counts, len(dataset)
+    pair = set(getattr(model.task, "pair", model.modalities))
+    paired = sum(c for p, c in patterns.items() if pair <= set(p.split("+")))
+    return {m: (paired if m in pair else 0) for m in counts}, paired
 
 
 # -- local work ----------------------------------------------------------------------------------
@@ -225,7 +275,8 @@ def train_site(model: FusionModel, dataset: Dataset, settings: Settings, *, devi
     device = device or select_device(settings.device)
     seed_everything(seed)
     model.to(device)
-    loader = make_loader(dataset, model.modalities, settings.batch_size, shuffle=True, seed=seed, drop_last=True)
+    loader = make_loader(dataset, model.modalities, settings.train_batch_size(len(dataset)), shuffle=True, seed=seed,
+                         drop_last=True)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=1e-4)
     extra = None

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 
 from mmdomain_federated.settings import Settings  # noqa: E402
 
-FAST = {"max-steps": 3, "readiness": False, "batch-size": 16}
+FAST = {"max-steps": 3, "readiness": False, "batch-size": 16, "local-batch-size": 0}  # DP tests: batch-size batches
 
 
 @pytest.fixture(scope="session")

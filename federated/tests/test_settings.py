@@ -38,3 +38,12 @@ def test_the_app_config_parses_to_the_defaults():
 def test_bad_run_configs_are_refused(config, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_run_config(config)
+
+
+def test_private_runs_train_with_large_poisson_batches_by_default():
+    plain, private = Settings(), Settings.from_run_config({"local-dp": True})
+    assert plain.train_batch_size(2000) == plain.batch_size == 16
+    assert private.train_batch_size(2000) == 256 and private.train_batch_size(100) == 100
+    assert Settings.from_run_config({"local-dp": True, "local-batch-size": 0}).train_batch_size(2000) == 16
+    with pytest.raises(ConfigError, match="local-batch-size"):
+        Settings.from_run_config({"local-batch-size": -1})
