@@ -11,6 +11,9 @@ import click
 from mmdomain import hookimpl
 
 
+PATH_KEYS = ("init-from", "data-root")  # run-config keys holding a local path, resolved where the command runs
+
+
 def _parse_kv(items: tuple[str, ...]) -> dict:
     out = {}
     for item in items:
@@ -24,6 +27,9 @@ def _parse_kv(items: tuple[str, ...]) -> dict:
         else:
             value = {"true": True, "false": False}.get(str(value).lower(), value)
         out[key.strip()] = value
+    for key in PATH_KEYS:  # the apps run elsewhere (simulation: from federated/): a path means the caller's
+        if isinstance(out.get(key), str) and out[key]:
+            out[key] = str(Path(out[key]).expanduser().resolve())
     return out
 
 

@@ -47,3 +47,13 @@ def test_private_runs_train_with_large_poisson_batches_by_default():
     assert Settings.from_run_config({"local-dp": True, "local-batch-size": 0}).train_batch_size(2000) == 16
     with pytest.raises(ConfigError, match="local-batch-size"):
         Settings.from_run_config({"local-batch-size": -1})
+
+
+def test_cli_run_config_paths_are_the_callers(tmp_path, monkeypatch):
+    """`fed run --set init-from=runs/x` means the caller's runs/x, not one under where the apps run."""
+    from mmdomain_federated.plugin import _parse_kv
+
+    monkeypatch.chdir(tmp_path)
+    parsed = _parse_kv(("init-from=runs/pretrain/model.safetensors", "data-root=sites", "rounds=2", "lr=0.01"))
+    assert parsed["init-from"] == str(tmp_path / "runs/pretrain/model.safetensors")
+    assert parsed["data-root"] == str(tmp_path / "sites") and parsed["rounds"] == 2 and parsed["lr"] == 0.01
