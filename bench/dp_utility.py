@@ -13,7 +13,11 @@ Arms (each trained federated, in-process, on the real ServerApp/ClientApp):
 Target (issue #13): at epsilon <= 8, delta 1e-5, 3 sites of >= 2,000 samples, the private model
 within 0.05 macro AUROC of the non-private one, in both domains.
 
-    ./dev bench dp_utility --datasets medical --site-options '{"studies_per_site": 2000, "image_size": 64}'
+    ./dev bench dp_utility --large            # 3 sites of ~2,000 each (the generators' large_options)
+    ./dev bench dp_utility --large --datasets medical --seeds 0 --arms local-frozen --epsilons 8
+
+Private arms train with ``--dp-batch`` (large Poisson-sampled batches, as DP-SGD wants); the
+no-DP arm with ``--batch``. Rows are written to bench/results/dp_utility.json as they finish.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from mmdomain_federated import task  # noqa: E402
 from mmdomain_federated.experiment import main_metric, pooled_predictions, pooled_test, run_flower  # noqa: E402
 from mmdomain_federated.settings import Settings  # noqa: E402
 
-ARMS = ("central", "local-all", "local-frozen")
+ARMS = ("local-frozen", "local-all", "central")
 
 
 def pretrain(registry, dataset: str, public_site: Path, out: Path, epochs: int, batch: int) -> Path:
@@ -63,9 +67,10 @@ def arm_config(arm: str, epsilon: float, modalities: list[str], pretrained: Path
     return config
 
 
-def one_seed(registry, dataset: str, seed: int, args, work: Path, log) -> dict[str, Any]:
+def one_seed(registry, dataset: str, seed: int, args, work: Path, log, done: list) -> dict[str, Any]:
     gen = registry.synthetic_for(dataset)
-    options = json.loads(args.site_options) if args.site_options else gen.quick_options
+    options = json.loads(args.site_options) if args.site_options else \
+        (gen.large_options if args.large else gen.quick_options)
     root = work / f"{dataset}-{seed}"
     gen.generate(root / "sites", num_sites=args.sites, seed=seed, **options)
     public = gen.generate(root / "public", num_sites=1, seed=seed + 1000, **options)[0]
@@ -79,8 +84,13 @@ def one_seed(registry, dataset: str, seed: int, args, work: Path, log) -> dict[s
     pretrained = pretrain(registry, dataset, public, root / "pretrain", args.pretrain_epochs, args.batch)
     log(f"  {dataset} seed {seed}: pretrained on the public site in {time.perf_counter() - t0:.0f}s")
     preds, rows = {}, []
-    for arm, eps in [("no-dp", None)] + [(a, e) for a in args.arms for e in args.epsilons]:
+    runs = [(a, e) for a in args.arms for e in (args.epsilons if a == "local-frozen" else args.other_epsilons)]
+    for arm, eps in [("no-dp", None)] + runs:
         config = {**base, **({} if eps is None else arm_config(arm, eps, modalities, pretrained))}
+        if eps is not None:
+            config["local-batch-size"] = args.dp_batch
+            if arm == "local-frozen":  # only fusion + task train: a larger step for the few noisy ones
+                config["lr"] = args.head_lr
         t0 = time.perf_counter()
         out = root / f"{arm}-{eps}"
         summary = run_flower("in-process", args.sites, config, out, 0.0, lambda *_: None)
@@ -95,6 +105,7 @@ def one_seed(registry, dataset: str, seed: int, args, work: Path, log) -> dict[s
                      "seconds": round(time.perf_counter() - t0, 1)})
         log(f"  {dataset} seed {seed} {arm:<12} eps {eps!s:>4}: {metric} {rows[-1]['value']:.3f} "
             f"(spent {spent if spent is None else round(spent, 2)}, {rows[-1]['seconds']}s)")
+        save(args, done + rows)
     ref_preds, target = preds[("no-dp", None)]
     for row in rows[1:]:
         p = preds[(row["arm"], row["epsilon_target"])]
@@ -103,6 +114,12 @@ def one_seed(registry, dataset: str, seed: int, args, work: Path, log) -> dict[s
         row["minus_no_dp"] = boot["margin"]
         row["interval"] = boot["interval"]
     return {"rows": rows, "test_rows": len(target), "site_options": options}
+
+
+def save(args, rows: list[dict[str, Any]]) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / args.results).write_text(json.dumps({"argv": sys.argv[1:], "date": time.strftime(
+        "%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}, indent=2))
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -119,26 +136,34 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default="medical,s2s1_scenes")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--epsilons", default="1,3,8")
+    ap.add_argument("--epsilons", default="8,3,1", help="target epsilons of the local-frozen arm")
+    ap.add_argument("--other-epsilons", default="8", help="target epsilons of the local-all and central arms")
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--sites", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=64, help="batch size of the no-DP arm")
+    ap.add_argument("--dp-batch", type=int, default=256, help="expected Poisson batch size of the private arms")
+    ap.add_argument("--head-lr", type=float, default=0.03, help="learning rate of the local-frozen arm's fusion + task")
+    ap.add_argument("--large", action="store_true", help="the generators' large_options (~2,000 samples a site)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--results", default="dp_utility.json", help="file name under bench/results")
     ap.add_argument("--pretrain-epochs", type=int, default=5)
     ap.add_argument("--resamples", type=int, default=500)
     ap.add_argument("--site-options", default="", help="JSON generator options per site (default: its quick options)")
     args = ap.parse_args()
     args.epsilons = [float(e) for e in args.epsilons.split(",")]
+    args.other_epsilons = [float(e) for e in args.other_epsilons.split(",") if e]
     args.arms = [a for a in args.arms.split(",") if a]
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     registry = get_registry()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="dp-utility-") as tmp:
         for dataset in args.datasets.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
-                rows += one_seed(registry, dataset, seed, args, Path(tmp), lambda line: print(line, flush=True))["rows"]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "dp_utility.json").write_text(json.dumps({"argv": sys.argv[1:], "rows": rows}, indent=2))
+                rows += one_seed(registry, dataset, seed, args, Path(tmp), lambda line: print(line, flush=True),
+                                 rows)["rows"]
+                save(args, rows)
     print(markdown(rows))
 
 

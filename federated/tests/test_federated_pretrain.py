@@ -131,16 +131,3 @@ def test_contrastive_run_config_is_checked():
         Settings.from_run_config({"task": "simclr"})
     with pytest.raises(ConfigError, match="proj-dim apply to task=contrastive only"):
         Settings.from_run_config({"proj-dim": 16})
-
-
-@pytest.mark.slow
-def test_contrastive_pretraining_in_flower_simulation(tmp_path):
-    from mmdomain_federated.simulate import run_simulation
-
-    out = tmp_path / "run"
-    result = run_simulation(2, {"num-server-rounds": 1, "out-dir": str(out), "max-steps": 2, "task": "contrastive",
-                                "proj-dim": 16}, flwr_home=tmp_path / "flwr-home", timeout=420)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["stopped"] == "completed" and summary["task"] == "contrastive"
-    assert "recall@1" in summary["final"]["overall"]
