@@ -4,15 +4,21 @@ For each domain (default: every installed synthetic generator that registers ``d
 by dataset name; today ``medical`` and ``s2s1_scenes``): generate synthetic sites with the
 generator's demo options (``demo_quick_options`` with ``--quick``), print a readiness report,
 train locally at each site (fusion and each single modality), then federated across the sites
-in Flower's simulation without and with central DP, and compare on the pooled test set. Writes
-a report folder (``report``: metrics JSON/CSV, PNG plots, a Markdown summary) and prints its
-path last. The steps it shares with ``mmdomain fed compare`` are in ``experiment``.
+in Flower's simulation, and compare on the pooled test set. Then the private arm: the encoders
+are pretrained self-supervised (contrastive, on unlabelled pairs) on a separate public synthetic
+site (the same generator, another seed), frozen, and the rest trained federated to a target
+epsilon with local DP-SGD (record-level, at every site: the mode that suits a few sites; central
+DP, site-level, with ``--privacy central``). Writes a report folder (``report``: metrics
+JSON/CSV, PNG plots, a Markdown summary) and prints its path last. The steps it shares with
+``mmdomain fed compare`` are in ``experiment``.
 
 The domains are reached only through the registry (dataset names), never by import.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -20,9 +26,16 @@ from typing import Any, Callable
 import click
 
 from . import task
-from .experiment import (Clock, federated, local_only, main_metric, pooled_predictions, pooled_test, site,
-                         synthetic_sites, versus_local)
-from .report import write_report
+from .experiment import (BOOTSTRAP_RESAMPLES, Clock, federated, local_only, main_metric, pooled_predictions,
+                         pooled_test, run_flower, site, site_options, synthetic_sites, versus_local)
+from .report import describe, write_report
+
+PUBLIC_SEED_OFFSET = 1000  # the public site's generator seed: the demo's seed + this
+#: The private arm's step size when only the fusion and task head train (on frozen features): larger
+#: than a full model's, for the few noisy full-size steps (``local-batch-size``) a budget allows.
+PRIVATE_HEAD_LR = 0.03
+PRIVACY_MODES = {"local": "local DP-SGD (record-level, at every site)",
+                 "central": "central DP (site-level, noise added by the server)"}
 
 
 def default_datasets(registry) -> list[str]:
@@ -59,12 +72,12 @@ def _device(gpu: bool, sites: int, log) -> tuple[str, float]:
 
 def _domain(registry, dataset: str, out: Path, plan: dict[str, Any], device: str, gpus: float, clock: Clock,
             log) -> dict[str, Any]:
-    """One domain of the demo: sites, readiness, local-only, federated without and with DP."""
+    """One domain of the demo: sites, readiness, local-only, federated, and the private arm."""
     sites, rounds, seed, engine = plan["sites"], plan["rounds"], plan["seed"], plan["engine"]
-    dp = {"noise": plan["noise"], "clip": plan["clip"], "max_epsilon": plan["max_epsilon"]}
     settings = synthetic_sites(registry, dataset, out / "data" / dataset, sites=sites, seed=seed, quick=plan["quick"],
                                clock=clock, config={"num-server-rounds": rounds, "local-epochs": plan["local_epochs"],
-                                                    "fusion": plan["fusion"] or "", "device": device})
+                                                    "fusion": plan["fusion"] or "", "device": device,
+                                                    "target-delta": plan["target_delta"]})
     clock.step(f"{dataset}: readiness report")
     readiness = _readiness(settings, registry, sites, log)
     test = pooled_test(settings, registry, sites)
@@ -73,21 +86,127 @@ def _domain(registry, dataset: str, out: Path, plan: dict[str, Any], device: str
     local, local_preds = local_only(settings, registry, sites, epochs, test, log)
     clock.step(f"{dataset}: federated, {rounds} rounds ({engine})")
     runs = out / "runs" / dataset
-    fed, fed_model = federated(settings, registry, sites, engine, gpus, test, runs / "federated", dp=False, **dp,
-                               log=log)
+    fed, fed_model = federated(settings, registry, sites, engine, gpus, test, runs / "federated", dp=False,
+                               noise=0.0, clip=0.0, max_epsilon=0.0, log=log)
     metric = main_metric(fed["overall"])
-    versus = versus_local(fed_model, metric, pooled_predictions(fed_model, test, settings), local_preds, seed, log)
-    clock.step(f"{dataset}: federated with central DP (noise {dp['noise']}, clip {dp['clip']})")
-    fed_dp, _ = federated(settings, registry, sites, engine, gpus, test, runs / "federated-dp", dp=True, **dp, log=log)
-    log(f"  {dataset}: federated {metric} {fed['overall'].get(metric, float('nan')):.3f}, with DP "
-        f"{fed_dp['overall'].get(metric, float('nan')):.3f} (epsilon {fed_dp['epsilon'] or 0:.2f})")
+    fed_preds = pooled_predictions(fed_model, test, settings)
+    versus = versus_local(fed_model, metric, fed_preds, local_preds, seed, log)
+    pretrained = _pretrain(registry, dataset, settings, out, plan, clock, log)
+    private = _private(registry, dataset, settings, plan, pretrained, test, runs / "private", gpus, clock, log)
+    private["minus_federated"] = private["overall"].get(metric, float("nan")) - fed["overall"].get(metric, float("nan"))
+    private["versus_federated"] = _versus_federated(fed_model, metric, private.pop("_preds"), fed_preds, seed)
+    log(f"  {dataset}: federated {metric} {fed['overall'].get(metric, float('nan')):.3f}; private ({describe(private)}) "
+        f"{private['overall'].get(metric, float('nan')):.3f} ({private['minus_federated']:+.3f})")
     return {"metric": metric, "test_samples": len(test), "readiness": readiness, "local": local,
-            "federated": fed, "federated_dp": fed_dp, "versus_local": versus}
+            "federated": fed, "private": private, "versus_local": versus}
+
+
+def _pretrain(registry, dataset: str, settings, out: Path, plan: dict[str, Any], clock: Clock,
+              log) -> dict[str, Any] | None:
+    """Contrastive pretraining of the federated model's encoders on a public synthetic site (the
+    same generator, another seed; the pairs only, no label is used), locally with the core's
+    ``fit``. None when the model has no modality pair to contrast."""
+    from mmdomain.config import DataConfig, ModelConfig, RunConfig, TrainConfig, parse
+    from mmdomain.data import availability_counts
+    from mmdomain.training import fit
+
+    model = task.model_config(settings, registry).model_dump(mode="json")
+    if len(model["modalities"]) != 2:
+        log(f"  {dataset}: {len(model['modalities'])} modalities, no pair to pretrain contrastively; "
+            "the private arm trains every parameter")
+        return None
+    gen = registry.synthetic_for(dataset)
+    seed, epochs = plan["seed"] + PUBLIC_SEED_OFFSET, plan["pretrain_epochs"]
+    clock.step(f"{dataset}: contrastive pretraining of the encoders on a public synthetic site (seed {seed}, "
+               f"labels unused, {epochs} epochs)")
+    folder = gen.generate(out / "data" / f"{dataset}-public", num_sites=1, seed=seed,
+                          **site_options(gen, plan["quick"]))[0]
+    pairs = availability_counts(registry.dataset(dataset).build(folder, split="train"),
+                                model["modalities"])[1].get("+".join(model["modalities"]), 0)
+    log(f"  public site: {pairs} train pairs ({' + '.join(model['modalities'])})")
+    model["task"] = {"name": "contrastive", "options": {"proj_dim": 64}}
+    model["modality_dropout"] = 0.0
+    config = RunConfig(data=DataConfig(dataset=dataset, root=folder), model=parse(ModelConfig, model),
+                       train=TrainConfig(epochs=epochs, batch_size=32, seed=plan["seed"], device=settings.device,
+                                         out_dir=out / "runs" / dataset / "pretrain", progress=False))
+    result = fit(config, registry, log=lambda line: log("    " + line) if line.startswith("epoch") else None)
+    return {"site": str(folder), "seed": seed, "pairs": pairs, "epochs": epochs, "checkpoint": str(result.checkpoint),
+            "val": result.history[-1]["overall"] if result.history else {}}
+
+
+def _private(registry, dataset: str, settings, plan: dict[str, Any], pretrained: dict[str, Any] | None, test,
+             out_dir: Path, gpus: float, clock: Clock, log) -> dict[str, Any]:
+    """The federated private arm at ``target-epsilon`` (noise planned for the whole training, each
+    site from its own size): local DP-SGD or central DP, encoders frozen from ``pretrained``."""
+    from mmdomain.checkpoint import load_checkpoint
+
+    mode, eps, delta, clip = plan["privacy"], plan["target_epsilon"], plan["target_delta"], plan["clip"]
+    config = {**settings.as_run_config(), "target-epsilon": eps, "resume": False}
+    config |= {"local-dp": True, "local-clip-norm": clip} if mode == "local" else {"central-dp": True, "clip-norm": clip}
+    frozen = list(task.model_config(settings, registry).modalities) if pretrained else []
+    if pretrained:
+        config |= {"init-from": pretrained["checkpoint"], "encoder-train": ";".join(f"{m}=none" for m in frozen),
+                   "lr": PRIVATE_HEAD_LR}
+    clock.step(f"{dataset}: federated, private: {PRIVACY_MODES[mode]} to epsilon {eps:g} at delta {delta:g}"
+               + (", encoders frozen from the pretrained checkpoint" if pretrained else ", every parameter"))
+    summary = run_flower(plan["engine"], plan["sites"], config, out_dir, gpus, log)
+    model, _ = load_checkpoint(out_dir / "model.safetensors", registry)
+    result = task.evaluate_site(model, test, settings)
+    per_site = summary.get("local-epsilon") or {}
+    spent = max(per_site.values(), default=0.0) if mode == "local" else (summary.get("epsilon") or 0.0)
+    return {"mode": mode, "mechanism": PRIVACY_MODES[mode], "overall": result["overall"],
+            "by_pattern": result["by_pattern"], "history": summary.get("history", []), "rounds": summary.get("rounds"),
+            "stopped": summary.get("stopped"), "epsilon": spent, "epsilon_target": eps, "delta": delta,
+            "epsilon_per_site": per_site, "noise_multiplier": _noise(out_dir, mode), "clip_norm": clip,
+            "batch_size": config["local-batch-size"] if mode == "local" else config["batch-size"], "lr": config["lr"],
+            "pretrain": pretrained, "frozen": _frozen_check(frozen, pretrained, out_dir / "model.safetensors"),
+            "_preds": pooled_predictions(model, test, settings)}
+
+
+def _noise(out_dir: Path, mode: str) -> dict[str, float]:
+    """The noise multiplier of each site (local DP-SGD, each planned from the site's own size) or
+    of the server (``{"server": ...}``, central DP), from the privacy ledger's last rows."""
+    ledger = out_dir / "privacy-ledger.jsonl"
+    rows = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()] if ledger.exists() else []
+    return {(str(r["site"]) if mode == "local" else "server"): r["noise"] for r in rows if r.get("noise") is not None}
+
+
+def _frozen_check(encoders: list[str], pretrained: dict[str, Any] | None, final: Path) -> dict[str, Any]:
+    """The frozen encoders' tensors in the pretrained checkpoint and in the final private model:
+    their SHA-256 and whether they are unchanged (they carry no privacy cost only if so)."""
+    if not encoders or not pretrained:
+        return {"encoders": [], "tensors": 0, "unchanged": None}
+    import torch
+    from safetensors.torch import load_file
+
+    prefixes = tuple(f"encoders.{m}." for m in encoders)
+    digests = []
+    for path in (pretrained["checkpoint"], final):
+        state = load_file(str(path))
+        h = hashlib.sha256()
+        keys = sorted(k for k in state if k.startswith(prefixes))
+        for k in keys:
+            h.update(k.encode())
+            h.update(state[k].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digests.append((len(keys), h.hexdigest()))
+    (n, before), (n_after, after) = digests
+    return {"encoders": encoders, "tensors": n, "sha256_pretrained": before, "sha256_final": after,
+            "unchanged": n > 0 and n == n_after and before == after}
+
+
+def _versus_federated(model, metric: str, private, fed, seed: int) -> dict[str, Any] | None:
+    """Paired bootstrap of private minus federated on the pooled test set (None if not row-scored)."""
+    from mmdomain.bootstrap import paired_bootstrap
+
+    if private is None or fed is None:
+        return None
+    return paired_bootstrap(model.task, metric, private[0], {"federated": fed[0]}, fed[1],
+                            resamples=BOOTSTRAP_RESAMPLES, seed=seed)
 
 
 def run_demo(*, datasets: list[str], out: Path, sites: int, rounds: int, local_epochs: int, fusion: str | None,
-             noise: float, clip: float, max_epsilon: float, quick: bool, engine: str, gpu: bool, seed: int,
-             log: Callable[[str], None] = click.echo) -> Path:
+             privacy: str, target_epsilon: float, target_delta: float, clip: float, pretrain_epochs: int, quick: bool,
+             engine: str, gpu: bool, seed: int, log: Callable[[str], None] = click.echo) -> Path:
     from mmdomain.plugins import get_registry
 
     registry = get_registry()
@@ -95,7 +214,8 @@ def run_demo(*, datasets: list[str], out: Path, sites: int, rounds: int, local_e
     device, gpus = _device(gpu, sites, log)
     out.mkdir(parents=True, exist_ok=True)
     plan = {"datasets": datasets, "sites": sites, "rounds": rounds, "local_epochs": local_epochs, "fusion": fusion,
-            "noise": noise, "clip": clip, "max_epsilon": max_epsilon, "quick": quick, "engine": engine, "seed": seed}
+            "privacy": privacy, "target_epsilon": target_epsilon, "target_delta": target_delta, "clip": clip,
+            "pretrain_epochs": pretrain_epochs, "quick": quick, "engine": engine, "seed": seed}
     results = {dataset: _domain(registry, dataset, out, plan, device, gpus, clock, log) for dataset in datasets}
     clock.step("writing the report")
     summary = write_report(results, plan, out / "report", clock.start)
@@ -111,18 +231,29 @@ def run_demo(*, datasets: list[str], out: Path, sites: int, rounds: int, local_e
 @click.option("--rounds", default=None, type=int, help="Federated rounds [default: 8, --quick 2].")
 @click.option("--local-epochs", default=1, show_default=True, help="Local epochs per round.")
 @click.option("--fusion", default=None, help="Fusion head (concat, late, gated, cross_attention); default: the dataset's.")
-@click.option("--noise", default=1.0, show_default=True, help="Central DP noise multiplier.")
-@click.option("--clip", default=1.0, show_default=True, help="Central DP clipping norm of each site's update.")
-@click.option("--max-epsilon", default=0.0, show_default=True, help="Privacy budget (0 = none): stops before it.")
+@click.option("--privacy", type=click.Choice(sorted(PRIVACY_MODES)), default="local", show_default=True,
+              help="The private arm's mode: local DP-SGD protects each record at every site (the one for a few "
+                   "sites); central DP protects each whole site (meaningful only with many sites).")
+@click.option("--target-epsilon", default=8.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="The private arm's budget over the whole training; the noise is planned to stay within it.")
+@click.option("--target-delta", default=1e-5, show_default=True, type=click.FloatRange(0, 1, min_open=True,
+                                                                                        max_open=True),
+              help="The private arm's delta.")
+@click.option("--clip", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="DP clipping norm: of each record's gradient (local) or of each site's update (central).")
+@click.option("--pretrain-epochs", default=None, type=click.IntRange(min=1),
+              help="Epochs of contrastive pretraining of the encoders on the public site [default: 5, --quick 2].")
 @click.option("--quick", is_flag=True, help="Small data, 2 rounds, in-process Flower apps: a few minutes.")
 @click.option("--engine", type=click.Choice(["simulation", "in-process"]), default=None,
               help="Flower's Ray simulation, or the same apps called in-process [default: simulation; --quick: in-process].")
 @click.option("--gpu", is_flag=True, help="Use the GPU when there is one (fractional GPU per virtual site).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default: a new temp folder).")
-def demo(datasets: tuple[str, ...], sites: int, rounds: int | None, local_epochs: int, fusion: str | None, noise: float,
-         clip: float, max_epsilon: float, quick: bool, engine: str | None, gpu: bool, seed: int, out: Path | None):
-    """Synthetic hospitals and regions: readiness, local-only vs federated, with and without DP."""
+def demo(datasets: tuple[str, ...], sites: int, rounds: int | None, local_epochs: int, fusion: str | None,
+         privacy: str, target_epsilon: float, target_delta: float, clip: float, pretrain_epochs: int | None,
+         quick: bool, engine: str | None, gpu: bool, seed: int, out: Path | None):
+    """Synthetic hospitals and regions: readiness, local-only vs federated, and federated private
+    training to a target epsilon (local DP-SGD on encoders pretrained on a public site, frozen)."""
     from mmdomain.errors import MMDomainError
     from mmdomain.plugins import get_registry
 
@@ -139,6 +270,7 @@ def demo(datasets: tuple[str, ...], sites: int, rounds: int | None, local_epochs
         registry.fusion(fusion)
     out = (out or Path(tempfile.mkdtemp(prefix="mmdomain-demo-"))).resolve()
     report = run_demo(datasets=chosen, out=out, sites=sites, rounds=rounds or (2 if quick else 8),
-                      local_epochs=local_epochs, fusion=fusion, noise=noise, clip=clip, max_epsilon=max_epsilon,
+                      local_epochs=local_epochs, fusion=fusion, privacy=privacy, target_epsilon=target_epsilon,
+                      target_delta=target_delta, clip=clip, pretrain_epochs=pretrain_epochs or (2 if quick else 5),
                       quick=quick, engine=engine or ("in-process" if quick else "simulation"), gpu=gpu, seed=seed)
     click.echo(f"\nreport: {report}")

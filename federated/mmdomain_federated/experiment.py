@@ -86,12 +86,13 @@ def pooled_predictions(model, test, settings: Settings):
 
 def local_only(settings: Settings, registry, sites: int, epochs: int, test, log: Log, *,
                single_modality_models: bool = True):
-    """Each site alone: the fusion model and (unless told not to) one model per single modality,
-    evaluated on the pooled test set. Returns the metrics and every model's test predictions
-    (for the bootstrap), keyed ``site-<i>`` (fusion) or ``site-<i> <variant>``."""
+    """Each site alone: the fusion model and (unless told not to, or for a contrastive task, which
+    needs two modalities) one model per single modality, evaluated on the pooled test set. Returns
+    the metrics and every model's test predictions (for the bootstrap), keyed ``site-<i>`` (fusion)
+    or ``site-<i> <variant>``."""
     base = task.model_config(settings, registry)
     variants = {"fusion": base}
-    if single_modality_models:
+    if single_modality_models and registry.task(base.task.name).kind != "contrastive":  # one modality: no pairs
         variants.update({f"{m} only": single_modality(base, m) for m in base.modalities})
     local_settings = Settings.from_run_config({**settings.as_run_config(), "local-epochs": epochs})
     out: dict[str, Any] = {name: {} for name in variants}

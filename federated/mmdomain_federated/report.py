@@ -1,5 +1,7 @@
 """The demo's report: metric rows (``metrics.csv``), plots (``comparison.png``, ``rounds.png``),
-the Markdown summary (``summary.md``) and ``metrics.json``, written by ``write_report``."""
+the Markdown summary (``summary.md``) and ``metrics.json``, written by ``write_report``. The
+private arm (``results[dataset]["private"]``) is shown with its mode, the epsilon it spent, delta
+and its difference to the non-private federated model."""
 
 from __future__ import annotations
 
@@ -24,19 +26,38 @@ def write_report(results: dict[str, Any], plan: dict[str, Any], out: Path, start
     return out / "summary.md"
 
 
+def describe(private: dict[str, Any]) -> str:
+    """The private arm in words: ``local DP-SGD, epsilon 7.9 at delta 1e-05, frozen pretrained encoders``."""
+    mode = "local DP-SGD" if private["mode"] == "local" else "central DP"
+    encoders = "frozen pretrained encoders" if private["frozen"]["encoders"] else "every parameter from scratch"
+    return f"{mode}, epsilon {private['epsilon']:.1f} at delta {private['delta']:g}, {encoders}"
+
+
+def private_label(private: dict[str, Any]) -> str:
+    return f"federated fusion + {private['mode']} DP"
+
+
 def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for dataset, r in results.items():
+        metric = r["metric"]
         for variant, per_site in r["local"].items():
             for site, m in per_site.items():
                 for k, v in m["overall"].items():
                     rows.append({"dataset": dataset, "model": f"local {variant}", "site": site, "metric": k, "value": v})
-        for key, label in (("federated", "federated fusion"), ("federated_dp", "federated fusion + DP")):
-            for k, v in r[key]["overall"].items():
-                rows.append({"dataset": dataset, "model": label, "site": "all", "metric": k, "value": v})
-            if r[key].get("epsilon") is not None:
-                rows.append({"dataset": dataset, "model": label, "site": "all", "metric": "epsilon",
-                             "value": r[key]["epsilon"]})
+        for k, v in r["federated"]["overall"].items():
+            rows.append({"dataset": dataset, "model": "federated fusion", "site": "all", "metric": k, "value": v})
+        p, label = r["private"], private_label(r["private"])
+        for k, v in p["overall"].items():
+            rows.append({"dataset": dataset, "model": label, "site": "all", "metric": k, "value": v})
+        extra = {"epsilon": p["epsilon"], "epsilon target": p["epsilon_target"], "delta": p["delta"],
+                 f"minus federated {metric}": p["minus_federated"]}
+        if p.get("versus_federated"):
+            extra |= {f"bootstrap interval_low vs federated {metric}": p["versus_federated"]["interval"][0],
+                      f"bootstrap interval_high vs federated {metric}": p["versus_federated"]["interval"][1]}
+        rows += [{"dataset": dataset, "model": label, "site": "all", "metric": k, "value": v} for k, v in extra.items()]
+        rows += [{"dataset": dataset, "model": label, "site": f"node {site}", "metric": "epsilon", "value": e}
+                 for site, e in sorted(p["epsilon_per_site"].items())]  # each site's own accountant
         v = r.get("versus_local")
         if v:
             for k, value in (("margin", v["margin"]), ("interval_low", v["interval"][0]),
@@ -75,9 +96,9 @@ def _comparison(ax, dataset: str, r: dict[str, Any]) -> None:
             labels.append(f"{site}\n{variant}")
             values.append(m["overall"].get(metric, np.nan))
             colours.append("tab:gray" if variant != "fusion" else "tab:blue")
+    p = r["private"]
     for key, label, c in (("federated", "federated\nfusion", "tab:green"),
-                          ("federated_dp", f"federated\n+ DP (eps {r['federated_dp'].get('epsilon') or 0:.1f})",
-                           "tab:red")):
+                          ("private", f"federated\n+ {p['mode']} DP\n(eps {p['epsilon']:.1f})", "tab:red")):
         labels.append(label)
         values.append(r[key]["overall"].get(metric, np.nan))
         colours.append(c)
@@ -86,7 +107,20 @@ def _comparison(ax, dataset: str, r: dict[str, Any]) -> None:
     ax.set_ylabel(f"pooled test {metric}")
     lo = np.nanmin(values) if np.isfinite(values).any() else 0
     ax.set_ylim(max(0.0, lo - 0.1), 1.0)
-    ax.set_title(f"{dataset}: local-only (each site) vs federated")
+    ax.set_title(f"{dataset}: local-only (each site), federated, federated private")
+
+
+def epsilon_by_round(private: dict[str, Any]) -> list[tuple[int, float]]:
+    """``(round, epsilon spent by then)``: the server's (central) or the largest site's (local)."""
+    key = "local-epsilon" if private["mode"] == "local" else "epsilon"
+    out = []
+    for h in private["history"]:
+        e = h.get(key)
+        if isinstance(e, dict):
+            e = max(e.values(), default=None)
+        if e is not None:
+            out.append((h["round"], float(e)))
+    return out
 
 
 def _rounds(ax, dataset: str, r: dict[str, Any]) -> None:
@@ -94,7 +128,8 @@ def _rounds(ax, dataset: str, r: dict[str, Any]) -> None:
     import numpy as np
 
     metric = r["metric"]
-    for key, label, c in (("federated", "federated", "tab:green"), ("federated_dp", "federated + DP", "tab:red")):
+    p = r["private"]
+    for key, label, c in (("federated", "federated", "tab:green"), ("private", f"+ {p['mode']} DP", "tab:red")):
         hist = r[key]["history"]
         ys = [h.get(f"eval-{metric}", np.nan) for h in hist]
         ax.plot([h["round"] for h in hist], ys, marker="o", color=c, label=f"{label}: val {metric}")
@@ -102,20 +137,26 @@ def _rounds(ax, dataset: str, r: dict[str, Any]) -> None:
     ax.set_xlabel("round (validation of the incoming global model)")
     ax.set_ylabel(f"validation {metric}")
     ax.set_title(f"{dataset}: per round")
-    eps = [(h["round"], h["epsilon"]) for h in r["federated_dp"]["history"] if "epsilon" in h]
+    eps = epsilon_by_round(p)
     if eps:
         ax2 = ax.twinx()
-        ax2.plot(*zip(*eps), ls="--", color="black", label="epsilon (DP run)")
-        ax2.set_ylabel(f"epsilon at delta={r['federated_dp']['delta']:g}")
+        ax2.plot(*zip(*eps), ls="--", color="black", label=f"epsilon spent ({p['mode']} DP)")
+        ax2.axhline(p["epsilon_target"], ls=":", color="gray", label=f"target {p['epsilon_target']:g}")
+        ax2.set_ylabel(f"epsilon at delta={p['delta']:g}")
+        ax2.set_ylim(0, max(p["epsilon_target"], max(e for _, e in eps)) * 1.3)
         ax2.legend(loc="lower right", fontsize=8)
     ax.legend(loc="upper left", fontsize=8)
 
 
 def markdown(results: dict[str, Any], plan: dict[str, Any], seconds: float) -> str:
+    encoders = ("encoders pretrained contrastively on a public synthetic site (another seed, pairs only, "
+                f"{plan['pretrain_epochs']} epochs) and frozen")
     lines = ["# mmdomain demo report", "",
              f"{plan['sites']} synthetic sites per domain, {plan['rounds']} federated rounds "
-             f"({plan['engine']}), fusion head: {plan['fusion'] or 'dataset default'}, "
-             f"central DP noise multiplier {plan['noise']} / clip {plan['clip']}. Took {seconds / 60:.1f} min.", ""]
+             f"({plan['engine']}), fusion head: {plan['fusion'] or 'dataset default'}. Private arm: "
+             f"{_mechanism(plan['privacy'])} to a target epsilon of {plan['target_epsilon']:g} at delta "
+             f"{plan['target_delta']:g} over the whole training (clip {plan['clip']:g}), {encoders}. "
+             f"Took {seconds / 60:.1f} min.", ""]
     for dataset, r in results.items():
         metric = r["metric"]
         lines += [f"## {dataset}", "", f"Pooled test set of all sites ({r['test_samples']} samples), {metric}:", "",
@@ -124,12 +165,18 @@ def markdown(results: dict[str, Any], plan: dict[str, Any], seconds: float) -> s
         for variant, per_site in r["local"].items():
             lines.append(f"| local-only, {variant} | " + " | ".join(
                 f"{m['overall'].get(metric, float('nan')):.3f}" for m in per_site.values()) + " |")
-        lines += ["", "| federated model | " + metric + " | epsilon | rounds | stopped |", "|---|---|---|---|---|"]
-        for key, label in (("federated", "fusion"), ("federated_dp", "fusion + central DP")):
-            f = r[key]
-            eps = f"{f['epsilon']:.2f} (delta {f['delta']:g})" if f.get("epsilon") is not None else "-"
-            lines.append(f"| {label} | {f['overall'].get(metric, float('nan')):.3f} | {eps} | {f['rounds']} | "
-                         f"{f['stopped']} |")
+        p = r["private"]
+        lines += ["", f"| federated model | {metric} | minus federated | epsilon spent (target) | rounds | stopped |",
+                  "|---|---|---|---|---|---|"]
+        f = r["federated"]
+        lines.append(f"| fusion | {f['overall'].get(metric, float('nan')):.3f} | - | - | {f['rounds']} | "
+                     f"{f['stopped']} |")
+        mode = "local DP-SGD" if p["mode"] == "local" else "central DP"
+        frozen = ", frozen pretrained encoders" if p["frozen"]["encoders"] else ""
+        lines.append(f"| fusion, {mode}{frozen} | {p['overall'].get(metric, float('nan')):.3f} | "
+                     f"{p['minus_federated']:+.3f} | {p['epsilon']:.2f} ({p['epsilon_target']:g}) at delta "
+                     f"{p['delta']:g} | {p['rounds']} | {p['stopped']} |")
+        lines += ["", *_private_lines(dataset, r)]
         best_local, best_name = max((m["overall"].get(metric, float("-inf")), f"{site} {variant}")
                                     for variant, per_site in r["local"].items() for site, m in per_site.items())
         fed = r["federated"]["overall"].get(metric, float("nan"))
@@ -150,3 +197,50 @@ def markdown(results: dict[str, Any], plan: dict[str, Any], seconds: float) -> s
         lines.append("")
     lines += ["![comparison](comparison.png)", "", "![rounds](rounds.png)", ""]
     return "\n".join(lines)
+
+
+def _mechanism(mode: str) -> str:
+    return {"local": "local DP-SGD (record-level: each patient's or patch's record, at every site, against "
+                     "everyone outside it, the server included)",
+            "central": "central DP (site-level: each whole site's contribution; the server adds the noise)"}[mode]
+
+
+def _private_lines(dataset: str, r: dict[str, Any]) -> list[str]:
+    """The private arm next to the non-private model, its budget per site and what was frozen."""
+    metric, p = r["metric"], r["private"]
+    fed = r["federated"]["overall"].get(metric, float("nan"))
+    lines = [f"{dataset}: federated {metric} {fed:.3f}; private ({describe(p)}) "
+             f"{p['overall'].get(metric, float('nan')):.3f}, {p['minus_federated']:+.3f} against the non-private "
+             "federated model" + (f" (paired bootstrap {p['versus_federated']['level']:.0%} interval "
+                                  f"[{p['versus_federated']['interval'][0]:+.3f}, "
+                                  f"{p['versus_federated']['interval'][1]:+.3f}])" if p.get("versus_federated") else "")
+             + "."]
+    if p["epsilon_per_site"]:
+        spent = {f"{e:.2f} (noise multiplier {p['noise_multiplier'].get(s, float('nan')):.2f})"
+                 for s, e in p["epsilon_per_site"].items()}
+        each = (f"every site {spent.pop()}" if len(spent) == 1 else ", ".join(
+            f"node {s} {e:.2f} (noise multiplier {p['noise_multiplier'].get(s, float('nan')):.2f})"
+            for s, e in sorted(p["epsilon_per_site"].items())))
+        lines.append(f"Epsilon spent, each site on its own accountant (noise planned from its own size): {each}; "
+                     "the figure above is the largest.")
+    elif p["noise_multiplier"]:
+        lines.append(f"Server noise multiplier {next(iter(p['noise_multiplier'].values())):.2f} (planned for the target).")
+    local = p["mode"] == "local"
+    trained = "fusion and task head" if p["frozen"]["encoders"] else "every parameter"
+    batches = (f"Poisson-sampled batches of {p['batch_size']} (expected; at most a site's size)" if local
+               else f"batches of {p['batch_size']}")
+    clipped = "each record's gradient" if local else "each site's update"
+    lines.append(f"Trained privately: {trained}, {batches}, lr {p['lr']:g}, clip {p['clip_norm']:g} ({clipped}).")
+    if p["frozen"]["encoders"]:
+        pre = p["pretrain"]
+        val = ", ".join(f"{k} {v:.3f}" for k, v in pre["val"].items()) or "-"
+        same = "unchanged" if p["frozen"]["unchanged"] else "CHANGED"
+        lines.append(f"Encoders ({', '.join(p['frozen']['encoders'])}) pretrained contrastively on a public site "
+                     f"(seed {pre['seed']}, {pre['pairs']} train pairs, {pre['epochs']} epochs; its validation "
+                     f"{val}), frozen: they cost no privacy and never travel; their {p['frozen']['tensors']} tensors "
+                     f"are {same} in the final model (SHA-256 {p['frozen']['sha256_final'][:12]}).")
+    sent = [(r[key]["history"][0].get("bytes-down"), key) for key in ("federated", "private") if r[key]["history"]]
+    if len(sent) == 2 and all(b for b, _ in sent):
+        lines.append(f"A round sends the sites {sent[1][0] / 1e3:,.0f} kB of weights in all (the non-private "
+                     f"federated model: {sent[0][0] / 1e3:,.0f} kB): the frozen encoders stay where they are.")
+    return lines

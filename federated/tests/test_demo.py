@@ -1,5 +1,6 @@
-"""`mmdomain demo` end to end (quick, toy domain): prints the report path last, and the report's
-numbers are the metrics files' numbers."""
+"""`mmdomain demo` end to end (quick, toy domain): prints the report path last, the report's
+numbers are the metrics files' numbers, and the private arm is local DP-SGD within its target
+epsilon on encoders that stayed as pretrained."""
 
 import csv
 import json
@@ -9,6 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from mmdomain_federated.demo import demo
 
 
 @pytest.mark.slow
@@ -33,19 +38,93 @@ def test_demo_quick_writes_a_consistent_report(tmp_path):
     assert f"| fusion | {fed:.3f} |" in summary
     for site, m in metrics["local"]["fusion"].items():
         assert f"{m['overall'][metric]:.3f}" in summary
-    assert metrics["federated_dp"]["epsilon"] > 0
     v = metrics["versus_local"]  # paired bootstrap of the pooled test set, federated vs best local
     # single-modality models skip test rows without their modality: only the fusion ones are paired here
     assert v["compared"] == ["site-0", "site-1", "site-2"]
     best_local = max(m["overall"][metric] for m in metrics["local"]["fusion"].values())
     assert v["metric"] == metric and v["margin"] == pytest.approx(fed - best_local, abs=1e-6)
     assert f"margin {v['margin']:+.3f}" in summary and f"{v['beats_all_share']:.0%} of resamples" in summary
-    assert f"{metrics['federated_dp']['epsilon']:.2f}" in summary
+
+    # the private arm: local DP-SGD at every site, within the target, on the pretrained encoders, frozen
+    p = metrics["private"]
+    assert p["mode"] == "local" and p["epsilon_target"] == 8.0 and p["delta"] == 1e-5
+    run = tmp_path / "runs" / "toy" / "private"
+    fed_summary = json.loads((run / "summary.json").read_text())
+    spent = fed_summary["local-epsilon"]  # what each site's own accountant reported
+    assert len(spent) == 3 and p["epsilon_per_site"] == spent
+    assert 0 < p["epsilon"] == max(spent.values()) <= 8.0
+    ledger = [json.loads(line) for line in (run / "privacy-ledger.jsonl").read_text().splitlines()]
+    assert ledger and {r["mechanism"] for r in ledger} == {"dp-sgd-local-record-level"}
+    assert not fed_summary.get("epsilon")  # no central release
+    pretrained = load_file(p["pretrain"]["checkpoint"])
+    final = load_file(str(run / "model.safetensors"))
+    encoders = [k for k in final if k.startswith(("encoders.toy_image.", "encoders.toy_note."))]
+    assert encoders and all(final[k].equal(pretrained[k]) for k in encoders)  # frozen: exactly as pretrained
+    fusion = [k for k in final if k.startswith("fusion.") and k in pretrained]
+    assert any(not final[k].equal(pretrained[k]) for k in fusion)  # ... while the fusion head was trained
+    assert p["frozen"]["encoders"] == ["toy_image", "toy_note"] and p["frozen"]["unchanged"] is True
+    assert p["frozen"]["tensors"] == len(encoders)
+    value = p["overall"][metric]
+    assert p["minus_federated"] == pytest.approx(value - fed)
+    assert p["versus_federated"]["margin"] == pytest.approx(value - fed, abs=1e-6)
+    eps_words = f"epsilon {p['epsilon']:.1f} at delta 1e-05, frozen pretrained encoders"
+    line = f"toy: federated {metric} {fed:.3f}; private (local DP-SGD, {eps_words}) {value:.3f}"
+    assert line in proc.stdout and line in summary  # printed, and in the report
+    assert (f"| fusion, local DP-SGD, frozen pretrained encoders | {value:.3f} | {value - fed:+.3f} | "
+            f"{p['epsilon']:.2f} (8) at delta 1e-05 |") in summary
+    assert "local DP-SGD (record-level" in summary and "unchanged in the final model" in summary
+    assert "each site on its own accountant" in summary
+    sent = [metrics[k]["history"][0]["bytes-down"] for k in ("federated", "private")]
+    assert 0 < sent[1] < sent[0]  # the frozen encoders do not travel
+    assert f"A round sends the sites {sent[1] / 1e3:,.0f} kB of weights in all" in summary
+
     with (report / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     row = next(r for r in rows if r["model"] == "federated fusion" and r["metric"] == metric)
     assert float(row["value"]) == pytest.approx(fed)
     row = next(r for r in rows if r["metric"] == f"bootstrap margin vs best local {metric}")
     assert float(row["value"]) == pytest.approx(v["margin"])
+    private = {(r["site"], r["metric"]): float(r["value"]) for r in rows if r["model"] == "federated fusion + local DP"}
+    assert private["all", metric] == pytest.approx(value) and private["all", "epsilon"] == pytest.approx(p["epsilon"])
+    assert private["all", "delta"] == pytest.approx(1e-5)
+    assert private["all", f"minus federated {metric}"] == pytest.approx(value - fed)
+    assert [private[f"node {site}", "epsilon"] for site in spent] == pytest.approx(list(spent.values()))
     assert {r["model"] for r in rows} >= {"local fusion", "local toy_image only", "local toy_note only",
-                                          "federated fusion", "federated fusion + DP"}
+                                          "federated fusion", "federated fusion + local DP"}
+
+
+@pytest.mark.parametrize("args, named", [(["--privacy", "shuffle"], "--privacy"),
+                                         (["--target-epsilon", "0"], "--target-epsilon"),
+                                         (["--target-delta", "1"], "--target-delta"),
+                                         (["--clip", "-1"], "--clip")])
+def test_demo_refuses_a_bad_privacy_option_naming_it(args, named):
+    result = CliRunner().invoke(demo, ["--dataset", "toy", *args])
+    assert result.exit_code == 2 and named in result.output  # click's usage error, before anything runs
+
+
+def test_report_shows_a_central_private_arm_with_its_mode_budget_and_difference(tmp_path):
+    from mmdomain_federated.report import write_report
+
+    score = {"macro_auroc": 0.8, "loss": 0.5}
+    local = {"fusion": {f"site-{i}": {"overall": score, "by_pattern": {}} for i in range(2)}}
+    fed = {"overall": {"macro_auroc": 0.85}, "history": [{"round": 1, "eval-macro_auroc": 0.7}], "rounds": 1,
+           "stopped": "completed", "epsilon": None}
+    private = {"mode": "central", "overall": {"macro_auroc": 0.61}, "history": [{"round": 1, "epsilon": 5.25}],
+               "rounds": 1, "stopped": "completed", "epsilon": 5.25, "epsilon_target": 6.0, "delta": 1e-6,
+               "epsilon_per_site": {}, "noise_multiplier": {"server": 2.5}, "clip_norm": 1.0, "batch_size": 64,
+               "lr": 0.03, "minus_federated": 0.61 - 0.85, "versus_federated": None, "pretrain": None,
+               "frozen": {"encoders": [], "tensors": 0, "unchanged": None}}
+    results = {"toy": {"metric": "macro_auroc", "test_samples": 10, "local": local, "federated": fed,
+                       "private": private, "versus_local": None,
+                       "readiness": {"site-0": {"samples": 5, "patterns": {"a+b": 5}}}}}
+    plan = {"sites": 2, "rounds": 1, "engine": "in-process", "fusion": None, "privacy": "central",
+            "target_epsilon": 6.0, "target_delta": 1e-6, "clip": 1.0, "pretrain_epochs": 1}
+    summary = write_report(results, plan, tmp_path, 0.0).read_text()
+    assert "central DP (site-level" in summary and "target epsilon of 6 at delta 1e-06" in summary
+    assert "| fusion, central DP | 0.610 | -0.240 | 5.25 (6) at delta 1e-06 | 1 | completed |" in summary
+    assert ("toy: federated macro_auroc 0.850; private (central DP, epsilon 5.2 at delta 1e-06, every parameter "
+            "from scratch) 0.610, -0.240 against the non-private federated model.") in summary
+    assert "Server noise multiplier 2.50" in summary and "each site on its own accountant" not in summary
+    rows = (tmp_path / "metrics.csv").read_text()
+    assert "toy,federated fusion + central DP,all,epsilon,5.25" in rows
+    assert (tmp_path / "rounds.png").stat().st_size > 10_000
