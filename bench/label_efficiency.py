@@ -45,7 +45,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import RESULTS, machine  # noqa: E402
@@ -73,17 +73,6 @@ class InMemory(Dataset):
 
     def __getitem__(self, i: int):
         return self.samples[i]
-
-
-class Rows(Dataset):
-    def __init__(self, base: InMemory, rows: list[int]):
-        self.base, self.rows = base, rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int):
-        return self.base[self.rows[i]]
 
 
 def default_model(registry, dataset: str, *, task: dict[str, Any] | None = None, frozen: bool = False,
@@ -163,7 +152,7 @@ def one_seed(registry, dataset: str, seed: int, args, work: Path, log: Callable[
     rows, init_report = [], None
     for fraction in args.fractions:
         subset = sorted(order[:max(2, math.ceil(fraction * len(pool)))])
-        data = Rows(train_ds, subset)
+        data = Subset(train_ds, subset)
         steps = steps_for(len(subset), args.batch, args.epochs, args.min_steps, args.max_steps)
         preds: dict[str, torch.Tensor] = {}
         target = None
