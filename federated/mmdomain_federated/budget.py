@@ -44,7 +44,9 @@ def _check(target_epsilon: float, delta: float) -> None:
 
 
 def local_steps(n: int, batch_size: int, epochs: float) -> tuple[float, int]:
-    """(sample rate, steps) of ``epochs`` passes with Poisson batches of expected size ``batch_size``."""
+    """(sample rate, steps) of ``epochs`` passes with Poisson batches of expected size ``batch_size``:
+    the one rule both the planner and the private training loop (``local_dp.private_training``,
+    once per round) count steps by."""
     if n < 1:
         raise ConfigError("a site with no training sample cannot plan a privacy budget")
     rate = min(1.0, batch_size / n)
@@ -60,10 +62,15 @@ def local_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta
 
 
 @functools.lru_cache(maxsize=256)  # seconds of accountant work; a site asks the same again every round
-def plan_local(target_epsilon: float, delta: float, *, n: int, batch_size: int, epochs: float) -> LocalPlan:
-    """The noise multiplier of local DP-SGD that spends at most ``target_epsilon`` over the training."""
+def plan_local(target_epsilon: float, delta: float, *, n: int, batch_size: int, epochs: float,
+               rounds: int = 1) -> LocalPlan:
+    """The noise multiplier of local DP-SGD that spends at most ``target_epsilon`` over the training:
+    ``rounds`` rounds of ``epochs`` local passes each (the steps ``local_steps`` gives, per round)."""
     _check(target_epsilon, delta)
-    rate, steps = local_steps(n, batch_size, epochs)
+    if rounds < 1:
+        raise ConfigError(f"a privacy budget needs at least one round, got {rounds}")
+    rate, per_round = local_steps(n, batch_size, epochs)
+    steps = rounds * per_round
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

@@ -51,7 +51,7 @@ from mmdomain.errors import ConfigError
 from mmdomain.fusion.base import MissingToken, mask_like
 from mmdomain.tasks.base import Task
 
-from .budget import local_epsilon, plan_local
+from .budget import local_epsilon, local_steps, plan_local
 
 
 # A layer whose inputs need no gradient (the first conv, an embedding) gets its per-sample rule
@@ -199,11 +199,12 @@ class _CollateOrNone:
         return self.collate(samples) if samples else None
 
 
-def poisson_loader(loader: DataLoader, sample_rate: float, generator: torch.Generator) -> DataLoader:
-    """``loader``'s dataset and collate, each batch drawn by Poisson sampling at ``sample_rate``
-    (Opacus' sampler: ``1/sample_rate`` batches an epoch, each sample in each with that chance)."""
+def poisson_loader(loader: DataLoader, sample_rate: float, generator: torch.Generator,
+                   steps: int | None = None) -> DataLoader:
+    """``loader``'s dataset and collate, ``steps`` batches (default ``1/sample_rate``, Opacus'
+    epoch) each drawn by Poisson sampling at ``sample_rate`` (each sample in each with that chance)."""
     sampler = UniformWithReplacementSampler(num_samples=len(loader.dataset), sample_rate=sample_rate,
-                                            generator=generator)
+                                            generator=generator, steps=steps)
     return DataLoader(loader.dataset, batch_sampler=sampler, collate_fn=_CollateOrNone(loader.collate_fn),
                       pin_memory=loader.pin_memory)
 
@@ -213,7 +214,7 @@ def site_noise(settings, n: int, batch_size: int) -> float:
     (rounds x local epochs, from the site's own ``n``; ``budget.plan_local``), else the configured one."""
     if settings.target_epsilon > 0:
         return plan_local(settings.target_epsilon, settings.target_delta, n=n, batch_size=batch_size,
-                          epochs=settings.num_server_rounds * settings.local_epochs).noise_multiplier
+                          epochs=settings.local_epochs, rounds=settings.num_server_rounds).noise_multiplier
     return settings.local_noise_multiplier
 
 
@@ -227,30 +228,29 @@ def private_training(model, loader: DataLoader, optimizer: torch.optim.Optimizer
     model.train()
     check_model(model)
     n = len(loader.dataset)
-    rate = min(1.0, loader.batch_size / n)
+    rate, round_steps = local_steps(n, loader.batch_size, settings.local_epochs)  # as the planner counts them
     noise_multiplier = site_noise(settings, n, loader.batch_size)
     sampling, noise = torch.Generator(), torch.Generator(device=device)
     sampling.seed(), noise.seed()
-    batches = poisson_loader(loader, rate, sampling)
+    batches = poisson_loader(loader, rate, sampling, round_steps)
     per_sample = PerSampleGradients(model)
     dp = DPOptimizer(optimizer, noise_multiplier=noise_multiplier,
                      max_grad_norm=settings.local_clip_norm, expected_batch_size=rate * n, generator=noise)
     params = dp.params
     total, seen, steps = 0.0, 0, 0
     try:
-        for _ in range(settings.local_epochs):
-            for step, batch in enumerate(batches):
-                dp.zero_grad(set_to_none=True)
-                size = 0 if batch is None else len(batch)
-                if size:
-                    batch = batch.to(device, non_blocking=True)
-                    losses = per_sample(batch, dp, params)
-                    total += float(losses.detach().sum())
-                    seen += size
-                _noised_step(model, dp, params, size, extra_loss)
-                steps += 1
-                if settings.max_steps and step + 1 >= settings.max_steps:
-                    break
+        for step, batch in enumerate(batches):  # local_epochs passes: ceil(local_epochs / rate) batches
+            dp.zero_grad(set_to_none=True)
+            size = 0 if batch is None else len(batch)
+            if size:
+                batch = batch.to(device, non_blocking=True)
+                losses = per_sample(batch, dp, params)
+                total += float(losses.detach().sum())
+                seen += size
+            _noised_step(model, dp, params, size, extra_loss)
+            steps += 1
+            if settings.max_steps and step + 1 >= settings.max_steps:
+                break
     finally:
         per_sample.cleanup()
         for p in params:

@@ -23,7 +23,7 @@ def test_local_dp_to_a_target_epsilon_spends_at_most_it(settings_for, tmp_path):
     assert summary["rounds"] == 2
     first, last = (h["local-epsilon"] for h in summary["history"])
     assert all(0 < first[site] < last[site] <= 3.0 for site in last)  # cumulative, within the target
-    assert max(last.values()) > 2.5  # and the plan uses the budget: a tight fit, not a wild over-noising
+    assert max(last.values()) > 2.95, last  # the plan uses the budget (the steps it plans are those trained)
     assert summary["local-epsilon"] == last
     rows = [r for r in Ledger(tmp_path / "privacy-ledger.jsonl").rows() if r["mechanism"].startswith("dp-sgd")]
     assert len(rows) == 4 and {r["round"] for r in rows} == {1, 2}
