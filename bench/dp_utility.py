@@ -58,12 +58,13 @@ def pretrain(registry, dataset: str, public_site: Path, out: Path, epochs: int, 
     return fit(config, registry, log=lambda *_: None).checkpoint
 
 
-def arm_config(arm: str, epsilon: float, modalities: list[str], pretrained: Path) -> dict[str, Any]:
+def arm_config(arm: str, epsilon: float, modalities: list[str], pretrained: Path,
+               encoder_train: str = "none") -> dict[str, Any]:
     if arm == "central":
         return {"central-dp": True, "target-epsilon": epsilon, "clip-norm": 1.0}
     config = {"local-dp": True, "target-epsilon": epsilon, "local-clip-norm": 1.0}
     if arm == "local-frozen":
-        config |= {"init-from": str(pretrained), "encoder-train": ";".join(f"{m}=none" for m in modalities)}
+        config |= {"init-from": str(pretrained), "encoder-train": ";".join(f"{m}={encoder_train}" for m in modalities)}
     return config
 
 
@@ -86,7 +87,8 @@ def one_seed(registry, dataset: str, seed: int, args, work: Path, log, done: lis
     preds, rows = {}, []
     runs = [(a, e) for a in args.arms for e in (args.epsilons if a == "local-frozen" else args.other_epsilons)]
     for arm, eps in [("no-dp", None)] + runs:
-        config = {**base, **({} if eps is None else arm_config(arm, eps, modalities, pretrained))}
+        config = {**base, **({} if eps is None else arm_config(arm, eps, modalities, pretrained,
+                                                                         args.encoder_train))}
         if eps is not None:
             config["local-batch-size"] = args.dp_batch
             if arm == "local-frozen":  # only fusion + task train: a larger step for the few noisy ones
@@ -101,6 +103,7 @@ def one_seed(registry, dataset: str, seed: int, args, work: Path, log, done: lis
         spent = summary.get("epsilon") if arm == "central" else \
             max((summary.get("local-epsilon") or {}).values(), default=None)
         rows.append({"dataset": dataset, "seed": seed, "arm": arm, "epsilon_target": eps, "epsilon_spent": spent,
+                     **({"encoder_train": args.encoder_train} if arm == "local-frozen" else {}),
                      "metric": metric, "value": result["overall"].get(metric), "rounds": summary.get("rounds"),
                      "seconds": round(time.perf_counter() - t0, 1)})
         log(f"  {dataset} seed {seed} {arm:<12} eps {eps!s:>4}: {metric} {rows[-1]['value']:.3f} "
@@ -148,6 +151,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--results", default="dp_utility.json", help="file name under bench/results")
     ap.add_argument("--pretrain-epochs", type=int, default=5)
+    ap.add_argument("--encoder-train", default="none",
+                    help="training policy of the pretrained encoders in the local-frozen arm (none, norms, last:N, "
+                         "lora:R); anything but none is trained privately too")
     ap.add_argument("--resamples", type=int, default=500)
     ap.add_argument("--site-options", default="", help="JSON generator options per site (default: its quick options)")
     args = ap.parse_args()

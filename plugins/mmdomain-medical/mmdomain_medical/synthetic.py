@@ -17,7 +17,10 @@ procedure/trauma) agree, so each modality alone ranks at best ~0.83 macro AUROC.
 sign k (infection with opacities, cardiac history with a large heart, a procedure with an
 effusion) with probability ``(1 + coupling) / 2``. At 0 they are independent (nothing for
 cross-modal self-supervision to find); above it, contrastive pretraining on unlabelled pairs
-learns exactly the signs and cues the labels are made of. Images smaller than the reader's
+learns exactly the signs and cues the labels are made of. ``sign_strength`` (0 to 1, default 1)
+scales how far each sign departs from a normal chest (opacity density, the heart's extra width,
+the effusion's density): fainter signs need more labelled studies to learn, as subtle findings
+do. Images smaller than the reader's
 default size are declared in the site's ``dataset.json``, so they are read at the size written.
 """
 
@@ -78,8 +81,10 @@ def _uid(*parts) -> str:
     return generate_uid(entropy_srcs=[str(p) for p in parts])
 
 
-def chest_image(rng: np.random.Generator, signs: tuple[bool, bool, bool], size: int | None = None) -> np.ndarray:
-    """Attenuation map in [0, 1] (1 = dense), ``size x size`` (default ``SIZE``)."""
+def chest_image(rng: np.random.Generator, signs: tuple[bool, bool, bool], size: int | None = None,
+                strength: float = 1.0) -> np.ndarray:
+    """Attenuation map in [0, 1] (1 = dense), ``size x size`` (default ``SIZE``); ``strength`` scales
+    each sign's departure from a normal chest."""
     n = int(size or SIZE)
     y, x = np.mgrid[:n, :n].astype(np.float32) / n
     cx = 0.5 + rng.normal(0, 0.015)
@@ -91,7 +96,7 @@ def chest_image(rng: np.random.Generator, signs: tuple[bool, bool, bool], size: 
     img[lungs] = 0.15
     img += 0.08 * (np.sin(y * 60 + rng.uniform(0, 6)) > 0.85) * lungs  # ribs
     img[np.abs(x - cx) < 0.035] = 0.7  # spine
-    heart_w = 0.2 if signs[1] else 0.12
+    heart_w = 0.12 + 0.08 * strength if signs[1] else 0.12
     heart_w += rng.normal(0, 0.01)
     heart = ((x - (cx + 0.04)) / heart_w) ** 2 + ((y - 0.66) / 0.12) ** 2 < 1
     img[heart] = 0.65
@@ -100,13 +105,13 @@ def chest_image(rng: np.random.Generator, signs: tuple[bool, bool, bool], size: 
         for _ in range(int(rng.integers(3, 6))):
             k = int(rng.integers(len(ys)))
             r2 = (y - ys[k] / n) ** 2 + (x - xs[k] / n) ** 2
-            img += 0.35 * np.exp(-r2 / (2 * rng.uniform(0.025, 0.04) ** 2)) * lungs
+            img += 0.35 * strength * np.exp(-r2 / (2 * rng.uniform(0.025, 0.04) ** 2)) * lungs
     if signs[2]:  # basal effusion with a meniscus on one or both sides
         level = rng.uniform(0.62, 0.7)
         for side in ((-1,), (1,), (-1, 1))[int(rng.integers(3))]:
             meniscus = level - 0.06 * np.abs(x - (cx + side * 0.19)) / 0.14
             side_mask = (np.sign(x - cx) == side) & lungs & (y > meniscus)
-            img[side_mask] = 0.6
+            img[side_mask] = 0.15 + 0.45 * strength
     img += rng.normal(0, 0.03, img.shape).astype(np.float32)
     return np.clip(img, 0, 1)
 
@@ -223,7 +228,7 @@ def _labels(rng, signs, cues, uncertain_rate: float) -> dict[str, str]:
 
 def generate(root: str | Path, *, num_sites: int = 2, seed: int = 0, studies_per_site: int = 120,
              missing_report: float = 0.12, missing_image: float = 0.05, uncertain_rate: float = 0.05,
-             image_size: int = SIZE, coupling: float = 0.0) -> list[Path]:
+             image_size: int = SIZE, coupling: float = 0.0, sign_strength: float = 1.0) -> list[Path]:
     """Write ``num_sites`` sites under ``root``; ``image_size`` is the stored pixel matrix (square);
     ``coupling`` how much the report's cues agree with the image's signs (module docstring)."""
     root = Path(root)
@@ -231,6 +236,8 @@ def generate(root: str | Path, *, num_sites: int = 2, seed: int = 0, studies_per
         raise ValueError(f"image_size must be >= 16, got {image_size}")
     if not 0.0 <= coupling <= 1.0:
         raise ValueError(f"coupling must be in [0, 1], got {coupling}")
+    if not 0.0 < sign_strength <= 1.0:
+        raise ValueError(f"sign_strength must be in (0, 1], got {sign_strength}")
     sites = []
     for s in range(num_sites):
         profile = SITE_PROFILES[s % len(SITE_PROFILES)]
@@ -265,7 +272,7 @@ def generate(root: str | Path, *, num_sites: int = 2, seed: int = 0, studies_per
                 u = rng.random(3)  # at coupling 0, the same draws and cues as independent ones
                 cues = tuple(bool(v < 0.5 + coupling / 2 if sg else v < 0.5 - coupling / 2) for v, sg in zip(u, signs))
                 labels = _labels(rng, signs, cues, uncertain_rate)
-                img = chest_image(rng, signs, image_size)
+                img = chest_image(rng, signs, image_size, sign_strength)
                 drop = rng.random()
                 has_image = drop >= missing_image
                 has_report = not (missing_image <= drop < missing_image + missing_report)

@@ -6,6 +6,14 @@ Labels need both sensors: urban vs arable and water vs wetland share one optical
 and differ only in backscatter; broad-leaved vs coniferous forest share backscatter and differ
 only optically; clouds hide the optical signal. Sites are regions with different class mixes of
 a scene folder's declared default classes (``bands.SCENE_CLASSES``).
+
+``coupling`` (0 to 1) makes the two sensors share the signal the labels depend on, as real
+S1/S2 pairs largely do: each class's spectrum and backscatter move from those above toward
+looks that tell all six classes apart in either sensor (urban brighter and flatter than arable
+in the optical, wetland vegetated rather than open water; coniferous canopy ~3 dB darker than
+broad-leaved in the radar). At 0 (the default) the files are the same as without it; above it,
+S1<->S2 self-supervision can learn every class, which cross-modal pretraining needs (at 0 the
+classes one sensor alone separates are exactly what it cannot learn).
 Same seed, same bytes (no clock time is written anywhere).
 """
 
@@ -33,6 +41,12 @@ _WATER = (0.06, 0.07, 0.06, 0.04, 0.03, 0.02, 0.02, 0.02, 0.02, 0.01, 0.01, 0.00
 SPECTRA = np.array([_BARE, _BARE, _BROAD, _CONIF, _WATER, _WATER], np.float32)  # optical: 4 distinct looks
 BACKSCATTER_DB = np.array([[-2.0, -9.0], [-13.0, -20.0], [-8.0, -14.0], [-8.0, -14.0], [-22.0, -29.0],
                            [-5.0, -17.0]], np.float32)  # VV, VH: 5 distinct looks
+# the looks at coupling 1: every class distinct in either sensor
+_URBAN = (0.19, 0.20, 0.21, 0.22, 0.22, 0.22, 0.22, 0.23, 0.23, 0.23, 0.25, 0.24)
+_WETLAND = (0.04, 0.05, 0.07, 0.05, 0.08, 0.14, 0.17, 0.18, 0.19, 0.18, 0.09, 0.04)
+SPECTRA_COUPLED = np.array([_URBAN, _BARE, _BROAD, _CONIF, _WATER, _WETLAND], np.float32)
+BACKSCATTER_DB_COUPLED = np.array([[-2.0, -9.0], [-13.0, -20.0], [-7.0, -13.0], [-10.0, -17.0], [-22.0, -29.0],
+                                   [-5.0, -17.0]], np.float32)
 SCL_OF_CLASS = np.array([5, 5, 4, 4, 6, 6], np.uint8)
 SITE_MIXES = ([4, 3, 2, 1, 1, 1], [1, 1, 1, 3, 2, 3])
 UTM = "EPSG:32632"
@@ -129,8 +143,19 @@ def write_s2_safe(folder: Path, refl: np.ndarray, scl20: np.ndarray, *, x0: floa
     return safe
 
 
+def looks(coupling: float) -> tuple[np.ndarray, np.ndarray]:
+    """The classes' optical spectra ``[6, 12]`` and VV/VH backscatter in dB ``[6, 2]`` at ``coupling``."""
+    if not 0.0 <= coupling <= 1.0:
+        raise ValueError(f"coupling must be in [0, 1], got {coupling}")
+    if coupling == 0.0:
+        return SPECTRA, BACKSCATTER_DB
+    mix = np.float32(coupling)
+    return (1 - mix) * SPECTRA + mix * SPECTRA_COUPLED, (1 - mix) * BACKSCATTER_DB + mix * BACKSCATTER_DB_COUPLED
+
+
 def write_s1(folder: Path, label: np.ndarray, rng, *, x0: float, y0: float, when: datetime, shift: float = 0.25,
-             res_deg: float = 0.00016, nodata_rows: float = 0.08) -> list[Path]:
+             res_deg: float = 0.00016, nodata_rows: float = 0.08, backscatter_db: np.ndarray = BACKSCATTER_DB
+             ) -> list[Path]:
     """VV/VH dB GeoTIFFs in EPSG:4326 over the S2 footprint shifted east by ``shift`` of its width."""
     n = label.shape[0]
     w, s, e, nb = transform_bounds(UTM, "EPSG:4326", x0, y0 - 10 * n, x0 + 10 * n, y0)
@@ -148,7 +173,7 @@ def write_s1(folder: Path, label: np.ndarray, rng, *, x0: float, y0: float, when
     stamp = f"{when:%Y%m%dT%H%M%S}"
     out = []
     for p, pol in enumerate(("VV", "VH")):
-        lin = 10 ** (BACKSCATTER_DB[cls, p] / 10) * rng.gamma(ENL, 1 / ENL, cls.shape)
+        lin = 10 ** (backscatter_db[cls, p] / 10) * rng.gamma(ENL, 1 / ENL, cls.shape)
         db = (10 * np.log10(lin)).astype(np.float32)
         db[: int(nodata_rows * rows)] = -9999.0  # a no-data border, as GRD products have
         path = folder / f"S1A_IW_GRDH_1SDV_{stamp}_{pol}_db.tif"
@@ -160,8 +185,9 @@ def write_s1(folder: Path, label: np.ndarray, rng, *, x0: float, y0: float, when
 
 def generate(root: str | Path, *, num_sites: int = 2, seed: int = 0, scenes_per_site: int = 2, size: int = 256,
              patch_size: int = 64, cloud_cover: tuple[float, float] = (0.05, 0.25), s1_days_after: float = 2.0,
-             s1_shift: float = 0.2) -> list[Path]:
+             s1_shift: float = 0.2, coupling: float = 0.0) -> list[Path]:
     root = Path(root)
+    spectra, backscatter_db = looks(coupling)
     sites = []
     for s in range(num_sites):
         rng = np.random.default_rng([seed, s])
@@ -171,7 +197,7 @@ def generate(root: str | Path, *, num_sites: int = 2, seed: int = 0, scenes_per_
             x0, y0 = 300000.0 + 30000.0 * (s * scenes_per_site + j), 5000000.0 + 10000.0 * s
             label = _labels(rng, size, mix)
             when = datetime(2023, 6, 1, 10, 30, 31) + timedelta(days=11 * j + 3 * s)
-            refl = SPECTRA[label].transpose(2, 0, 1) + rng.normal(0, 0.012, (12, size, size)).astype(np.float32)
+            refl = spectra[label].transpose(2, 0, 1) + rng.normal(0, 0.012, (12, size, size)).astype(np.float32)
             core, edge = _clouds(rng, size, rng.uniform(*cloud_cover))
             refl[:, core] = 0.55 + rng.normal(0, 0.03, (12, int(core.sum()))).astype(np.float32)
             refl[:, edge] = 0.5 * refl[:, edge] + 0.25
@@ -180,7 +206,7 @@ def generate(root: str | Path, *, num_sites: int = 2, seed: int = 0, scenes_per_
             safe = write_s2_safe(site / "s2", np.clip(refl, 0.0, 1.5), _block_mode(scl10, 2), x0=x0, y0=y0,
                                  when=when, tile=f"32T{'MNPQRS'[s % 6]}{'TUVWXY'[j % 6]}")
             write_s1(site / "s1", label, rng, x0=x0, y0=y0, when=when + timedelta(days=s1_days_after),
-                     shift=s1_shift)
+                     shift=s1_shift, backscatter_db=backscatter_db)
             _write(site / "labels" / f"{safe.stem}_landcover.tif", np.asarray(CLASS_VALUES, np.uint8)[label],
                    crs=UTM, transform=from_origin(x0, y0, 10, 10), nodata=0)
         (site / "classes.json").write_text(json.dumps({"names": list(SCENE_CLASSES), "values": list(CLASS_VALUES)},
