@@ -47,11 +47,15 @@ from mmdomain_federated.settings import Settings  # noqa: E402
 ARMS = ("local-frozen", "local-all", "central")
 
 
-def pretrain(registry, dataset: str, public_site: Path, out: Path, epochs: int, batch: int) -> Path:
-    """Contrastive pretraining of the default model's encoders on a public site's pairs (no labels)."""
+def pretrain(registry, dataset: str, public_site: Path, out: Path, epochs: int, batch: int,
+             kind: str = "contrastive") -> Path:
+    """The default model pretrained on a public site: ``contrastive`` (its encoders, self-supervised
+    on the site's pairs, no label read) or ``supervised`` (the whole model on the public labels, as
+    ImageNet / BigEarthNet weights are made)."""
     model = json.loads(json.dumps(registry.dataset(dataset).default_model))
-    model["task"] = {"name": "contrastive", "options": {"proj_dim": 64}}
-    model["modality_dropout"] = 0.0
+    if kind == "contrastive":
+        model["task"] = {"name": "contrastive", "options": {"proj_dim": 64}}
+        model["modality_dropout"] = 0.0
     config = RunConfig(data=DataConfig(dataset=dataset, root=public_site),
                        model=parse(ModelConfig, model), train=TrainConfig(epochs=epochs, batch_size=batch,
                                                                           out_dir=out, progress=False))
@@ -82,9 +86,19 @@ def one_seed(registry, dataset: str, seed: int, args, work: Path, log, done: lis
     test = pooled_test(settings, registry, args.sites)
     modalities = list(task.model_config(settings, registry).modalities)
     t0 = time.perf_counter()
-    pretrained = pretrain(registry, dataset, public, root / "pretrain", args.pretrain_epochs, args.batch)
-    log(f"  {dataset} seed {seed}: pretrained on the public site in {time.perf_counter() - t0:.0f}s")
+    pretrained = pretrain(registry, dataset, public, root / "pretrain", args.pretrain_epochs, args.batch,
+                          args.pretrain)
+    log(f"  {dataset} seed {seed}: pretrained ({args.pretrain}) on the public site in {time.perf_counter() - t0:.0f}s")
     preds, rows = {}, []
+    if args.pretrain == "supervised":  # what the public model alone scores, before any private data
+        model, _ = load_checkpoint(pretrained, registry)
+        result = task.evaluate_site(model, test, settings)
+        metric = main_metric(result["overall"])
+        preds[("public-only", None)] = pooled_predictions(model, test, settings)
+        rows.append({"dataset": dataset, "seed": seed, "arm": "public-only", "epsilon_target": None,
+                     "epsilon_spent": None, "metric": metric, "value": result["overall"].get(metric),
+                     "pretrain": args.pretrain})
+        log(f"  {dataset} seed {seed} public-only : {metric} {rows[-1]['value']:.3f}")
     runs = [(a, e) for a in args.arms for e in (args.epsilons if a == "local-frozen" else args.other_epsilons)]
     for arm, eps in [("no-dp", None)] + runs:
         config = {**base, **({} if eps is None else arm_config(arm, eps, modalities, pretrained,
@@ -103,14 +117,17 @@ def one_seed(registry, dataset: str, seed: int, args, work: Path, log, done: lis
         spent = summary.get("epsilon") if arm == "central" else \
             max((summary.get("local-epsilon") or {}).values(), default=None)
         rows.append({"dataset": dataset, "seed": seed, "arm": arm, "epsilon_target": eps, "epsilon_spent": spent,
-                     **({"encoder_train": args.encoder_train} if arm == "local-frozen" else {}),
+                     **({"encoder_train": args.encoder_train, "pretrain": args.pretrain} if arm == "local-frozen"
+                        else {}),
                      "metric": metric, "value": result["overall"].get(metric), "rounds": summary.get("rounds"),
                      "seconds": round(time.perf_counter() - t0, 1)})
         log(f"  {dataset} seed {seed} {arm:<12} eps {eps!s:>4}: {metric} {rows[-1]['value']:.3f} "
             f"(spent {spent if spent is None else round(spent, 2)}, {rows[-1]['seconds']}s)")
         save(args, done + rows)
     ref_preds, target = preds[("no-dp", None)]
-    for row in rows[1:]:
+    for row in rows:
+        if row["arm"] == "no-dp":
+            continue
         p = preds[(row["arm"], row["epsilon_target"])]
         boot = paired_bootstrap(model.task, row["metric"], p[0], {"no-dp": ref_preds}, target, resamples=args.resamples,
                                 seed=seed)
@@ -151,6 +168,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--results", default="dp_utility.json", help="file name under bench/results")
     ap.add_argument("--pretrain-epochs", type=int, default=5)
+    ap.add_argument("--pretrain", choices=("contrastive", "supervised"), default="contrastive",
+                    help="how the public site pretrains the local-frozen arm's model: self-supervised on its pairs, "
+                         "or supervised on its labels (then a public-only row: that model before any private data)")
     ap.add_argument("--encoder-train", default="none",
                     help="training policy of the pretrained encoders in the local-frozen arm (none, norms, last:N, "
                          "lora:R); anything but none is trained privately too")
