@@ -14,10 +14,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+
+if TYPE_CHECKING:  # pragma: no cover - typing only; torchmetrics is imported where metrics are built
+    from torchmetrics import MetricCollection
 
 
 class Task(nn.Module):

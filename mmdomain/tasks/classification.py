@@ -7,53 +7,31 @@ ignored by the metrics.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import Metric, MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassAUROC,
-    MulticlassF1Score,
-    MultilabelF1Score,
-)
-from torchmetrics.functional.classification import binary_auroc, binary_average_precision
 
 from .base import Task
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from torchmetrics import MetricCollection
+
+    from .metrics import KnownLabelMacro  # noqa: F401 - found through __getattr__ below
+
+
+def __getattr__(name: str) -> Any:
+    """``KnownLabelMacro`` lives in ``.metrics`` (torchmetrics is imported on first use)."""
+    if name == "KnownLabelMacro":
+        from .metrics import KnownLabelMacro
+
+        return KnownLabelMacro
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _pool(x: Tensor) -> Tensor:
     return x.flatten(2).mean(-1) if x.dim() > 2 else x
-
-
-class KnownLabelMacro(Metric):
-    """Macro average of a binary metric over the labels that are defined on the rows seen:
-    those with at least one known positive and one known negative (targets of -1 are unknown).
-    torchmetrics' multilabel AUROC/AP fail outright when one label is never known."""
-
-    full_state_update = False
-
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-        self.add_state("preds", default=[], dist_reduce_fx="cat")
-        self.add_state("target", default=[], dist_reduce_fx="cat")
-
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        self.preds.append(preds.detach().float())
-        self.target.append(target.detach().long())
-
-    def compute(self) -> Tensor:
-        if not self.preds:
-            return torch.tensor(float("nan"))
-        preds, target = torch.cat(self.preds), torch.cat(self.target)
-        values = []
-        for j in range(target.shape[1]):
-            known = target[:, j] >= 0
-            t = target[known, j]
-            if t.numel() and bool((t == 1).any()) and bool((t == 0).any()):
-                values.append(self.fn(preds[known, j], t))
-        return torch.stack(values).mean() if values else torch.tensor(float("nan"))
 
 
 class MulticlassTask(Task):
@@ -78,6 +56,9 @@ class MulticlassTask(Task):
         return F.cross_entropy(output.float(), target.long(), label_smoothing=self.label_smoothing, reduction="none")
 
     def make_metrics(self) -> MetricCollection:
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
+
         n = self.num_classes
         return MetricCollection(
             {
@@ -128,6 +109,12 @@ class MultilabelTask(Task):
         return raw.sum(1) / known.sum(1).clamp(min=1)
 
     def make_metrics(self) -> MetricCollection:
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import MultilabelF1Score
+        from torchmetrics.functional.classification import binary_auroc, binary_average_precision
+
+        from .metrics import KnownLabelMacro
+
         n = self.num_labels
         return MetricCollection(
             {

@@ -8,41 +8,27 @@ the batch a negative. Needs no target.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import Metric, MetricCollection
 
 from .base import Task
 
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from torchmetrics import MetricCollection
 
-class RetrievalRecall(Metric):
-    """Recall@k for cross-modal retrieval over every pair seen (a -> b and b -> a averaged)."""
+    from .metrics import RetrievalRecall  # noqa: F401 - found through __getattr__ below
 
-    full_state_update = False
 
-    def __init__(self, k: int):
-        super().__init__()
-        self.k = k
-        self.add_state("a", default=[], dist_reduce_fx="cat")
-        self.add_state("b", default=[], dist_reduce_fx="cat")
+def __getattr__(name: str) -> Any:
+    """``RetrievalRecall`` lives in ``.metrics`` (torchmetrics is imported on first use)."""
+    if name == "RetrievalRecall":
+        from .metrics import RetrievalRecall
 
-    def update(self, preds: dict[str, Tensor], target: None = None) -> None:
-        a, b = preds.values()
-        self.a.append(a.detach().float())
-        self.b.append(b.detach().float())
-
-    def compute(self) -> Tensor:
-        if not self.a:
-            return torch.tensor(float("nan"))
-        a, b = torch.cat(self.a), torch.cat(self.b)
-        sim = a @ b.T
-        truth = torch.arange(len(a), device=sim.device)
-        k = min(self.k, len(a))
-        hit_ab = (sim.topk(k, dim=1).indices == truth[:, None]).any(1).float().mean()
-        hit_ba = (sim.T.topk(k, dim=1).indices == truth[:, None]).any(1).float().mean()
-        return (hit_ab + hit_ba) / 2
+        return RetrievalRecall
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ContrastiveTask(Task):
@@ -83,6 +69,10 @@ class ContrastiveTask(Task):
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
     def make_metrics(self) -> MetricCollection:
+        from torchmetrics import MetricCollection
+
+        from .metrics import RetrievalRecall
+
         return MetricCollection({f"recall@{k}": RetrievalRecall(k) for k in self.ks})
 
     def metric_inputs(self, output, target, present):

@@ -6,12 +6,15 @@ Label value ``ignore_index`` (default 255) is not scored.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from .base import Task
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from torchmetrics import MetricCollection
 
 
 class SegmentationTask(Task):
@@ -44,6 +47,9 @@ class SegmentationTask(Task):
         return raw.flatten(1).sum(1) / scored.clamp(min=1)
 
     def make_metrics(self) -> MetricCollection:
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
         n = self.num_classes
         return MetricCollection(
             {

@@ -1,4 +1,7 @@
-"""``mmdomain medical inspect PATH``, ``mmdomain medical index ROOT`` and ``mmdomain medical label ROOT``."""
+"""``mmdomain medical inspect PATH``, ``mmdomain medical index ROOT`` and ``mmdomain medical label ROOT``.
+
+The DICOM readers (pydicom) are imported when a command runs: the plugin adds these commands to
+every ``mmdomain`` invocation, ``--help`` and ``plugins list`` included."""
 
 from __future__ import annotations
 
@@ -11,21 +14,20 @@ import click
 
 from mmdomain import DataError
 
-from .dataset import MedicalDataset, describe
-from .deid import deidentify, pseudonym
-from .dicom_header import header_facts, safe_meta
-from .dicom_parse import read_header
-from .dicom_read import read_dicom
 from .errors import MedicalDataError
 from .facts import CHEXPERT_LABELS, REPORT_SECTIONS
 from .labeller import BLANK, DEFAULT_LABEL_SECTIONS, NEGATIVE, POSITIVE, UNCERTAIN, label_report
 from .labels import REPORT_LABELS_FILE, find_label_file, write_label_file
-from .pairing import index_tree, manifest_rows
 from .reports import read_text_report, scrub_text, split_sections
-from .sr import is_sr, sr_text
 
 
 def _inspect_file(path: Path) -> dict:
+    from .deid import deidentify
+    from .dicom_header import header_facts, safe_meta
+    from .dicom_parse import read_header
+    from .dicom_read import read_dicom
+    from .sr import is_sr, sr_text
+
     if path.suffix.lower() in (".txt",):
         sections = split_sections(scrub_text(read_text_report(path)))
         return {"path": str(path), "kind": "report", "sections": {k: len(v) for k, v in sections.items()}}
@@ -53,6 +55,8 @@ def medical() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def inspect_cmd(path: Path, as_json: bool) -> None:
     """What the loader sees in a DICOM file, report, or folder (de-identified)."""
+    from .dataset import MedicalDataset, describe
+
     try:
         if path.is_dir():
             info = describe(MedicalDataset(path, split="all", cache=None, burned_in="warn"))
@@ -73,6 +77,8 @@ def inspect_cmd(path: Path, as_json: bool) -> None:
               help="manifest CSV to write (default ROOT/manifest.csv; '-' for stdout)")
 def index_cmd(root: Path, output: Path | None) -> None:
     """Pair images and reports under ROOT into a manifest CSV (paths + study pseudonyms)."""
+    from .pairing import index_tree, manifest_rows
+
     try:
         studies = index_tree(root, keep_headers=False)
     except MedicalDataError as exc:
@@ -125,6 +131,9 @@ def label_cmd(root: Path, output: Path | None, sections: tuple[str, ...], as_jso
     (1.0 positive, 0.0 negative, -1.0 uncertain, blank not mentioned), by negation- and
     uncertainty-aware rules (``mmdomain_medical.labeller``). The file holds the study pseudonym
     (as in Sample.meta["id"]) and the labels only, never report text or identifiers."""
+    from .dataset import MedicalDataset
+    from .deid import pseudonym
+
     chosen = _sections_option(sections)
     try:
         ds = MedicalDataset(root, split="all", cache=None, burned_in="warn")

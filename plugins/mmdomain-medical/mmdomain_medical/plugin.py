@@ -6,11 +6,11 @@ The callbacks import the plugin's modules only when they are called: loading thi
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 from mmdomain import (DatasetSpec, EncoderSpec, ModalitySpec, SyntheticSpec, TokenizerSpec, hookimpl)
 from mmdomain.data import declared_options
+from mmdomain.registry import lazy
 
 from .facts import CHEXPERT_LABELS, DICOM_SUFFIXES
 
@@ -68,11 +68,8 @@ def _generate(root, *, num_sites=2, seed=0, **options):
 
 
 def _lazy(module: str, name: str):
-    """A builder that imports ``module``'s ``name`` when it is first called (see the module docstring)."""
-    def build(*args, **options):
-        return getattr(importlib.import_module(f"{__package__}.{module}"), name)(*args, **options)
-    build.__name__ = build.__qualname__ = f"build_{name}"
-    return build
+    """This plugin's ``module``'s ``name``, imported when first called (the core's ``lazy``)."""
+    return lazy(f"{__package__}.{module}:{name}")
 
 
 _resnet = _lazy("encoders", "MonaiResNetEncoder")

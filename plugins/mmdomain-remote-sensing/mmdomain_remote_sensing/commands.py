@@ -1,5 +1,8 @@
 """``mmdomain rs ...``: inspect a product, index a folder into an S2/S1 pairing manifest, band stats
-(as encoder options, or a whole model config through ``models.model_for``)."""
+(as encoder options, or a whole model config through ``models.model_for``).
+
+The readers (rasterio) are imported when a command runs: the plugin adds these commands to every
+``mmdomain`` invocation, ``--help`` and ``plugins list`` included."""
 
 from __future__ import annotations
 
@@ -9,17 +12,10 @@ import sys
 from pathlib import Path
 
 import click
-from rasterio.crs import CRS
 
 from mmdomain import DataError
 
-from .dataset import SceneFolderDataset
-from .handles import open_raster, source_crs
-from .layouts.scene_folder import scan
 from .models import model_for
-from .pairing import pair_acquisitions
-from .s1 import open_s1, polarisation_of
-from .s2 import cloud_fraction, is_s2_product, open_s2, read_scl
 
 
 def _fail(exc: Exception) -> None:
@@ -32,6 +28,12 @@ def rs() -> None:
 
 
 def inspect_path(path: Path) -> dict:
+    from rasterio.crs import CRS
+
+    from .handles import open_raster, source_crs
+    from .s1 import open_s1, polarisation_of
+    from .s2 import cloud_fraction, is_s2_product, open_s2, read_scl
+
     if is_s2_product(path):
         p = open_s2(path)
         coarse = p.grid(p.res * 8)
@@ -77,6 +79,9 @@ def inspect_cmd(path: Path, as_json: bool) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="manifest CSV (default: stdout)")
 def index_cmd(root: Path, tolerance_days: float, output: Path | None) -> None:
     """Pair every S2 acquisition under ROOT with the nearest S1 within the tolerance; write a manifest."""
+    from .layouts.scene_folder import scan
+    from .pairing import pair_acquisitions
+
     try:
         folder = scan(root)
         pairs = pair_acquisitions(folder.s2, folder.s1, tolerance_days)
@@ -106,6 +111,8 @@ def index_cmd(root: Path, tolerance_days: float, output: Path | None) -> None:
 @click.option("--model", "as_model", is_flag=True, help="print the default model config with these statistics")
 def stats_cmd(root: Path, patches: int, s2_bands: str | None, as_model: bool) -> None:
     """Per-band mean/std of this site's data, as encoder options (JSON), or a model config using them."""
+    from .dataset import SceneFolderDataset
+
     options = {"s2_bands": [b.strip() for b in s2_bands.split(",")]} if s2_bands else {}
     try:
         stats = SceneFolderDataset(root, "train", task="contrastive", **options).band_stats(patches)

@@ -1,7 +1,10 @@
 """The plugin: what remote sensing contributes to mmdomain, through its hooks.
 
-Everything is imported when the plugin loads (the package imports its readers anyway), except
-the BigEarthNet layout: it needs pandas + pyarrow, imported only once a BigEarthNet folder is read.
+Loading it (the registry loads every plugin: ``plugins list``, ``--help``) imports only the
+sensor facts, the model configs and the encoders (torch): the readers, datasets, generator and
+commands need rasterio (the BigEarthNet layout pandas + pyarrow too) and are imported when first
+used: the specs' callables are ``lazy`` (keeping their target's signature), the loaders and hooks
+import inside.
 """
 
 from __future__ import annotations
@@ -11,30 +14,29 @@ from pathlib import Path
 import torch
 
 from mmdomain import DatasetSpec, EncoderSpec, ModalitySpec, SyntheticSpec, hookimpl
+from mmdomain.registry import lazy
 
 from .bands import S1_POLARISATIONS, S2_BANDS
-from .commands import rs
-from .dataset import SceneFolderDataset, describe
 from .encoders import SARCNN, MultispectralCNN
-from .grid import Grid
-from .handles import gcp_transform, open_raster
-from .layouts.sen12ms import SEN12MS
 from .models import BIGEARTHNET_MODEL, DEFAULT_MODEL, SEN12MS_MODEL, model_for
 from .pretrained import TorchGeoResNet
-from .s1 import open_s1, polarisation_of, read_s1
-from .s2 import is_s2_product, open_s2, read_s2
-from .synthetic import generate
 
 __all__ = ["BIGEARTHNET_MODEL", "DEFAULT_MODEL", "SEN12MS_MODEL", "model_for"]  # re-exported from models
 
 
 def _load_s2(path: Path):
+    from .s2 import open_s2, read_s2
+
     product = open_s2(path)
     refl, _, _ = read_s2(product, product.grid())
     return torch.from_numpy(refl)
 
 
 def _load_s1(path: Path):
+    from .grid import Grid
+    from .handles import gcp_transform, open_raster
+    from .s1 import open_s1, polarisation_of, read_s1
+
     path = Path(path)
     files = [f for f in path.parent.glob(path.name.replace(polarisation_of(path) or "", "*")) if polarisation_of(f)]
     acq = open_s1(files or [path])
@@ -78,8 +80,8 @@ def register_encoders(register):
 
 @hookimpl
 def register_datasets(register):
-    register(DatasetSpec("s2s1_scenes", ("s1", "s2"), SceneFolderDataset, default_model=DEFAULT_MODEL,
-                         describe=describe,
+    register(DatasetSpec("s2s1_scenes", ("s1", "s2"), lazy(f"{__package__}.dataset:SceneFolderDataset"),
+                         default_model=DEFAULT_MODEL, describe=lazy(f"{__package__}.dataset:describe"),
                          description="S2 L2A + S1 scene folder, co-registered on the fly, paired in time; "
                                      "options: task=multilabel|segmentation|contrastive, patch_size, max_cloud, "
                                      "time_tolerance_days, s1_units, res, crs, s2_bands (a subset, e.g. "
@@ -88,7 +90,7 @@ def register_datasets(register):
                          description="BigEarthNet v2 / reBEN: S2 L2A patch folders (per-band GeoTIFFs at 10/20/60 m) "
                                      "+ S1 VV/VH, metadata.parquet; 19-class multilabel; S1 absent when unpaired; "
                                      "options: s2_offset (default 0, pre-04.00), s2_dir, s1_dir, metadata, s2_bands"))
-    register(DatasetSpec("sen12ms", ("s1", "s2"), SEN12MS,
+    register(DatasetSpec("sen12ms", ("s1", "s2"), lazy(f"{__package__}.layouts.sen12ms:SEN12MS"),
                          description="SEN12MS ROI folders: S1 (VV, VH dB), S2 L1C 13 bands (B10 dropped -> 12, "
                                      "DN/10000, TOA), IGBP simplified to 10 classes; options: "
                                      "task=multiclass (majority)|segmentation|contrastive, s2_bands"))
@@ -96,7 +98,7 @@ def register_datasets(register):
 
 @hookimpl
 def register_synthetic(register):
-    register(SyntheticSpec("s2s1_regions", "s2s1_scenes", generate,
+    register(SyntheticSpec("s2s1_regions", "s2s1_scenes", lazy(f"{__package__}.synthetic:generate"),
                            description="seeded S2 SAFE (JP2, UTM, clouds) + S1 (EPSG:4326, dB, nodata) regions "
                                        "whose land cover needs both sensors",
                            quick_options={"scenes_per_site": 1, "size": 128, "patch_size": 32},
@@ -107,6 +109,9 @@ def register_synthetic(register):
 
 @hookimpl
 def detect_modality(path):
+    from .s1 import polarisation_of
+    from .s2 import is_s2_product
+
     p = Path(path)
     if p.suffix.lower() in (".tif", ".tiff") and polarisation_of(p):
         return "s1"
@@ -117,4 +122,6 @@ def detect_modality(path):
 
 @hookimpl
 def register_commands(cli):
+    from .commands import rs
+
     cli.add_command(rs)
