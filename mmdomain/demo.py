@@ -3,7 +3,6 @@ single-modality models, print metrics overall and per availability pattern."""
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import click
 
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, parse, single_modality
 from .errors import MMDomainError
+from .jsonout import write
 from .plugins import get_registry
 from .training import fit
 
@@ -33,7 +33,7 @@ def run_local_demo(dataset: str, out: Path, *, epochs: int, seed: int, quick: bo
                                           progress=False))
         result = fit(run, registry, log=log)
         summary[label] = result.history[-1]
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write(out / "summary.json", summary, indent=2)
     log("\nvalidation metrics by availability pattern")
     for label, rec in summary.items():
         log(f"{label:<24} overall " + " ".join(f"{k}={v:.3f}" for k, v in rec["overall"].items()))

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import time
@@ -34,6 +33,7 @@ from .data.collate import Collate
 from .data.availability import availability_pattern
 from .data.sample import Batch
 from .errors import ConfigError, DataError, MMDomainError
+from .jsonout import dumps, write
 from .models.compose import FusionModel, build_model, fit_tokenizers, needs_fitting
 from .models.trainable import count_parameters
 from .registry import Registry
@@ -256,7 +256,7 @@ class JsonLines:
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as f:
-            f.write(json.dumps(record, default=str) + "\n")
+            f.write(dumps(record) + "\n")
 
 
 def fit(config: RunConfig, registry: Registry, *, log: Callable[[str], None] = print) -> FitResult:
@@ -288,7 +288,7 @@ def fit(config: RunConfig, registry: Registry, *, log: Callable[[str], None] = p
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(config.model_dump_json(indent=2))
     if init:
-        (out_dir / "init-report.json").write_text(json.dumps(init, indent=2))
+        write(out_dir / "init-report.json", init, indent=2)
     metrics_log = JsonLines(out_dir / "metrics.jsonl")
     result = FitResult(model, config)
     trainable, total = count_parameters(model)

@@ -7,7 +7,8 @@ Server side: ``aggregation`` (averaging, screening, central-DP noise; numpy), ``
 (Flower's FedAvg / FedProx with that aggregation), ``rounds`` (readiness, training and
 evaluation rounds; ``RoundResult``), ``run_state`` (resume, accountant, ledger), ``privacy``
 (accountant, ledger), ``budget`` (noise from a target epsilon), ``state`` (checkpoints),
-``server_log``. Both: ``records`` (the wire format, bf16 included), ``secure`` (SecAgg+).
+``server_log``. Both: ``records`` (the wire format, bf16 included), ``secure`` (SecAgg+);
+every JSON file of a run is written by the core's ``mmdomain.jsonout`` (strict JSON).
 ``client_app`` / ``server_app`` only turn records into these calls and back. Launching:
 ``simulate``, ``deploy``, ``inprocess``, ``warm_exec``; commands: ``demo`` (with ``experiment``
 and ``report``), ``compare``, ``plugin``.

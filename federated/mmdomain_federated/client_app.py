@@ -15,6 +15,7 @@ from mmdomain.errors import ConfigError, DataError
 
 from . import task
 from .groups import FUSION_FROM_MULTI, held, trained_groups
+from mmdomain.jsonout import dumps
 from .policy import load_policy, violations
 from .readiness import readiness
 from .records import arrays_to_numpy, compress, numpy_to_arrays
@@ -58,16 +59,25 @@ def _registry():
 
 
 def _setup(msg: Message, context: Context):
+    """The job's settings, the registry, this site's node config and what in the job its policy
+    refuses (empty: acceptable). A refusal is written to the site's log here, with its reasons."""
     settings = Settings.from_run_config(context.run_config)
     registry = _registry()
     node_config = dict(context.node_config)
     problems = violations(load_policy(node_config.get("policy-file")), settings, registry)
+    if problems:
+        log.warning("site %s: refused the %s message of run %s: %s", context.node_id, msg.metadata.message_type,
+                    context.run_id, _reason(problems))
     return settings, registry, node_config, problems
 
 
+def _reason(problems: list[str]) -> str:
+    """What a refusal says (to the server and in the site's log): the policy settings only."""
+    return "site policy refuses this job: " + "; ".join(problems)
+
+
 def _refusal(msg: Message, problems: list[str]) -> Message:
-    reason = "site policy refuses this job: " + "; ".join(problems)
-    return Message(RecordDict({"site": ConfigRecord({"refused": reason})}), reply_to=msg)
+    return Message(RecordDict({"site": ConfigRecord({"refused": _reason(problems)})}), reply_to=msg)
 
 
 def _train_locally(cfg, settings, registry, node_config, global_w, node_id: int, model=None):
@@ -142,7 +152,7 @@ def train(msg: Message, context: Context) -> Message:
     settings, registry, node_config, problems = _setup(msg, context)
     if SECAGG_CONFIGS in msg.content.config_records:
         if problems:
-            raise PolicyRefusal("site policy refuses this job: " + "; ".join(problems))
+            raise PolicyRefusal(_reason(problems))
         return _train_secure(msg, context, settings, registry, node_config)
     if problems:
         return _refusal(msg, problems)
@@ -167,7 +177,12 @@ def evaluate(msg: Message, context: Context) -> Message:
     task.set_weights(model, arrays_to_numpy(msg.content["arrays"]))
     split = str(msg.content["config"].get("split", "test"))
     try:
-        result = task.evaluate_site(model, task.load_site(settings, node_config, registry, split), settings)
+        data = task.load_site(settings, node_config, registry, split)
+        if len(data) == 0:  # said as such: the server lists the site with 0 rows, not as a failure
+            log.warning("site %s: the %s split is empty: nothing to evaluate", context.node_id, split)
+            return Message(RecordDict({"metrics": MetricRecord({"num-examples": 0}),
+                                       "site": ConfigRecord({"eval-empty": True})}), reply_to=msg)
+        result = task.evaluate_site(model, data, settings)
     except EVAL_ERRORS as exc:  # the type leaves the site; the message (it may name files) stays in its log
         log.warning("site %s: evaluation skipped: %s", context.node_id, exc)
         return Message(RecordDict({"metrics": MetricRecord({"num-examples": 0}),
@@ -187,4 +202,4 @@ def query(msg: Message, context: Context) -> Message:
     if problems:
         return _refusal(msg, problems)
     report = readiness(settings, node_config, registry)
-    return Message(RecordDict({"site": ConfigRecord({"readiness": json.dumps(report)})}), reply_to=msg)
+    return Message(RecordDict({"site": ConfigRecord({"readiness": dumps(report)})}), reply_to=msg)

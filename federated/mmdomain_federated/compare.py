@@ -11,7 +11,6 @@ the bootstrap cannot; the summary counts the seeds in which federated wins. The 
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +19,7 @@ import click
 
 from .experiment import (Clock, federated, local_only, main_metric, pooled_predictions, pooled_test, synthetic_sites,
                          versus_local)
+from mmdomain.jsonout import dumps
 
 
 def run_compare(*, dataset: str, seeds: list[int], out: Path, sites: int, rounds: int, local_epochs: int,
@@ -53,7 +53,7 @@ def run_compare(*, dataset: str, seeds: list[int], out: Path, sites: int, rounds
     result = {"dataset": dataset, "sites": sites, "rounds": rounds, "local_epochs": local_epochs, "engine": engine,
               "quick": quick, "runs": runs, "wins": sum(m > 0 for m in margins), "seeds": len(runs),
               "mean_margin": statistics.fmean(margins), "min_margin": min(margins), "max_margin": max(margins)}
-    (out / "compare.json").write_text(json.dumps(result, indent=1))
+    (out / "compare.json").write_text(dumps(result, indent=1))
     (out / "compare.md").write_text(markdown(result))
     log(markdown(result))
     return result

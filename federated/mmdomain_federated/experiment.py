@@ -145,8 +145,8 @@ def run_flower(engine: str, sites: int, run_config: dict[str, Any], out_dir: Pat
         from .server_app import run_server
 
         settings = Settings.from_run_config(run_config)
-        return run_server(LocalGrid(sites, settings.as_run_config()), settings, out_dir, echo=False,
-                          log=lambda line: _progress(line, log))
+        return _trained(run_server(LocalGrid(sites, settings.as_run_config()), settings, out_dir, echo=False,
+                                   log=lambda line: _progress(line, log)))
     from .simulate import run_simulation
 
     def server_line(line: str) -> None:  # progress: the server's per-round lines as they come
@@ -156,10 +156,20 @@ def run_flower(engine: str, sites: int, run_config: dict[str, Any], out_dir: Pat
     proc = run_simulation(sites, run_config, flwr_home=Path(tempfile.mkdtemp(prefix="mmdomain-demo-flwr-")),
                           num_cpus=1, num_gpus=gpus, timeout=None, on_line=server_line)
     summary = out_dir / "summary.json"
+    if summary.exists() and json.loads(summary.read_text()).get("model") is None:
+        _trained(json.loads(summary.read_text()))
     if proc.returncode != 0 or not summary.exists():
         tail = [line.rstrip() for line in proc.stdout.splitlines()]
         raise click.ClickException("the Flower simulation failed:\n" + "\n".join(tail[-20:]))
     return json.loads(summary.read_text())
+
+
+def _trained(summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` of a run that wrote a model; one that trained no round is a clear error (its reason)."""
+    if summary.get("model") is None:
+        raise click.ClickException(f"the federated run trained no round, so it has no model to score: "
+                                   f"{summary.get('stopped')}")
+    return summary
 
 
 def federated(settings: Settings, registry, sites: int, engine: str, gpus: float, test, out_dir: Path, *, dp: bool,

@@ -1,8 +1,9 @@
 """A Ray-free Grid that delivers Messages to the real ClientApp in this process.
 
 Used by the tests and the benchmark to run the real ServerApp loop and ClientApp handlers on
-real Messages. ``down`` holds nodes that stop answering (a site that disappears);
-``tamper[node](reply)`` may alter a node's reply (e.g. inject NaN).
+real Messages. A ClientApp that raises gives an error reply, as Flower's runtime does (the
+site failed; the run goes on). ``down`` holds nodes that stop answering (a site that
+disappears); ``tamper[node](reply)`` may alter a node's reply (e.g. inject NaN).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable, Iterable
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -57,7 +59,11 @@ class LocalGrid(Grid):
             node = msg.metadata.dst_node_id
             if node in self.down or node not in self.contexts:
                 continue
-            reply = self.app(copy.deepcopy(msg), self.contexts[node])  # each site its own copy, as on the wire
+            try:
+                reply = self.app(copy.deepcopy(msg), self.contexts[node])  # each site its own copy, as on the wire
+            except Exception as exc:  # noqa: BLE001 - as Flower's runtime: an error reply, its reason format
+                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(exc)}:<'{exc}'>"),
+                                reply_to=msg)
             if node in self.tamper:
                 reply = self.tamper[node](reply)
             self._replies[mid] = reply

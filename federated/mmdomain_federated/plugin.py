@@ -62,6 +62,9 @@ def fed_run(sites: int, rounds: int, dataset: str | None, out: Path | None, gpus
         raise SystemExit(result.returncode)
     if out and (out / "summary.json").exists():
         summary = json.loads((out / "summary.json").read_text())
+        if not summary.get("rounds"):  # nothing trained, no model written: not a success
+            click.echo(f"stopped: {summary['stopped']}; no round was trained, no model written", err=True)
+            raise SystemExit(1)
         click.echo(f"stopped: {summary['stopped']}; final: {summary['final'].get('overall')}")
 
 
@@ -76,7 +79,7 @@ def fed_deploy(sites: int, rounds: int, work: Path | None, sets: tuple[str, ...]
     from .deploy import deploy_local
 
     summary = deploy_local(sites, {"num-server-rounds": rounds, **_parse_kv(sets)}, work=work, log=click.echo)
-    click.echo(json.dumps({k: summary[k] for k in ("stopped", "rounds", "final") if k in summary}, indent=1,
+    click.echo(json.dumps({k: summary[k] for k in ("stopped", "rounds", "model", "final") if k in summary}, indent=1,
                           default=str))
 
 

@@ -15,6 +15,8 @@ from typing import Any
 from flwr.serverapp import GaussianPrivacyEvent, PrivacyConfig, RdpAccountant
 from flwr.supercore.privacy_accounting import NeighboringRelation, SamplingMethod
 
+from mmdomain.jsonout import dumps
+
 
 class CentralAccountant:
     def __init__(self, *, noise_multiplier: float, clip: float, target_delta: float, population: int,
@@ -66,7 +68,7 @@ class Ledger:
     def append(self, rows: list[dict[str, Any]]) -> None:
         with self.path.open("a") as f:
             for row in rows:
-                f.write(json.dumps(row, sort_keys=True) + "\n")
+                f.write(dumps(row, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
 

@@ -6,17 +6,18 @@ and its difference to the non-private federated model."""
 from __future__ import annotations
 
 import csv
-import json
 import time
 from pathlib import Path
 from typing import Any
+
+from mmdomain.jsonout import dumps
 
 
 def write_report(results: dict[str, Any], plan: dict[str, Any], out: Path, started: float) -> Path:
     """Every report file under ``out`` (``started``: the demo's ``time.perf_counter()`` start);
     the Markdown summary's path."""
     out.mkdir(exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({"plan": plan, "results": results}, indent=1, default=str))
+    (out / "metrics.json").write_text(dumps({"plan": plan, "results": results}, indent=1))
     with (out / "metrics.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["dataset", "model", "site", "metric", "value"])
         writer.writeheader()

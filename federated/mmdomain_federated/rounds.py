@@ -14,6 +14,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from .aggregation import SiteUpdate
+from .groups import param_group
 from .records import nbytes, numpy_to_arrays
 from .settings import Settings
 from .strategy import ModalityAware, origin, sender
@@ -42,8 +43,19 @@ class RoundResult:
     started: float = field(default_factory=time.perf_counter)
 
     @property
-    def dropped(self) -> list[int]:
+    def timed_out(self) -> list[int]:
+        """The sites the round went to that sent no reply (within ``round-timeout``; under SecAgg+:
+        whose masked vector is not in the sum)."""
         return [n for n in self.targets if n not in self.answered]
+
+    @property
+    def dropped(self) -> dict[int, str]:
+        """The sites the round went to that gave no update, and how: ``"no answer"`` (timed out or
+        gone) or ``"error"`` (an error reply: the site failed). Refusals and rejected updates are
+        counted apart. Sites by node id only, never a reason (it could come from a site's data)."""
+        errors = {site for site, _ in self.failed}
+        return {n: "error" if n in errors else "no answer" for n in sorted(self.targets)
+                if n in errors or n not in self.answered}
 
 
 def wait_for_nodes(grid: Grid, need: int, timeout: float, log: Log) -> list[int]:
@@ -101,16 +113,26 @@ def train_round(grid: Grid, rnd: int, weights: dict[str, np.ndarray], settings: 
         if len(messages) >= settings.min_sites:
             result = _clear(grid, result, messages, settings, strategy)
     if settings.central_dp and result.weights is not weights:
-        result.weights = valid_statistics(result.weights)
+        result.weights = valid_statistics(result.weights, variance_floors(settings, result.used))
     return result
 
 
-def valid_statistics(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def variance_floors(settings: Settings, used: dict[str, list[Any]]) -> dict[str, float]:
+    """Per parameter group, the standard deviation of the central-DP noise on each released value:
+    noise-multiplier x clip-norm over the group's contributors (the sum's noise is divided by them)."""
+    return {g: settings.noise_multiplier * settings.clip_norm / len(sites) for g, sites in used.items() if sites}
+
+
+def valid_statistics(weights: dict[str, np.ndarray], floors: dict[str, float]) -> dict[str, np.ndarray]:
     """Central-DP noise lands on the normalisation layers' running statistics as well (they travel
-    with the update), and can push a running variance below zero: every evaluation of the model
-    would then be NaN, whatever its task. Variances are clamped at zero, a post-processing of the
-    noised release (no privacy cost); everything else is left as released."""
-    return {k: (np.maximum(v, 0).astype(v.dtype) if k.endswith("running_var") else v) for k, v in weights.items()}
+    with the update) and can push a running variance to or below zero. A normalisation then divides
+    by sqrt(eps) (x316 for BatchNorm's 1e-5): a ResNet's activations grew ~1e5 per block, overflowed
+    float32 in the fusion's LayerNorm and every test loss of the released model was NaN. A noised
+    variance below the noise's own standard deviation (``floors``, per group: ``variance_floors``)
+    cannot be told from zero; it is raised to that value, a post-processing of the release that
+    uses only public parameters (no privacy cost). Everything else is left as released."""
+    return {k: (np.maximum(v, floors.get(param_group(k), 0.0)).astype(v.dtype) if k.endswith("running_var") else v)
+            for k, v in weights.items()}
 
 
 def _clear(grid: Grid, result: RoundResult, messages: list[Message], settings: Settings,
@@ -150,7 +172,9 @@ def _secure(grid: Grid, result: RoundResult, settings: Settings, strategy: Modal
 def round_record(result: RoundResult) -> dict[str, Any]:
     """The round's metrics: sites, traffic, groups, site-weighted train / fused-eval metrics and
     each site's own aggregate metrics (already released by the site)."""
-    record: dict[str, Any] = {"round": result.round, "sites": len(result.accepted), "dropped": len(result.dropped),
+    dropped = result.dropped
+    record: dict[str, Any] = {"round": result.round, "sites": len(result.accepted), "dropped": len(dropped),
+                              "dropped-sites": {str(site): how for site, how in dropped.items()},
                               "rejected": len(result.rejected), "bytes-down": result.bytes_down,
                               "groups": {g: len(s) for g, s in result.used.items()}}
     if result.bytes_up is not None:
@@ -197,17 +221,33 @@ def weighted(rows: list[dict[str, Any]], prefix: str, n_key: str) -> dict[str, f
 def evaluate_round(grid: Grid, strategy: ModalityAware, weights: dict[str, np.ndarray], settings: Settings,
                    refused: dict[int, str], rnd: int, split: str) -> dict[str, Any]:
     """Every non-refusing site evaluates ``weights`` on its ``split``: sample-weighted overall
-    metrics and each site's own."""
+    metrics and each site's own. A site that evaluated nothing is listed too, with a ``note``
+    (and ``n`` 0 when it said why: an empty split, or the error type of its evaluation)."""
     msgs = [m for m in strategy.configure_evaluate(rnd, numpy_to_arrays(weights),
                                                    ConfigRecord({"split": split}), grid)
             if m.metadata.dst_node_id not in refused]
     rows, per_site = [], {}
-    for reply in grid.send_and_receive(msgs, timeout=settings.round_timeout):
-        if reply.has_error() or "metrics" not in reply.content:
+    replies = list(grid.send_and_receive(msgs, timeout=settings.round_timeout))
+    sent = origin(msgs)
+    for reply in replies:
+        site = str(sender(reply, sent))
+        if reply.has_error():
+            per_site[site] = {"note": "error reply (the site failed)"}
             continue
-        m = dict(reply.content["metrics"])
-        if not m.get("num-examples"):
-            continue  # the site could not evaluate (e.g. an empty split)
+        if "refused" in (info := reply.content.get("site") or ConfigRecord()):
+            per_site[site] = {"note": "refused by the site's policy"}
+            continue
+        m = dict(reply.content["metrics"]) if "metrics" in reply.content else {}
+        if not m.get("num-examples"):  # the site could not evaluate: it says why
+            why = (f"no {split} split (0 rows)" if info.get("eval-empty") else
+                   f"evaluation failed at the site ({info['eval-error']})" if "eval-error" in info else
+                   "no evaluation metrics")
+            per_site[site] = {"n": 0, "num-examples": 0, "note": why}
+            continue
         rows.append(m)
-        per_site[str(reply.metadata.src_node_id)] = m
+        per_site[site] = m
+    answered = {sender(r, sent) for r in replies}
+    for m in msgs:
+        if m.metadata.dst_node_id not in answered:
+            per_site[str(m.metadata.dst_node_id)] = {"note": "no answer"}
     return {"overall": weighted(rows, "", "num-examples"), "per_site": per_site}

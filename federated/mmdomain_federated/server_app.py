@@ -10,6 +10,7 @@ federated evaluation, the model and ``summary.json``. Events go to ``server_log`
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from mmdomain.plugins import get_registry
 
 from . import task
 from .groups import FUSION_FROM_MULTI, fusion_from
+from mmdomain.jsonout import dumps, write
 from .readiness import held_modalities
 from .rounds import (RoundResult, evaluate_round, local_epsilon, local_ledger_rows, readiness_round, round_record,
                      train_round, wait_for_nodes)
@@ -51,7 +53,7 @@ def run_server(grid: Grid, settings: Settings, out_dir: Path, *, registry=None,
     with ServerLog(out_dir, echo=echo, callback=log) as slog:
         model, init = task.build_with_report(settings, registry)
         if init:  # what every participant's start took from init-from (the sites build the same)
-            (out_dir / "init-report.json").write_text(json.dumps(init, indent=1))
+            write(out_dir / "init-report.json", init)
             slog(f"initialised from {settings.init_from}: " + "; ".join(describe_init(init).splitlines()))
         strategy = make_strategy(settings)
         nodes = wait_for_nodes(grid, max(settings.expected_sites, settings.min_sites), settings.round_timeout, slog)
@@ -71,7 +73,7 @@ def _readiness(grid: Grid, nodes: list[int], run: RunState, log: ServerLog) -> d
     path = run.out_dir / "readiness.json"
     if run.settings.readiness and not run.resumed:
         report = readiness_round(grid, nodes, run.settings, run.refused, log)
-        path.write_text(json.dumps(report, indent=1))
+        write(path, report)
         log.readiness(report)
         return report
     return json.loads(path.read_text()) if path.exists() else {}
@@ -91,8 +93,11 @@ def _train(grid: Grid, run: RunState, strategy: ModalityAware, num_nodes: int, s
                          log), False
         _note(result, run, log)
         if len(result.accepted) < s.min_sites:
-            reason = _stop(f"round {rnd}: {len(result.accepted)} usable updates, min-sites is {s.min_sites}; "
-                           f"keeping the model of round {rnd - 1}", log)
+            kept = f"keeping the model of round {rnd - 1}" if rnd > 1 else "no round trained"
+            reason = _stop(f"round {rnd}: {len(result.accepted)} usable updates, min-sites is {s.min_sites}; {kept}",
+                           log)
+            if dropped := result.dropped:
+                reason += "; dropped: " + ", ".join(f"site {site} ({how})" for site, how in dropped.items())
             if result.refused and len(run.refused) > num_nodes - s.min_sites:
                 reason += "; refusals: " + " | ".join(f"site {site}: {r}" for site, r in run.refused.items())
             return reason, False
@@ -117,7 +122,7 @@ def _note(result: RoundResult, run: RunState, log: ServerLog) -> None:
         log(f"site {site} refused: {reason}")
     for site, reason in result.failed:
         log(f"round {rnd}: site {site} failed: {reason}")
-    for site in result.dropped:
+    for site in result.timed_out:
         log(f"round {rnd}: site {site} did not answer within {run.settings.round_timeout:g}s")
     for site, reason in result.rejected:
         run.rejections.append({"round": rnd, "site": site, "reason": reason})
@@ -145,19 +150,29 @@ def _record(grid: Grid, strategy: ModalityAware, result: RoundResult,
 
 
 def _finish(model, run: RunState, final: dict[str, Any], stopped: str, registry, log: ServerLog) -> dict[str, Any]:
-    """The final model (``model.safetensors``, ``final.npz``) and ``summary.json``."""
+    """The final model (``model.safetensors``, ``final.npz``) and ``summary.json``. A run that
+    trained no round writes no model (only its initialisation would be in it): ``model`` is null."""
     out_dir = run.out_dir
-    task.set_weights(model, run.weights)
-    save_checkpoint(model, out_dir / "model.safetensors", registry,
-                    extra={"federated": {"rounds": len(run.history), "dataset": run.settings.dataset,
-                                         "task": model.config.task.name}})
-    np.savez(out_dir / "final.npz", **run.weights)
-    summary = {"stopped": stopped, "task": model.config.task.name, "rounds": len(run.history),
+    model_file = None
+    if run.history:
+        task.set_weights(model, run.weights)
+        model_file = save_checkpoint(model, out_dir / "model.safetensors", registry,
+                                     extra={"federated": {"rounds": len(run.history), "dataset": run.settings.dataset,
+                                                          "task": model.config.task.name}}).name
+        np.savez(out_dir / "final.npz", **run.weights)
+    else:
+        stale = [p.name for p in (out_dir / "model.safetensors", out_dir / "final.npz") if p.exists()]
+        log("no round was trained: no model written" + (f" ({', '.join(stale)} in {out_dir} are not from this run)"
+                                                          if stale else ""))
+    summary = {"stopped": stopped, "task": model.config.task.name, "rounds": len(run.history), "model": model_file,
                "history": run.history, "final": final,
                "rejections": run.rejections, "refused": {str(k): v for k, v in run.refused.items()},
                "epsilon": run.epsilon, "local-epsilon": _last_local_epsilon(run.history), "out_dir": str(out_dir)}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    log(f"finished ({stopped}); final test metrics {json.dumps(final.get('overall', {}))}; out {out_dir}")
+    write(out_dir / "summary.json", summary)
+    overall = final.get("overall", {})
+    if bad := sorted(k for k, v in overall.items() if isinstance(v, float) and not math.isfinite(v)):
+        log(f"final test metrics not finite (written as null): {', '.join(bad)}")
+    log(f"finished ({stopped}); final test metrics {dumps(overall)}; out {out_dir}")
     return summary
 
 

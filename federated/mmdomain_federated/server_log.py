@@ -3,10 +3,11 @@ appended across restarts), to an optional callback and, with ``echo``, to stdout
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from mmdomain.jsonout import dumps
 
 
 class ServerLog:
@@ -27,9 +28,9 @@ class ServerLog:
             self.callback(line)
 
     def round(self, record: dict[str, Any]) -> None:
-        """A finished round's record, floats shortened."""
-        self(f"round {record['round']}: " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
-                                                        for k, v in record.items()}))
+        """A finished round's record (strict JSON after ``round N: ``), floats shortened."""
+        self(f"round {record['round']}: " + dumps({k: (round(v, 4) if isinstance(v, float) else v)
+                                                   for k, v in record.items()}))
 
     def readiness(self, report: dict[str, Any]) -> None:
         from .readiness import train_entry

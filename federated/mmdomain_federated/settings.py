@@ -85,6 +85,11 @@ class Settings:
 
     def validate(self) -> None:
         """Raise ``ConfigError`` for a value or combination the app cannot run."""
+        if self.num_server_rounds < 1:  # a run without a round would only hand out its initial model
+            raise ConfigError(f"run config: num-server-rounds must be >= 1, got {self.num_server_rounds}")
+        if self.central_dp and self.target_epsilon <= 0 and self.noise_multiplier <= 0:  # else: infinite epsilon
+            raise ConfigError(f"run config: central-dp needs noise-multiplier > 0 (or target-epsilon to plan it), "
+                              f"got {self.noise_multiplier:g}")
         if self.strategy not in ("fedavg", "fedprox"):
             raise ConfigError(f"run config: strategy must be fedavg or fedprox, got {self.strategy!r}")
         if self.aggregation not in ("modality", "plain"):

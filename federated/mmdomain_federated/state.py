@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from mmdomain.fusion.base import upgrade_token_names
 
+from mmdomain.jsonout import dumps
+
 
 def save_state(out_dir: Path, round_: int, weights: dict[str, np.ndarray], state: dict[str, Any]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -24,7 +26,7 @@ def save_state(out_dir: Path, round_: int, weights: dict[str, np.ndarray], state
     os.replace(tmp, out_dir / name)
     payload = {"round": round_, "weights": name, **state}
     tmp = out_dir / "state.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=1, default=str))
+    tmp.write_text(dumps(payload, indent=1))
     os.replace(tmp, out_dir / "state.json")
     for old in out_dir.glob("global-*.npz"):
         if old.name != name:

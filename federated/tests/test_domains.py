@@ -19,6 +19,6 @@ def test_domain_federates_over_three_sites(dataset, registry, settings_for, tmp_
     s = settings_for(dataset=dataset, num_server_rounds=1, max_steps=1, batch_size=8, readiness=True)
     summary = run_server(LocalGrid(3, s.as_run_config()), s, tmp_path)
     assert summary["stopped"] == "completed" and summary["history"][0]["sites"] == 3
-    assert summary["final"]["per_site"], "no site could evaluate the final model"
+    assert any(m.get("n") for m in summary["final"]["per_site"].values()), "no site could evaluate the final model"
     readiness = json.loads((tmp_path / "readiness.json").read_text())
     assert len(readiness) == 3 and all("splits" in r for r in readiness.values())

@@ -91,10 +91,14 @@ def test_central_dp_trains_the_contrastive_task(pretrain, settings_for, tmp_path
 
 
 def test_noised_variances_are_clamped_and_nothing_else():
+    """Running variances are raised to their group's floor (here the task's 0.1); means, weights and
+    the variances of a group without a floor (clamped at 0 only) keep what was released."""
     noised = {"a.bn.running_var": np.array([-0.5, 0.2], np.float32), "a.bn.running_mean": np.array([-0.5]),
-              "a.weight": np.array([-1.0])}
-    out = valid_statistics(noised)
-    assert out["a.bn.running_var"].tolist() == [0.0, pytest.approx(0.2)] and out["a.bn.running_var"].dtype == np.float32
+              "a.weight": np.array([-1.0]), "fusion.bn.running_var": np.array([-0.5, 0.05], np.float32)}
+    out = valid_statistics(noised, {"task": 0.1})
+    assert out["a.bn.running_var"].tolist() == [pytest.approx(0.1), pytest.approx(0.2)]
+    assert out["a.bn.running_var"].dtype == np.float32
+    assert out["fusion.bn.running_var"].tolist() == [0.0, pytest.approx(0.05)]
     assert out["a.bn.running_mean"].tolist() == [-0.5] and out["a.weight"].tolist() == [-1.0]
 
 

@@ -16,7 +16,7 @@ def test_real_simulation_three_sites(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stopped"] == "completed" and summary["rounds"] == 2
-    assert len(summary["final"]["per_site"]) == 3
+    assert sum(1 for m in summary["final"]["per_site"].values() if m.get("n")) == 3  # sites that evaluated
     assert not _pids_using(str(home))  # the local SuperLink was stopped
 
 
