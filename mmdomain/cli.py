@@ -93,12 +93,42 @@ def plugins_check(names: tuple[str, ...], as_json: bool) -> None:
 @click.option("--sites", default=3, show_default=True, help="Number of site folders to write.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="A small dataset (the generator's quick options).")
-def synth(dataset: str, out: Path, sites: int, seed: int, quick: bool) -> None:
+@click.option("--large", is_flag=True, help="Sites of ~2,000 samples (the generator's large options, as the privacy "
+                                            "benchmarks use; minutes to write).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="A generator option over those (repeatable; VALUE is read as JSON, else as text), e.g. "
+                   "--set coupling=0.8.")
+def synth(dataset: str, out: Path, sites: int, seed: int, quick: bool, large: bool, settings: tuple[str, ...]) -> None:
     """Write seeded synthetic data for DATASET into OUT (one folder per site)."""
+    import inspect
+
     from .plugins import get_registry
 
+    if quick and large:
+        raise click.UsageError("--quick and --large are exclusive")
     spec = get_registry().synthetic_for(dataset)
-    folders = spec.generate(out, num_sites=sites, seed=seed, **(spec.quick_options if quick else {}))
+    options = dict(spec.quick_options if quick else spec.large_options if large else {})
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.UsageError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    try:
+        accepted = inspect.signature(spec.generate).parameters
+    except (TypeError, ValueError):
+        accepted = {}
+    if accepted and not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            known = [n for n in accepted if n not in ("root", "num_sites", "seed")]
+            raise click.UsageError(f"generator {spec.name!r} has no option {', '.join(unknown)}; it has {known}")
+    try:
+        folders = spec.generate(out, num_sites=sites, seed=seed, **options)
+    except (TypeError, ValueError) as exc:  # an option the generator refuses, or its value
+        raise click.UsageError(f"generator {spec.name!r}: {exc}") from None
     for f in folders:
         click.echo(str(f))
 

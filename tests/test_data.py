@@ -76,3 +76,20 @@ def test_split_is_by_key_deterministic_and_near_its_fractions():
     assert abs(share["train"] - 0.7) < 0.03 and abs(share["val"] - 0.15) < 0.03 and abs(share["test"] - 0.15) < 0.03
     assert {split_of(k, (0.0, 0.0)) for k in keys[:50]} == {"test"}
     assert {split_of(k, (1.0, 0.0)) for k in keys[:50]} == {"train"}
+
+
+def test_synth_command_takes_generator_options_and_refuses_unknown_ones(tmp_path):
+    from click.testing import CliRunner
+
+    from mmdomain.cli import cli
+
+    run = CliRunner().invoke
+    ok = run(cli, ["synth", "toy", str(tmp_path / "a"), "--sites", "1", "--set", "samples_per_site=7"])
+    assert ok.exit_code == 0, ok.output
+    ids = {f.stem for f in (tmp_path / "a" / "site-0").rglob("s0-*.*")}  # an image and/or a note per sample
+    assert ids == {f"s0-{i:04d}" for i in range(7)}
+    bad = run(cli, ["synth", "toy", str(tmp_path / "b"), "--set", "colour=1"])
+    assert bad.exit_code == 2 and "has no option colour" in bad.output and "samples_per_site" in bad.output
+    assert not (tmp_path / "b").exists()  # refused before anything was written
+    assert run(cli, ["synth", "toy", str(tmp_path / "c"), "--set", "oops"]).exit_code == 2
+    assert "exclusive" in run(cli, ["synth", "toy", str(tmp_path / "d"), "--quick", "--large"]).output

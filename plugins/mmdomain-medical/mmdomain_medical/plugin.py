@@ -61,12 +61,6 @@ def _describe(dataset):
     return describe(dataset)
 
 
-def _generate(root, *, num_sites=2, seed=0, **options):
-    from .synthetic import generate
-
-    return generate(root, num_sites=num_sites, seed=seed, **options)
-
-
 def _lazy(module: str, name: str):
     """This plugin's ``module``'s ``name``, imported when first called (the core's ``lazy``)."""
     return lazy(f"{__package__}.{module}:{name}")
@@ -150,7 +144,7 @@ def register_datasets(register):
 
 @hookimpl
 def register_synthetic(register):
-    register(SyntheticSpec("medical", "medical", _generate, quick_options={"studies_per_site": 24},
+    register(SyntheticSpec("medical", "medical", _lazy("synthetic", "generate"), quick_options={"studies_per_site": 24},
                            demo_options={"studies_per_site": 96},
                            large_options={"studies_per_site": 2000, "image_size": 32, "coupling": 0.8},
                            description="seeded chest X-ray sites: real DICOM (vendor mix, RLE/J2K), "
