@@ -16,7 +16,7 @@ from mmdomain.errors import ConfigError, DataError
 from . import task
 from .groups import FUSION_FROM_MULTI, held, trained_groups
 from mmdomain.jsonout import dumps
-from .policy import load_policy, violations
+from .policy import PolicyFileError, load_policy, violations
 from .readiness import readiness
 from .records import arrays_to_numpy, compress, numpy_to_arrays
 from .secure import SECAGG_CONFIGS
@@ -44,6 +44,10 @@ def _contained(handler):
             return handler(msg, context)
         except PolicyRefusal as exc:
             raise SiteError(str(exc)) from None
+        except PolicyFileError as exc:  # the site's own file, not the job: its problems, never its path
+            log.error("site %s: %s", context.node_id, exc)
+            raise SiteError("site policy file invalid: " + "; ".join(exc.problems)
+                            + " (the site must fix its policy file; its log names the file)") from None
         except SiteError:  # written to leave the site (no path, no identifier)
             raise
         except Exception as exc:  # noqa: BLE001 - nothing but the type may leave the site

@@ -176,7 +176,12 @@ class LocalDeployment:
     def start_supernode(self, name: str, private_key: Path | None, node_config: dict[str, Any], *,
                         insecure: bool = False, retries: int | None = None, warm: bool = True) -> subprocess.Popen:
         """``warm``: the SuperNode runs with ``--isolation process`` and this site's ClientApps are
-        started by ``warm_exec`` (forked from preloaded imports) instead of a fresh interpreter each."""
+        started by ``warm_exec`` (forked from preloaded imports) instead of a fresh interpreter each.
+        An invalid ``policy-file`` raises ``policy.PolicyFileError`` (every problem) before any process starts."""
+        policy_file = node_config.get("policy-file")
+        if policy_file:
+            from .policy import load_policy
+            load_policy(policy_file)
         runtime_port = free_port()
         cmd = [_bin("flower-supernode"), "--superlink", self.address, "--port", str(runtime_port),
                "--node-config", run_config_arg(node_config)]
@@ -191,7 +196,8 @@ class LocalDeployment:
         if warm:  # the Runtime API stays on loopback, plain as in Flower's own subprocess mode
             self.procs.start(f"{name}-exec", [sys.executable, "-m", "mmdomain_federated.warm_exec",
                                               "--runtime-api-address", f"127.0.0.1:{runtime_port}", "--insecure",
-                                              "--parent-pid", str(node.pid)])
+                                              "--parent-pid", str(node.pid),
+                                              *(["--policy-file", str(policy_file)] if policy_file else [])])
         return node
 
     def run_app(self, run_config: dict[str, Any], timeout: float = 900) -> subprocess.CompletedProcess:
@@ -211,6 +217,10 @@ def deploy_local(num_sites: int, run_config: dict[str, Any], *, work: Path | Non
     from . import task
     from .settings import Settings
 
+    if policies:  # every site's policy file, before anything starts (start_supernode checks each again)
+        from .policy import load_policy
+        for path in policies:
+            load_policy(path)  # no-op for None
     work = Path(work or tempfile.mkdtemp(prefix="mmdomain-deploy-"))
     settings = Settings.from_run_config(run_config)
     if site_roots is None:
@@ -228,7 +238,7 @@ def deploy_local(num_sites: int, run_config: dict[str, Any], *, work: Path | Non
             dep.register(pub)
             node_config = {"data-root": str(site)}
             if policies and policies[i]:
-                node_config["policy-file"] = str(policies[i])
+                node_config["policy-file"] = str(Path(policies[i]).resolve())  # the services run in logs/
             dep.start_supernode(f"supernode-{i}", priv, node_config)
         log(f"{len(site_roots)} SuperNodes started; running the app")
         result = dep.run_app(config, timeout=timeout)

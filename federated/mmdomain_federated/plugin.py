@@ -1,5 +1,6 @@
 """mmdomain plugin: adds ``mmdomain fed run`` (local simulation), ``mmdomain fed deploy``,
-``mmdomain fed compare`` (federated vs local-only over seeds) and ``mmdomain demo``."""
+``mmdomain fed compare`` (federated vs local-only over seeds), ``mmdomain fed policy init|check``
+(a site's policy file) and ``mmdomain demo``."""
 
 from __future__ import annotations
 
@@ -81,6 +82,41 @@ def fed_deploy(sites: int, rounds: int, work: Path | None, sets: tuple[str, ...]
     summary = deploy_local(sites, {"num-server-rounds": rounds, **_parse_kv(sets)}, work=work, log=click.echo)
     click.echo(json.dumps({k: summary[k] for k in ("stopped", "rounds", "model", "final") if k in summary}, indent=1,
                           default=str))
+
+
+@fed.group("policy")
+def fed_policy() -> None:
+    """A site's policy file (the SuperNode's policy-file): write a template, check one."""
+
+
+@fed_policy.command("init")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
+def fed_policy_init(file: Path, force: bool) -> None:
+    """Write a commented policy template to FILE, every key documented. As written it is a strict
+    policy for a hospital (DP-SGD at the site, noise multiplier >= 0.8, at most 100 rounds)."""
+    from .policy import check_file, report, write_template
+
+    try:
+        write_template(file, force=force)
+    except FileExistsError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {file}: {exc.strerror or exc}") from None
+    click.echo(f"wrote {file}")
+    click.echo(report(check_file(file), file), nl=False)
+
+
+@fed_policy.command("check")
+@click.argument("file", type=click.Path(path_type=Path))
+def fed_policy_check(file: Path) -> None:
+    """Validate a site policy file: print what it enforces (exit 0) or every problem (exit 2)."""
+    from .policy import check_file, report
+
+    result = check_file(file)
+    click.echo(report(result, file), nl=False, err=not result.ok)
+    if not result.ok:
+        raise SystemExit(2)
 
 
 @hookimpl

@@ -9,7 +9,13 @@ executor starts each ``flwr-clientapp`` as a child of a fork server that importe
 this app once (``multiprocessing``'s forkserver with preloading). Every message still gets its own
 process, so no state leaks between messages; only the start-up cost is gone.
 
-    python -m mmdomain_federated.warm_exec --runtime-api-address 127.0.0.1:PORT --insecure --parent-pid PID
+    python -m mmdomain_federated.warm_exec --runtime-api-address 127.0.0.1:PORT --insecure --parent-pid PID \
+        [--policy-file /etc/mmdomain/policy.toml]
+
+``--policy-file`` (this executor's own option, the path the SuperNode's ``--node-config`` names):
+the site's policy is validated before anything starts (``policy.check_file``, the rule
+``load_policy`` applies at every message); an invalid file stops the executor with every problem
+listed and exit status 2, so a misspelt key is found when the site starts, not when a job arrives.
 """
 
 from __future__ import annotations
@@ -81,8 +87,44 @@ class WarmForkExecutor:
         self.children = []
 
 
+def split_policy_file(argv: list[str]) -> tuple[str | None, list[str]]:
+    """``--policy-file PATH`` (or ``--policy-file=PATH``) taken out of ``argv``: (PATH, the rest)."""
+    rest, path, i = [], None, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--policy-file":
+            if i + 1 >= len(argv):
+                raise SystemExit("warm_exec: --policy-file needs a path")
+            path, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--policy-file="):
+            path = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    return path, rest
+
+
+def check_policy_at_start(path: str | None) -> None:
+    """Validate the site's policy file before the executor starts: its summary on stderr, or
+    every problem and ``SystemExit(2)``."""
+    if not path:
+        return
+    from .policy import check_file, report
+
+    result = check_file(path)
+    sys.stderr.write("mmdomain warm SuperExec: " + report(result, path))
+    sys.stderr.flush()
+    if not result.ok:
+        sys.stderr.write("mmdomain warm SuperExec: not started (fix the site policy file, then start again)\n")
+        raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     import os
+
+    policy_file, argv = split_policy_file(list(sys.argv[1:] if argv is None else argv))
+    check_policy_at_start(policy_file)  # before any import of flwr, before the fork server
 
     # asking the SuperNode beside it for new tasks costs a loopback request: every 0.2 s, not every 1 s
     os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")
@@ -91,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
 
     executor = WarmForkExecutor()
     superexec_loop.get_executor = lambda *args, **kwargs: executor  # the loop's only executor hook
-    sys.argv = ["flower-superexec", *(sys.argv[1:] if argv is None else argv)]
+    sys.argv = ["flower-superexec", *argv]
     flower_superexec()
 
 
