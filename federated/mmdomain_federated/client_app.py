@@ -16,7 +16,7 @@ from mmdomain.errors import ConfigError, DataError
 from . import task
 from .groups import FUSION_FROM_MULTI, held, trained_groups
 from mmdomain.jsonout import dumps
-from .policy import PolicyFileError, load_policy, violations
+from .policy import PolicyFileError, load_policy, planned_noise_violations, violations
 from .readiness import readiness
 from .records import arrays_to_numpy, compress, numpy_to_arrays
 from .secure import SECAGG_CONFIGS
@@ -29,6 +29,10 @@ log = logging.getLogger("mmdomain.federated.site")
 
 class PolicyRefusal(RuntimeError):
     """The site's policy refuses the job; the message names only policy settings."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__(_reason(problems))
+        self.problems = problems
 
 
 class SiteError(RuntimeError):
@@ -96,6 +100,16 @@ def _train_locally(cfg, settings, registry, node_config, global_w, node_id: int,
     task.set_weights(model, global_w)
     data = task.load_site(settings, node_config, registry, "train")
     mod_counts, n = task.training_counts(model, data)  # contrastive: the rows holding both modalities
+    if settings.local_dp and settings.target_epsilon > 0 and n > 0:  # the noise exists only now: check it
+        from .local_dp import site_noise
+
+        noise = site_noise(settings, len(data), settings.train_batch_size(len(data)))
+        problems = planned_noise_violations(load_policy(node_config.get("policy-file")), noise,
+                                            settings.target_epsilon)
+        if problems:
+            log.warning("site %s: refused round %s: %s", node_id, cfg.get("server-round", "?"),
+                        _reason(problems))
+            raise PolicyRefusal(problems)
     metrics: dict = {}
     if cfg.get("fused-eval", False):  # evaluate the incoming global model: one message per round
         try:
@@ -156,13 +170,16 @@ def train(msg: Message, context: Context) -> Message:
     settings, registry, node_config, problems = _setup(msg, context)
     if SECAGG_CONFIGS in msg.content.config_records:
         if problems:
-            raise PolicyRefusal(_reason(problems))
+            raise PolicyRefusal(problems)
         return _train_secure(msg, context, settings, registry, node_config)
     if problems:
         return _refusal(msg, problems)
     cfg = msg.content["config"]
-    model, mod_counts, n, metrics = _train_locally(cfg, settings, registry, node_config,
-                                                   arrays_to_numpy(msg.content["arrays"]), context.node_id)
+    try:
+        model, mod_counts, n, metrics = _train_locally(cfg, settings, registry, node_config,
+                                                       arrays_to_numpy(msg.content["arrays"]), context.node_id)
+    except PolicyRefusal as exc:  # the noise a target epsilon plans on this site's data
+        return _refusal(msg, exc.problems)
     weights = compress(task.get_weights(model, trained_groups(mod_counts, n)), settings.compress)
     metrics.update({f"count/{m}": c for m, c in mod_counts.items()})
     site = ConfigRecord({"modalities": json.dumps(sorted(held(mod_counts))), "compress": settings.compress})

@@ -434,6 +434,15 @@ def write_template(path: str | Path, force: bool = False) -> Path:
 
 
 # -- a job against the policy ----------------------------------------------------------------------------
+def planned_noise_violations(policy: SitePolicy, noise: float, target_epsilon: float) -> list[str]:
+    """A local DP-SGD job that plans its noise from ``target-epsilon`` has it only once the site
+    knows its own data (``local_dp.site_noise``): the noise planned here against the minimum."""
+    if noise < policy.min_noise_multiplier:
+        return [f"local noise-multiplier {noise:.3g} (planned for target-epsilon {target_epsilon:g} on this site's "
+                f"data) < the site's minimum {policy.min_noise_multiplier:g}"]
+    return []
+
+
 def violations(policy: SitePolicy, settings, registry) -> list[str]:
     """What in the job (``settings.Settings``) falls short of the site's policy, each as what the
     site requires and what the job asked; empty = acceptable."""

@@ -179,3 +179,23 @@ def test_policy_rules_the_old_reader_let_through(settings_for, registry):  # < 1
     problems = P.violations(P.SitePolicy(allowed_plugins=("medical",)), settings_for(), LookAlike())
     assert any("from plugin 'mmdomain_lookalike', not in the site's allowed-plugins" in p for p in problems)
     assert P.violations(P.SitePolicy(allowed_plugins=("example",)), settings_for(), registry) == []
+
+
+def test_a_target_epsilon_cannot_plan_the_noise_below_the_sites_minimum(settings_for, tmp_path, caplog):  # < 3 s
+    """The job's configured noise passes; what a huge target epsilon plans on this site's data does not."""
+    from mmdomain_federated.inprocess import LocalGrid
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text("require-local-dp = true\nmin-noise-multiplier = 0.8\n")
+    loose = settings_for(local_dp=True, target_epsilon=1000.0, local_noise_multiplier=1.0, max_steps=1)
+    assert P.violations(P.load_policy(policy), loose, None) == []  # the configured noise looks fine
+    grid = LocalGrid(1, loose.as_run_config(), node_configs=[{"policy-file": str(policy)}])
+    with caplog.at_level("WARNING", logger="mmdomain.federated.site"):
+        (reply,) = grid.send_and_receive([_train()])
+    refused = str(reply.content["site"]["refused"])
+    assert "planned for target-epsilon 1000" in refused and "< the site's minimum 0.8" in refused
+    assert any("planned for target-epsilon" in r.getMessage() for r in caplog.records)
+    strict = settings_for(local_dp=True, target_epsilon=1.0, max_steps=1)  # plans a large noise: trains
+    grid = LocalGrid(1, strict.as_run_config(), node_configs=[{"policy-file": str(policy)}])
+    (reply,) = grid.send_and_receive([_train()])
+    assert not reply.has_error() and "refused" not in reply.content["site"] and "arrays" in reply.content
