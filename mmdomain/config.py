@@ -1,11 +1,15 @@
 """Typed run configuration, loadable from TOML or YAML.
 
 A bad value is reported as ``ConfigError`` naming the field (``train.lr: ...``); an
-unknown key is an error too, so a misspelling is never silently ignored.
+unknown key is an error too, so a misspelling is never silently ignored. A file that is not
+UTF-8, too large, nested too deeply or a YAML alias bomb is refused before it is parsed in
+full, and size options beyond ``mmdomain.limits`` before anything is allocated.
 """
 
 from __future__ import annotations
 
+import re
+import reprlib
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import limits
 from .errors import ConfigError, MMDomainError
 
 
@@ -35,15 +40,26 @@ class Component(_Strict):
     weights_sha256: str | None = None
     train: str = "all"
 
+    @field_validator("options")
+    @classmethod
+    def _sizes_in_range(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:
+            limits.check_options(v)
+        except limits.LimitError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
     @field_validator("train")
     @classmethod
     def _policy(cls, v: str) -> str:
         from .models.trainable import TrainPolicy
 
         try:
-            TrainPolicy.parse(v)
+            policy = TrainPolicy.parse(v)
         except MMDomainError as exc:
             raise ValueError(str(exc)) from None
+        if policy.n > limits.DIM:  # blocks (last:N) or adapter rank (lora:R)
+            raise ValueError(f"{v[:40]!r}: N is at most {limits.DIM:,}")
         return v
 
 
@@ -55,7 +71,7 @@ class ModelConfig(_Strict):
     task: Component
     modality_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     encode_absent: bool = False  # run encoders on zero-filled rows too (needed by per-sample-gradient DP)
-    max_text_length: int = Field(128, ge=1)
+    max_text_length: int = Field(128, ge=1, le=limits.TOKENS)
 
     @field_validator("modalities")
     @classmethod
@@ -90,7 +106,16 @@ class DataConfig(_Strict):
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, le=limits.COUNT)
+
+    @field_validator("options")
+    @classmethod
+    def _sizes_in_range(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:
+            limits.check_options(v, names=limits.DATA_SIZE_KEYS)
+        except limits.LimitError as exc:
+            raise ValueError(str(exc)) from None
+        return v
 
 
 class TrainConfig(_Strict):
@@ -114,12 +139,21 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
+_SHORT = reprlib.Repr(maxlevel=2, maxlist=4, maxtuple=4, maxdict=4, maxstring=60, maxother=60, maxlong=40)
+_MAX_ERRORS = 8
+
+
 def _format(exc: ValidationError, prefix: str = "") -> str:
+    """One line per error (at most ``_MAX_ERRORS``), inputs shortened: a huge or alias-expanded
+    value never reaches the message in full."""
     lines = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
-        lines.append(f"{prefix}{where}: {err['msg']}{got}")
+    errors = exc.errors(include_url=False, include_context=False)
+    for err in errors[:_MAX_ERRORS]:
+        where = ".".join(_SHORT.repr(p) if not isinstance(p, (str, int)) else str(p)[:80] for p in err["loc"])
+        got = f" (got {_SHORT.repr(err['input'])})" if "input" in err and not isinstance(err["input"], dict) else ""
+        lines.append(f"{prefix}{where or '(top level)'}: {err['msg'][:300]}{got}")
+    if len(errors) > _MAX_ERRORS:
+        lines.append(f"and {len(errors) - _MAX_ERRORS} more")
     return "; ".join(lines)
 
 
@@ -130,21 +164,81 @@ def parse(model: type[BaseModel], data: Any, source: str = "config") -> Any:
         raise ConfigError(f"{source}: {_format(exc)}") from None
 
 
+def _read_text(path: Path) -> str:
+    """The file's text: at most ``limits.CONFIG_BYTES``, UTF-8 (a leading BOM is dropped)."""
+    if path.stat().st_size > limits.CONFIG_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size:,} bytes; a config file may have at most "
+                          f"{limits.CONFIG_BYTES:,}")
+    with path.open("rb") as f:
+        raw = f.read(limits.CONFIG_BYTES + 1)
+    if len(raw) > limits.CONFIG_BYTES:
+        raise ConfigError(f"{path}: more than {limits.CONFIG_BYTES:,} bytes; a config file may have at most that")
+    try:
+        return raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 4]!r})") from None
+
+
+def _yaml_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+_QUOTED_OR_COMMENT = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'|(?:^|(?<=\s))#[^\n]*', re.M)
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def _flow_depth(text: str) -> int:
+    """How deep ``[`` / ``{`` nest outside quotes and comments: a quick upper bound that refuses
+    50,000 nested brackets before the (pure-Python, recursive) YAML parser meets them."""
+    depth = deepest = 0
+    for ch in _BRACKETS.findall(_QUOTED_OR_COMMENT.sub("", text)):
+        depth = depth + 1 if ch in "[{" else max(depth - 1, 0)
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load``, but the composed node graph is measured first (each shared node once):
+    aliases and merge keys that would expand past ``limits.CONFIG_NODES`` values, nest deeper
+    than ``limits.CONFIG_DEPTH`` or refer to themselves are refused before anything is built."""
+    if _flow_depth(text) > limits.CONFIG_DEPTH:
+        raise limits.LimitError(f"nests deeper than {limits.CONFIG_DEPTH} levels")
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        limits.extent(node, _yaml_children)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def load_config(path: str | Path) -> RunConfig:
     """Read a RunConfig from ``.toml``, ``.yaml``/``.yml`` or ``.json``."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text()
+    if path.suffix not in {".toml", ".yaml", ".yml", ".json"}:
+        raise ConfigError(f"{path}: config must be .toml, .yaml, .yml or .json")
+    text = _read_text(path)
+    kind = path.suffix[1:].upper().replace("YML", "YAML")
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
-        elif path.suffix in {".yaml", ".yml", ".json"}:
-            data = yaml.safe_load(text)
+            limits.extent(data, limits.data_children)
         else:
-            raise ConfigError(f"{path}: config must be .toml, .yaml, .yml or .json")
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from None
+            data = _load_yaml(text)
+    except limits.LimitError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nests deeper than {limits.CONFIG_DEPTH} levels") from None
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, ValueError) as exc:  # ValueError: e.g. a 5,000-digit integer
+        raise ConfigError(f"{path}: not valid {kind}: {str(exc)[:500]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a table of settings at the top level")
     config = parse(RunConfig, data, str(path))

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
+from .. import limits
 from ..config import Component, ModelConfig
 from ..data.sample import Batch
 from ..errors import ConfigError, MMDomainError
@@ -34,15 +35,23 @@ class ModelOutput:
     fused: Tensor
 
 
-def _build(kind: str, component: Component, builder, *args, **extra) -> Any:
+def _build(kind: str, component: Component, builder, *args, where: str = "", **extra) -> Any:
+    """``builder(*args, **options, **extra)``, with every size option checked against
+    ``mmdomain.limits`` first and the tensors it creates kept under the ceilings there.
+    ``where`` names the config entry (``encoders.s2``) in errors."""
+    where = f"{where} ({kind} {component.name!r})" if where else f"{kind} {component.name!r}"
     try:
-        return builder(*args, **component.options, **extra)
+        limits.check_options({**component.options, **extra}, where)
+        with limits.allocation_guard(where):
+            return builder(*args, **component.options, **extra)
+    except limits.LimitError as exc:
+        raise ConfigError(str(exc)) from None
     except TypeError as exc:  # an option the builder does not take
-        raise ConfigError(f"{kind} {component.name!r}: {exc}") from None
+        raise ConfigError(f"{where}: {exc}") from None
 
 
-def build_tokenizer(registry: Registry, component: Component) -> Tokenizer:
-    return _build("tokenizer", component, registry.tokenizer(component.name).build)
+def build_tokenizer(registry: Registry, component: Component, where: str = "") -> Tokenizer:
+    return _build("tokenizer", component, registry.tokenizer(component.name).build, where=where)
 
 
 def needs_fitting(config: ModelConfig, registry: Registry) -> bool:
@@ -58,6 +67,10 @@ def fit_tokenizers(config: ModelConfig, registry: Registry, texts: dict[str, Ite
             continue
         if m not in texts:
             raise ConfigError(f"tokenizers.{m}: tokenizer {comp.name!r} must be fitted, but no texts were given")
+        try:
+            limits.check_options(comp.options, f"tokenizers.{m} ({comp.name!r})")
+        except limits.LimitError as exc:
+            raise ConfigError(str(exc)) from None
         comp.options = spec.fit(texts[m], **comp.options)
         comp.fitted = True
     return config
@@ -99,14 +112,14 @@ class FusionModel(nn.Module):
                 spec = registry.tokenizer(tcomp.name)
                 if spec.fit is not None and not tcomp.fitted:
                     raise ConfigError(f"tokenizers.{m}: {tcomp.name!r} must be fitted first (fit_tokenizers)")
-                tok = build_tokenizer(registry, tcomp)
+                tok = build_tokenizer(registry, tcomp, where=f"tokenizers.{m}")
                 self.tokenizers[m] = tok
                 extra = {"vocab_size": tok.vocab_size, "pad_id": tok.pad_id}
             if self.dense and mspec.kind != "text":
                 if not espec.supports_dense:
                     raise ConfigError(f"encoders.{m}: segmentation needs a dense encoder; {comp.name!r} is not")
                 extra["dense"] = True
-            encoders[m] = _build("encoder", comp, espec.build, mspec, **extra)
+            encoders[m] = _build("encoder", comp, espec.build, mspec, where=f"encoders.{m}", **extra)
             if not isinstance(getattr(encoders[m], "out_dim", None), int):
                 raise MMDomainError(f"encoder {comp.name!r} built a module without an int out_dim")
             if comp.weights and load_weights:
@@ -114,7 +127,11 @@ class FusionModel(nn.Module):
                                                            expected_sha256=comp.weights_sha256)
             elif load_weights:
                 comp.weights_sha256 = started_from(encoders[m], comp.weights_sha256, where=f"encoders.{m}")
-            apply_policy(encoders[m], comp.train, where=f"encoders.{m}.train")
+            try:
+                with limits.allocation_guard(f"encoders.{m}.train ({comp.train})"):  # e.g. lora:R adapters
+                    apply_policy(encoders[m], comp.train, where=f"encoders.{m}.train")
+            except limits.LimitError as exc:
+                raise ConfigError(str(exc)) from None
         self.encoders = nn.ModuleDict(encoders)
         self.dims = {m: e.out_dim for m, e in encoders.items()}
         self.fusion = _build("fusion", config.fusion, registry.fusion(config.fusion.name).build, dict(self.dims))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
+from ..limits import DIM
 from ..registry import ModalitySpec
 
 
@@ -15,6 +17,9 @@ class ConvEncoder(nn.Module):
     def __init__(self, modality: ModalitySpec, out_dim: int = 128, width: int = 32, depth: int = 3,
                  dense: bool = False, in_channels: int | None = None):
         super().__init__()
+        if width * 2 ** max(depth - 1, 0) > DIM:  # the last stage has width * 2**(depth-1) channels
+            raise ConfigError(f"cnn: width={width} with depth={depth} gives {width * 2 ** (depth - 1):,} channels in "
+                              f"the last stage; at most {DIM:,}")
         conv = nn.Conv3d if modality.kind == "volume" else nn.Conv2d
         c_in = in_channels or modality.channels or 1
         layers: list[nn.Module] = []
