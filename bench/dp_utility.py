@@ -45,6 +45,8 @@ from mmdomain_federated.experiment import main_metric, pooled_predictions, poole
 from mmdomain_federated.settings import Settings  # noqa: E402
 
 ARMS = ("local-frozen", "local-all", "central")
+# "no-dp-pretrained" (not a default): the no-DP federation from the same pretrained start, every
+# parameter trained: against it, what privacy costs at an equal starting point
 
 
 def pretrain(registry, dataset: str, public_site: Path, out: Path, epochs: int, batch: int,
@@ -99,10 +101,13 @@ def one_seed(registry, dataset: str, seed: int, args, work: Path, log, done: lis
                      "epsilon_spent": None, "metric": metric, "value": result["overall"].get(metric),
                      "pretrain": args.pretrain})
         log(f"  {dataset} seed {seed} public-only : {metric} {rows[-1]['value']:.3f}")
-    runs = [(a, e) for a in args.arms for e in (args.epsilons if a == "local-frozen" else args.other_epsilons)]
-    for arm, eps in [("no-dp", None)] + runs:
+    runs = [(a, e) for a in args.arms if a != "no-dp-pretrained"
+            for e in (args.epsilons if a == "local-frozen" else args.other_epsilons)]
+    for arm, eps in [("no-dp", None)] + [("no-dp-pretrained", None)] * ("no-dp-pretrained" in args.arms) + runs:
         config = {**base, **({} if eps is None else arm_config(arm, eps, modalities, pretrained,
                                                                          args.encoder_train))}
+        if arm == "no-dp-pretrained":
+            config["init-from"] = str(pretrained)
         if eps is not None:
             config["local-batch-size"] = args.dp_batch
             if arm == "local-frozen":  # only fusion + task train: a larger step for the few noisy ones
@@ -118,7 +123,7 @@ def one_seed(registry, dataset: str, seed: int, args, work: Path, log, done: lis
             max((summary.get("local-epsilon") or {}).values(), default=None)
         rows.append({"dataset": dataset, "seed": seed, "arm": arm, "epsilon_target": eps, "epsilon_spent": spent,
                      **({"encoder_train": args.encoder_train, "pretrain": args.pretrain} if arm == "local-frozen"
-                        else {}),
+                        else {"pretrain": args.pretrain} if arm == "no-dp-pretrained" else {}),
                      "metric": metric, "value": result["overall"].get(metric), "rounds": summary.get("rounds"),
                      "seconds": round(time.perf_counter() - t0, 1)})
         log(f"  {dataset} seed {seed} {arm:<12} eps {eps!s:>4}: {metric} {rows[-1]['value']:.3f} "
@@ -133,6 +138,10 @@ def one_seed(registry, dataset: str, seed: int, args, work: Path, log, done: lis
                                 seed=seed)
         row["minus_no_dp"] = boot["margin"]
         row["interval"] = boot["interval"]
+        if ("no-dp-pretrained", None) in preds and row["arm"] not in ("no-dp-pretrained", "public-only"):
+            same = paired_bootstrap(model.task, row["metric"], p[0], {"no-dp-pretrained": preds[("no-dp-pretrained",
+                                    None)][0]}, target, resamples=args.resamples, seed=seed)
+            row["minus_no_dp_pretrained"], row["interval_pretrained"] = same["margin"], same["interval"]
     return {"rows": rows, "test_rows": len(target), "site_options": options}
 
 
@@ -158,7 +167,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epsilons", default="8,3,1", help="target epsilons of the local-frozen arm")
     ap.add_argument("--other-epsilons", default="8", help="target epsilons of the local-all and central arms")
-    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--arms", default=",".join(ARMS), help="of local-frozen, local-all, central and no-dp-pretrained "
+                    "(no DP from the pretrained start); no-dp always runs")
     ap.add_argument("--sites", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--batch", type=int, default=64, help="batch size of the no-DP arm")
