@@ -13,11 +13,11 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from .aggregation import SiteUpdate
+from .aggregation import BadReply, SiteUpdate, cap_shares
 from .groups import param_group
 from .records import nbytes, numpy_to_arrays
 from .settings import Settings
-from .strategy import ModalityAware, origin, sender
+from .strategy import ModalityAware, eval_metrics, numbers, origin, sender, site_info, site_seconds, train_metrics
 
 LOCAL_MECHANISM = "dp-sgd-local-record-level"
 
@@ -33,13 +33,15 @@ class RoundResult:
     targets: list[int]  # the sites the round went to
     answered: set[int] = field(default_factory=set)
     accepted: list[SiteUpdate] = field(default_factory=list)
-    rejected: list[tuple[Any, str]] = field(default_factory=list)  # (site, reason): failed screening
+    rejected: list[tuple[Any, str]] = field(default_factory=list)  # (site, reason): bad reply or failed screening
+    capped: list[tuple[Any, str]] = field(default_factory=list)  # (site, what): counts lowered to its caps
     failed: list[tuple[Any, str]] = field(default_factory=list)  # (site, reason): error replies
     refused: list[tuple[int, str]] = field(default_factory=list)  # (site, reason): policy refusals
     used: dict[str, list[Any]] = field(default_factory=dict)  # group -> sites (None under SecAgg+) averaged
     bytes_down: int = 0
     bytes_up: int | None = None  # None under SecAgg+: masked vectors travel as protocol records
     secure: bool = False
+    max_share: float = 1.0  # the largest share one site has in the round's weighted metrics (max-site-weight)
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -69,9 +71,10 @@ def wait_for_nodes(grid: Grid, need: int, timeout: float, log: Log) -> list[int]
 
 
 def readiness_round(grid: Grid, nodes: list[int], settings: Settings, refused: dict[int, str],
-                    log: Log) -> dict[str, Any]:
+                    log: Log, rejections: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Ask every site for its readiness report; ``{site: report | {"error"} | {"refused"}}``.
-    Refusing sites are added to ``refused``."""
+    Refusing sites are added to ``refused``; a bad reply (``readiness_report``) is an error entry,
+    logged and added to ``rejections`` (round 0)."""
     msgs = [Message(RecordDict({"config": ConfigRecord({})}), message_type=MessageType.QUERY, dst_node_id=n,
                     group_id="readiness") for n in nodes]
     report: dict[str, Any] = {}
@@ -82,14 +85,47 @@ def readiness_round(grid: Grid, nodes: list[int], settings: Settings, refused: d
         if reply.has_error():
             report[str(src)] = {"error": reply.error.reason}
             continue
-        site = reply.content["site"]
+        site = site_info(reply.content)
         if "refused" in site:
             refused[src] = str(site["refused"])
             report[str(src)] = {"refused": refused[src]}
             log(f"site {src} refused: {refused[src]}")
             continue
-        report[str(src)] = json.loads(str(site["readiness"]))
+        try:
+            report[str(src)] = readiness_report(site)
+        except BadReply as exc:  # as a failed site: no declared counts, no modalities from it
+            report[str(src)] = {"error": f"bad readiness reply: {exc}"}
+            log(f"site {src}: bad readiness reply: {exc}")
+            if rejections is not None:
+                rejections.append({"round": 0, "site": src, "reason": f"bad readiness reply: {exc}"})
     return report
+
+
+def readiness_report(site) -> dict[str, Any]:
+    """A readiness reply's report (``BadReply`` unless it is what ``readiness.readiness`` writes:
+    JSON, per split ``n`` and per-modality counts, each a non-negative integer or ``"<5"``)."""
+    try:
+        report = json.loads(str(site["readiness"]))
+    except (KeyError, ValueError):
+        raise BadReply("no readiness report, or not JSON") from None
+    splits = report.get("splits") if isinstance(report, dict) else None
+    if not isinstance(splits, dict):
+        raise BadReply("no splits")
+    for entry in splits.values():
+        if not isinstance(entry, dict):
+            raise BadReply("a split that is not an object")
+        if "error" in entry:
+            continue
+        cells = [entry.get("n")] + list((entry.get("modalities") or {}).values()) \
+            if isinstance(entry.get("modalities", {}), dict) else [None]
+        if not all(_cell(c) for c in cells):
+            raise BadReply("a count that is neither a non-negative integer nor suppressed")
+    return report
+
+
+def _cell(c: Any) -> bool:
+    return (isinstance(c, int) and not isinstance(c, bool) and c >= 0) or \
+        (isinstance(c, str) and c.startswith("<") and c[1:].isdigit())
 
 
 def train_round(grid: Grid, rnd: int, weights: dict[str, np.ndarray], settings: Settings,
@@ -100,7 +136,7 @@ def train_round(grid: Grid, rnd: int, weights: dict[str, np.ndarray], settings: 
     started = time.perf_counter()
     if settings.secagg:
         targets = [n for n in grid.get_node_ids() if n not in refused]
-        result = RoundResult(rnd, weights, targets, secure=True, started=started)
+        result = RoundResult(rnd, weights, targets, secure=True, max_share=settings.max_site_weight, started=started)
         if len(targets) >= settings.min_sites:
             result = _secure(grid, result, settings, strategy, fusion_from, log)
     else:
@@ -109,7 +145,8 @@ def train_round(grid: Grid, rnd: int, weights: dict[str, np.ndarray], settings: 
                     if m.metadata.dst_node_id not in refused]
         for m in messages:
             m.metadata.group_id = str(rnd)
-        result = RoundResult(rnd, weights, [m.metadata.dst_node_id for m in messages], started=started)
+        result = RoundResult(rnd, weights, [m.metadata.dst_node_id for m in messages],
+                             max_share=settings.max_site_weight, started=started)
         if len(messages) >= settings.min_sites:
             result = _clear(grid, result, messages, settings, strategy)
     if settings.central_dp and result.weights is not weights:
@@ -142,9 +179,10 @@ def _clear(grid: Grid, result: RoundResult, messages: list[Message], settings: S
     sent = origin(messages)
     agg = strategy.aggregate_modalities(result.round, replies, result.weights, sent)
     result.weights, result.accepted, result.rejected = agg.weights, agg.accepted, agg.rejected
-    result.failed, result.refused, result.used = agg.failed, agg.refused, agg.used
+    result.failed, result.refused, result.used, result.capped = agg.failed, agg.refused, agg.used, agg.capped
     result.answered = {sender(m, sent) for m in replies}
-    result.bytes_up = sum(nbytes(m.content["arrays"]) for m in replies if not m.has_error() and "arrays" in m.content)
+    result.bytes_up = sum(nbytes(m.content.array_records["arrays"]) for m in replies
+                          if not m.has_error() and "arrays" in m.content.array_records)
     return result
 
 
@@ -161,12 +199,25 @@ def _secure(grid: Grid, result: RoundResult, settings: Settings, strategy: Modal
         log(f"round {rnd}: SecAgg+ halted (too few sites answered to unmask)")
     else:
         result.weights = res.weights
-        result.accepted = [SiteUpdate(site, {}, {}, int(res.metrics[site].get("num-examples", 0)), res.metrics[site])
+        result.accepted = [secure_update(site, res.metrics.get(site, {}), strategy, result.capped)
                            for site in res.sites]
     result.failed = [("?", f"{res.failures} sites failed inside the SecAgg+ protocol")] if res.failures else []
     result.used = {g: [None] * len(res.sites) for g, w in res.group_weight.items() if w > 0}
     result.answered = set(res.sites)
     return result
+
+
+def secure_update(site: int, metrics: dict[str, Any], strategy: ModalityAware,
+                  notes: list[tuple[Any, str]]) -> SiteUpdate:
+    """A SecAgg+ site's clear-text train metrics as an update without weights (its vector is in
+    the sum already: it cannot be rejected). Metrics that do not fit are dropped from the round's
+    records (noted)."""
+    try:
+        m, _ = train_metrics(site, numbers(dict(metrics)), strategy.caps, notes)
+    except BadReply as exc:
+        notes.append((site, f"train metrics dropped from the records: {exc}"))
+        m = {"num-examples": 0}
+    return SiteUpdate(site, {}, {}, int(m["num-examples"]), m)
 
 
 def round_record(result: RoundResult) -> dict[str, Any]:
@@ -182,9 +233,11 @@ def round_record(result: RoundResult) -> dict[str, Any]:
     if result.secure:
         record["secagg"] = True
     rows = [u.metrics for u in result.accepted]
-    record["slowest-site-seconds"] = max(float(r.get("site-seconds", 0)) for r in rows)
-    record.update(weighted(rows, "train-", "num-examples"))
-    record.update(weighted(rows, "eval-", "eval-n"))
+    record["slowest-site-seconds"] = max(site_seconds(r) for r in rows)
+    record.update(weighted(rows, "train-", "num-examples", result.max_share))
+    record.update(weighted(rows, "eval-", "eval-n", result.max_share))
+    if result.capped:
+        record["capped-sites"] = sorted({str(site) for site, _ in result.capped})
     record["per-site"] = {str(u.site): {k: v for k, v in u.metrics.items()
                                         if (k.startswith(("train-", "eval-")) or k == "site-seconds")
                                         and isinstance(v, (int, float))}
@@ -205,49 +258,85 @@ def local_epsilon(result: RoundResult) -> dict[str, float]:
     return {str(u.site): u.metrics["local-epsilon"] for u in result.accepted if "local-epsilon" in u.metrics}
 
 
-def weighted(rows: list[dict[str, Any]], prefix: str, n_key: str) -> dict[str, float]:
-    """Weighted mean of the overall metrics (keys without '/') across sites; counts add up."""
+def weighted(rows: list[dict[str, Any]], prefix: str, n_key: str, max_share: float = 1.0) -> dict[str, float]:
+    """Weighted mean of the overall metrics (keys without '/') across sites, each weighted by its
+    ``n_key`` count with no site's share above ``max_share`` (``aggregation.cap_shares``, with
+    >= 3 sites); counts add up."""
     rows = [r for r in rows if n_key in r]
     total = sum(float(r.get(n_key, 0)) for r in rows)
     if total <= 0:
         return {}
     keys = {k for r in rows for k in r if k.startswith(prefix) and "/" not in k and k != n_key}
     counts = {k for k in keys if k.removeprefix(prefix) in ("n", "samples") or k.endswith("-samples")}
-    out = {k: sum(float(r[k]) * float(r[n_key]) for r in rows if k in r) / total for k in sorted(keys - counts)}
+    share = shares(rows, n_key, max_share)
+    out = {k: sum(float(r[k]) * s for r, s in zip(rows, share) if k in r and s > 0) for k in sorted(keys - counts)}
     out.update({k: sum(float(r.get(k, 0)) for r in rows) for k in sorted(counts)})
     return out
 
 
+def shares(rows: list[dict[str, Any]], n_key: str, max_share: float = 1.0) -> list[float]:
+    """Each row's share of a weighted mean by its ``n_key`` count, none above ``max_share``."""
+    n = [float(r.get(n_key, 0)) for r in rows]
+    pos = [i for i, v in enumerate(n) if v > 0]
+    out = [0.0] * len(rows)
+    for i, s in zip(pos, cap_shares([n[i] for i in pos], max_share) if pos else []):
+        out[i] = float(s)
+    return out
+
+
 def evaluate_round(grid: Grid, strategy: ModalityAware, weights: dict[str, np.ndarray], settings: Settings,
-                   refused: dict[int, str], rnd: int, split: str) -> dict[str, Any]:
-    """Every non-refusing site evaluates ``weights`` on its ``split``: sample-weighted overall
-    metrics and each site's own. A site that evaluated nothing is listed too, with a ``note``
-    (and ``n`` 0 when it said why: an empty split, or the error type of its evaluation)."""
+                   refused: dict[int, str], rnd: int, split: str, *, log: Log | None = None,
+                   rejections: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Every non-refusing site evaluates ``weights`` on its ``split``: overall metrics weighted by
+    the sites' counts (capped as in training: ``strategy.eval_metrics``; no site's share above
+    ``max-site-weight``) and each site's own, with its ``share``. A site that evaluated nothing is
+    listed too, with a ``note`` (and ``n`` 0 when it said why: an empty split, or the error type of
+    its evaluation); a reply that does not fit is rejected (``note``, ``log``, ``rejections``)."""
     msgs = [m for m in strategy.configure_evaluate(rnd, numpy_to_arrays(weights),
                                                    ConfigRecord({"split": split}), grid)
             if m.metadata.dst_node_id not in refused]
-    rows, per_site = [], {}
+    rows, sites, per_site = [], [], {}
     replies = list(grid.send_and_receive(msgs, timeout=settings.round_timeout))
     sent = origin(msgs)
     for reply in replies:
-        site = str(sender(reply, sent))
+        src = sender(reply, sent)
+        site = str(src)
+        if site in per_site:
+            continue  # one reply per site: the first
         if reply.has_error():
             per_site[site] = {"note": "error reply (the site failed)"}
             continue
-        if "refused" in (info := reply.content.get("site") or ConfigRecord()):
+        if "refused" in (info := site_info(reply.content)):
             per_site[site] = {"note": "refused by the site's policy"}
             continue
-        m = dict(reply.content["metrics"]) if "metrics" in reply.content else {}
+        capped: list[tuple[Any, str]] = []
+        try:
+            m = eval_metrics(src, reply.content, strategy.caps, split, capped)
+        except BadReply as exc:
+            per_site[site] = {"note": f"reply rejected: {exc}"}
+            if rejections is not None:
+                rejections.append({"round": rnd, "site": src, "reason": f"bad {split} evaluation reply: {exc}"})
+            if log:
+                log(f"round {rnd}: rejected {split} evaluation of site {src}: {exc}")
+            continue
         if not m.get("num-examples"):  # the site could not evaluate: it says why
             why = (f"no {split} split (0 rows)" if info.get("eval-empty") else
                    f"evaluation failed at the site ({info['eval-error']})" if "eval-error" in info else
                    "no evaluation metrics")
             per_site[site] = {"n": 0, "num-examples": 0, "note": why}
             continue
+        if capped:
+            m["note"] = "; ".join(what for _, what in capped)
+            if log:
+                log(f"round {rnd}: {split} evaluation of site {src}: {m['note']}")
         rows.append(m)
+        sites.append(site)
         per_site[site] = m
+    for site, share in zip(sites, shares(rows, "num-examples", settings.max_site_weight)):
+        per_site[site]["share"] = share
     answered = {sender(r, sent) for r in replies}
     for m in msgs:
         if m.metadata.dst_node_id not in answered:
             per_site[str(m.metadata.dst_node_id)] = {"note": "no answer"}
-    return {"overall": weighted(rows, "", "num-examples"), "per_site": per_site}
+    return {"overall": weighted([{k: v for k, v in r.items() if k not in ("note", "share")} for r in rows], "",
+                                "num-examples", settings.max_site_weight), "per_site": per_site}

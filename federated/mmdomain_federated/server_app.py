@@ -24,6 +24,7 @@ from mmdomain.checkpoint import describe_init, save_checkpoint
 from mmdomain.plugins import get_registry
 
 from . import task
+from .aggregation import declared_caps
 from .groups import FUSION_FROM_MULTI, fusion_from
 from mmdomain.jsonout import dumps, write
 from .readiness import held_modalities
@@ -32,7 +33,7 @@ from .rounds import (RoundResult, evaluate_round, local_epsilon, local_ledger_ro
 from .run_state import RunState
 from .server_log import ServerLog
 from .settings import Settings
-from .strategy import ModalityAware, make_strategy
+from .strategy import ModalityAware, make_strategy, site_seconds
 
 app = ServerApp()
 
@@ -59,12 +60,13 @@ def run_server(grid: Grid, settings: Settings, out_dir: Path, *, registry=None,
         nodes = wait_for_nodes(grid, max(settings.expected_sites, settings.min_sites), settings.round_timeout, slog)
         run = RunState.open(settings, out_dir, task.get_weights(model), max(len(nodes), settings.min_sites), slog)
         report = _readiness(grid, nodes, run, slog)
+        strategy.caps = declared_caps(report, settings.max_site_samples, tuple(model.modalities))
         source = fusion_from(held_modalities(report)) if report else FUSION_FROM_MULTI
         stopped, crashed = _train(grid, run, strategy, len(nodes), source, slog, task.frozen_digest(model))
         if crashed:
             return {"stopped": stopped, "history": run.history, "out_dir": str(out_dir)}
         final = evaluate_round(grid, strategy, run.weights, settings, run.refused, settings.num_server_rounds + 1,
-                               "test") if run.history else {}
+                               "test", log=slog, rejections=run.rejections) if run.history else {}
         return _finish(model, run, final, stopped, registry, slog)
 
 
@@ -72,7 +74,7 @@ def _readiness(grid: Grid, nodes: list[int], run: RunState, log: ServerLog) -> d
     """The sites' readiness reports (``readiness.json``); after a restart, those of the first start."""
     path = run.out_dir / "readiness.json"
     if run.settings.readiness and not run.resumed:
-        report = readiness_round(grid, nodes, run.settings, run.refused, log)
+        report = readiness_round(grid, nodes, run.settings, run.refused, log, run.rejections)
         write(path, report)
         log.readiness(report)
         return report
@@ -101,7 +103,7 @@ def _train(grid: Grid, run: RunState, strategy: ModalityAware, num_nodes: int, s
             if result.refused and len(run.refused) > num_nodes - s.min_sites:
                 reason += "; refusals: " + " | ".join(f"site {site}: {r}" for site, r in run.refused.items())
             return reason, False
-        record, ledger_rows = _record(grid, strategy, result, run)
+        record, ledger_rows = _record(grid, strategy, result, run, log)
         run.commit(rnd, result.weights, record, ledger_rows)
         log.round(record)
         if s.stop_after_round and rnd == s.stop_after_round and rnd < s.num_server_rounds:
@@ -127,18 +129,21 @@ def _note(result: RoundResult, run: RunState, log: ServerLog) -> None:
     for site, reason in result.rejected:
         run.rejections.append({"round": rnd, "site": site, "reason": reason})
         log(f"round {rnd}: rejected update of site {site}: {reason}")
+    for site, what in result.capped:
+        log(f"round {rnd}: site {site}: {what}")
 
 
-def _record(grid: Grid, strategy: ModalityAware, result: RoundResult,
-            run: RunState) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _record(grid: Grid, strategy: ModalityAware, result: RoundResult, run: RunState,
+            log: ServerLog) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The round's record (with a separate evaluation when it is not fused, the DP release and
     the sites' local epsilons) and its ledger rows."""
     s = run.settings
     record = round_record(result)
     if not s.fused_eval:  # stock Flower shape: a separate evaluate message per round
-        ev = evaluate_round(grid, strategy, result.weights, s, run.refused, result.round, "val")
+        ev = evaluate_round(grid, strategy, result.weights, s, run.refused, result.round, "val", log=log,
+                            rejections=run.rejections)
         record.update({f"eval-{k}": v for k, v in ev["overall"].items()})
-        record["slowest-site-seconds"] += max((float(m.get("site-seconds", 0)) for m in ev["per_site"].values()),
+        record["slowest-site-seconds"] += max((site_seconds(m) for m in ev["per_site"].values()),
                                               default=0.0)
     release, ledger_rows = run.spend(result.round, [u.site for u in result.accepted])
     record.update(release)

@@ -39,7 +39,8 @@ class Settings:
     temperature: float = 0.07  # task=contrastive: the initial softmax temperature (it is learned)
     strategy: str = "fedavg"
     proximal_mu: float = 0.01
-    aggregation: str = "modality"
+    aggregation: str = "modality"  # modality | plain | median | trimmed-mean (robust, per coordinate, unweighted)
+    trim_fraction: float = 0.2  # aggregation=trimmed-mean: the share of values dropped at each end (>= 1 with 3+)
     min_sites: int = 2
     expected_sites: int = 0
     round_timeout: float = 600.0
@@ -48,6 +49,8 @@ class Settings:
     fused_eval: bool = True
     readiness: bool = True
     outlier_factor: float = 10.0
+    max_site_samples: int = 1_000_000  # a site reporting more samples (in any count) is rejected
+    max_site_weight: float = 0.5  # one site's largest share of a group's average (>= 3 sites; 1 = no cap)
     central_dp: bool = False
     noise_multiplier: float = 1.0
     clip_norm: float = 1.0
@@ -92,8 +95,22 @@ class Settings:
                               f"got {self.noise_multiplier:g}")
         if self.strategy not in ("fedavg", "fedprox"):
             raise ConfigError(f"run config: strategy must be fedavg or fedprox, got {self.strategy!r}")
-        if self.aggregation not in ("modality", "plain"):
-            raise ConfigError(f"run config: aggregation must be modality or plain, got {self.aggregation!r}")
+        if self.aggregation not in ("modality", "plain", "median", "trimmed-mean"):
+            raise ConfigError(f"run config: aggregation must be modality, plain, median or trimmed-mean, "
+                              f"got {self.aggregation!r}")
+        if self.aggregation in ("median", "trimmed-mean") and (self.central_dp or self.secagg):
+            raise ConfigError(f"run config: aggregation={self.aggregation} needs each site's update in clear and "
+                              f"undoes the central-DP sum's sensitivity; it cannot run with "
+                              f"{'secagg' if self.secagg else 'central-dp'}")
+        if not 0 <= self.trim_fraction < 0.5:
+            raise ConfigError(f"run config: trim-fraction must be in [0, 0.5), got {self.trim_fraction:g}")
+        if self.outlier_factor != 0 and not self.outlier_factor > 1:
+            raise ConfigError(f"run config: outlier-factor must be 0 (off) or > 1, got {self.outlier_factor:g}")
+        if self.max_site_samples < 1:
+            raise ConfigError(f"run config: max-site-samples must be >= 1, got {self.max_site_samples}")
+        if not 0 < self.max_site_weight <= 1:
+            raise ConfigError(f"run config: max-site-weight must be in (0, 1] (1 = no cap), "
+                              f"got {self.max_site_weight:g}")
         if self.task not in ("", "contrastive"):
             raise ConfigError(f"run config: task must be '' (the dataset's default task) or contrastive, "
                               f"got {self.task!r}")
