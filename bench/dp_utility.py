@@ -92,14 +92,19 @@ def one_seed(registry, dataset: str, seed: int, args, work: Path, log, done: lis
                           args.pretrain)
     log(f"  {dataset} seed {seed}: pretrained ({args.pretrain}) on the public site in {time.perf_counter() - t0:.0f}s")
     preds, rows = {}, []
-    if args.pretrain == "supervised":  # what the public model alone scores, before any private data
-        model, _ = load_checkpoint(pretrained, registry)
+
+    def score(checkpoint: Path, key: tuple) -> tuple[Any, str, float]:
+        """The checkpoint's model, its main metric and value on the pooled test set; its predictions in preds."""
+        model, _ = load_checkpoint(checkpoint, registry)
         result = task.evaluate_site(model, test, settings)
         metric = main_metric(result["overall"])
-        preds[("public-only", None)] = pooled_predictions(model, test, settings)
+        preds[key] = pooled_predictions(model, test, settings)
+        return model, metric, result["overall"].get(metric)
+
+    if args.pretrain == "supervised":  # what the public model alone scores, before any private data
+        model, metric, value = score(pretrained, ("public-only", None))
         rows.append({"dataset": dataset, "seed": seed, "arm": "public-only", "epsilon_target": None,
-                     "epsilon_spent": None, "metric": metric, "value": result["overall"].get(metric),
-                     "pretrain": args.pretrain})
+                     "epsilon_spent": None, "metric": metric, "value": value, "pretrain": args.pretrain})
         log(f"  {dataset} seed {seed} public-only : {metric} {rows[-1]['value']:.3f}")
     runs = [(a, e) for a in args.arms if a != "no-dp-pretrained"
             for e in (args.epsilons if a == "local-frozen" else args.other_epsilons)]
@@ -115,16 +120,13 @@ def one_seed(registry, dataset: str, seed: int, args, work: Path, log, done: lis
         t0 = time.perf_counter()
         out = root / f"{arm}-{eps}"
         summary = run_flower("in-process", args.sites, config, out, 0.0, lambda *_: None)
-        model, _ = load_checkpoint(out / "model.safetensors", registry)
-        result = task.evaluate_site(model, test, settings)
-        metric = main_metric(result["overall"])
-        preds[(arm, eps)] = pooled_predictions(model, test, settings)
+        model, metric, value = score(out / "model.safetensors", (arm, eps))
         spent = summary.get("epsilon") if arm == "central" else \
             max((summary.get("local-epsilon") or {}).values(), default=None)
         rows.append({"dataset": dataset, "seed": seed, "arm": arm, "epsilon_target": eps, "epsilon_spent": spent,
                      **({"encoder_train": args.encoder_train, "pretrain": args.pretrain} if arm == "local-frozen"
                         else {"pretrain": args.pretrain} if arm == "no-dp-pretrained" else {}),
-                     "metric": metric, "value": result["overall"].get(metric), "rounds": summary.get("rounds"),
+                     "metric": metric, "value": value, "rounds": summary.get("rounds"),
                      "seconds": round(time.perf_counter() - t0, 1)})
         log(f"  {dataset} seed {seed} {arm:<12} eps {eps!s:>4}: {metric} {rows[-1]['value']:.3f} "
             f"(spent {spent if spent is None else round(spent, 2)}, {rows[-1]['seconds']}s)")

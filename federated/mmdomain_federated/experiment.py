@@ -155,13 +155,14 @@ def run_flower(engine: str, sites: int, run_config: dict[str, Any], out_dir: Pat
 
     proc = run_simulation(sites, run_config, flwr_home=Path(tempfile.mkdtemp(prefix="mmdomain-demo-flwr-")),
                           num_cpus=1, num_gpus=gpus, timeout=None, on_line=server_line)
-    summary = out_dir / "summary.json"
-    if summary.exists() and json.loads(summary.read_text()).get("model") is None:
-        _trained(json.loads(summary.read_text()))
-    if proc.returncode != 0 or not summary.exists():
+    path = out_dir / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else None
+    if summary is not None and summary.get("model") is None:
+        _trained(summary)  # the run's own reason (it exits 1 then), not "the simulation failed"
+    if proc.returncode != 0 or summary is None:
         tail = [line.rstrip() for line in proc.stdout.splitlines()]
         raise click.ClickException("the Flower simulation failed:\n" + "\n".join(tail[-20:]))
-    return json.loads(summary.read_text())
+    return summary
 
 
 def _trained(summary: dict[str, Any]) -> dict[str, Any]:
