@@ -118,6 +118,19 @@ class DataConfig(_Strict):
         return v
 
 
+class AugmentConfig(_Strict):
+    """View augmentation of training batches (``mmdomain.data.augment``): a random crop, flip and
+    quarter turn per image/raster row, word dropout per report, drawn for each modality on its own.
+    ``auto`` turns it on for self-supervised tasks (contrastive), whose features it keeps from
+    matching the two views by where edges lie, and off for supervised ones."""
+
+    mode: Literal["auto", "on", "off"] = "auto"
+    crop_scale: float = Field(0.5, gt=0, le=1)  # smallest crop, as a share of the area
+    flip: bool = True
+    rotate90: bool = True
+    word_dropout: float = Field(0.1, ge=0, lt=1)
+
+
 class TrainConfig(_Strict):
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(16, ge=1)
@@ -131,6 +144,7 @@ class TrainConfig(_Strict):
     progress: bool = True
     max_steps_per_epoch: int | None = Field(None, ge=1)
     init_from: Path | None = None  # a checkpoint: its modules that fit this model are loaded first
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
 class RunConfig(_Strict):

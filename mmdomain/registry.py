@@ -14,10 +14,11 @@ import importlib
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Protocol, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Protocol, Sequence
 
 from torch import Tensor, nn
 
+from .data.augment import check_view_limits
 from .errors import ConfigError, DuplicateNameError, InvalidSpecError, UnknownComponentError
 
 ModalityKind = Literal["image", "volume", "raster", "text"]
@@ -30,7 +31,11 @@ class ModalitySpec:
     """One kind of signal. ``channels`` is None for text.
 
     ``loader(path) -> Tensor | str`` reads one file of this modality (optional);
-    ``extensions`` lets the core's fallback ``detect_modality`` guess by suffix.
+    ``extensions`` lets the core's fallback ``detect_modality`` guess by suffix; ``views`` bounds
+    the view augmentation of its data to what keeps its meaning (``mmdomain.data.augment``):
+    ``{"flip": False, "rotate90": False, "crop_scale": 0.8}`` for a chest film, where the heart's
+    side and the effusion's place matter, ``{"word_dropout": 0.0}`` for text a dropped "no" would
+    invert.
     """
 
     name: str
@@ -39,9 +44,14 @@ class ModalitySpec:
     description: str = ""
     loader: Callable[[Path], Any] | None = None
     extensions: tuple[str, ...] = ()
+    views: Mapping[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         _check_name(self.name)
+        try:
+            check_view_limits(self.name, self.views)
+        except ValueError as exc:
+            raise InvalidSpecError(str(exc)) from None
         if self.kind not in MODALITY_KINDS:
             raise InvalidSpecError(f"modality {self.name!r}: kind {self.kind!r} is not one of {MODALITY_KINDS}")
         if self.kind != "text" and (not isinstance(self.channels, int) or self.channels < 1):

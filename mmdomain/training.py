@@ -6,7 +6,8 @@
   ``federated/``).
 - ``evaluate``: metrics overall and per availability pattern (which modalities were present);
   ``drop=`` forces modalities absent to measure graceful degradation.
-- ``fit``: a whole run from a RunConfig: data, tokenizers, model, epochs, JSON-lines metrics,
+- ``fit``: a whole run from a RunConfig: data, tokenizers, model, view augmentation
+  (``train.augment``; on for self-supervised tasks by default), epochs, JSON-lines metrics,
   checkpoint.
 """
 
@@ -28,7 +29,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .checkpoint import describe_init, init_from_checkpoint, save_checkpoint
-from .config import ModelConfig, RunConfig, parse
+from .config import AugmentConfig, ModelConfig, RunConfig, parse
+from .data.augment import ViewAugment, view_augment
 from .data.collate import Collate
 from .data.availability import availability_pattern
 from .data.sample import Batch
@@ -62,12 +64,15 @@ def autocast(device: torch.device, bf16: bool):
 
 
 def make_loader(dataset: Dataset, modalities: Sequence[str], batch_size: int, *, shuffle: bool, seed: int = 0,
-                num_workers: int = 0, drop_last: bool = False) -> DataLoader:
+                num_workers: int = 0, drop_last: bool = False,
+                augment: Callable[[Batch], Batch] | None = None) -> DataLoader:
+    """Batches of ``dataset`` (presence masks, zero-filled absent rows); ``augment`` is applied to
+    each (see ``run_augment``)."""
     if len(dataset) == 0:
         raise DataError("the dataset is empty: nothing to load")
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=num_workers,
-                      collate_fn=Collate(modalities), drop_last=drop_last and len(dataset) > batch_size,
+                      collate_fn=Collate(modalities, augment), drop_last=drop_last and len(dataset) > batch_size,
                       persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
 
 
@@ -259,6 +264,13 @@ class JsonLines:
             f.write(dumps(record) + "\n")
 
 
+def run_augment(config: AugmentConfig, model: FusionModel) -> ViewAugment | None:
+    """The view augmentation ``config`` asks for on ``model``'s modalities (``auto``: on for
+    self-supervised tasks)."""
+    return view_augment(config.mode, model.task.needs_target, model.modality_kinds, model.modality_views,
+                        **config.model_dump(exclude={"mode"}))
+
+
 def fit(config: RunConfig, registry: Registry, *, log: Callable[[str], None] = print) -> FitResult:
     """Train per ``config``; write ``metrics.jsonl``, ``model.safetensors`` (+ .json) in ``out_dir``."""
     t = config.train
@@ -280,8 +292,9 @@ def fit(config: RunConfig, registry: Registry, *, log: Callable[[str], None] = p
         log(f"initialised from {t.init_from}:\n" + describe_init(init))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr,
                                   weight_decay=t.weight_decay)
+    augment = run_augment(t.augment, model)
     train_loader = make_loader(train_ds, model.modalities, t.batch_size, shuffle=True, seed=t.seed,
-                               num_workers=config.data.num_workers, drop_last=True)
+                               num_workers=config.data.num_workers, drop_last=True, augment=augment)
     val_loader = make_loader(val_ds, model.modalities, t.batch_size, shuffle=False,
                              num_workers=config.data.num_workers)
     out_dir = Path(t.out_dir)
@@ -293,7 +306,8 @@ def fit(config: RunConfig, registry: Registry, *, log: Callable[[str], None] = p
     result = FitResult(model, config)
     trainable, total = count_parameters(model)
     log(f"training {trainable:,} of {total:,} parameters on {device} "
-        f"({len(train_ds)} train / {len(val_ds)} val samples)")
+        f"({len(train_ds)} train / {len(val_ds)} val samples"
+        + (f", view augmentation {augment.describe()}" if augment else "") + ")")
     for epoch in range(1, t.epochs + 1):
         start = time.perf_counter()
         train_stats = train_one_epoch(model, train_loader, optimizer, device=device, bf16=t.bf16,

@@ -37,6 +37,7 @@ class Settings:
     task: str = ""  # "" = the dataset's default (supervised) task; "contrastive" = cross-modal pretraining
     proj_dim: int = 128  # task=contrastive: the projection each modality's embedding is compared in
     temperature: float = 0.07  # task=contrastive: the initial softmax temperature (it is learned)
+    augment: str = "auto"  # view augmentation of local batches: auto (on for task=contrastive) | on | off
     strategy: str = "fedavg"
     proximal_mu: float = 0.01
     aggregation: str = "modality"  # modality | plain | median | trimmed-mean (robust, per coordinate, unweighted)
@@ -120,6 +121,8 @@ class Settings:
             raise ConfigError(f"run config: {' and '.join(changed)} apply to task=contrastive only")
         if self.proj_dim < 1 or self.temperature <= 0:
             raise ConfigError("run config: proj-dim must be >= 1 and temperature > 0")
+        if self.augment not in ("auto", "on", "off"):
+            raise ConfigError(f"run config: augment must be auto, on or off, got {self.augment!r}")
         if self.compress not in ("none", "bf16"):
             raise ConfigError(f"run config: compress must be none or bf16, got {self.compress!r}")
         if self.secagg and not (0 < self.secagg_shares <= 1 and 0 < self.secagg_threshold <= 1):

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, Subset
 from mmdomain.checkpoint import init_from_checkpoint
 from mmdomain.config import ModelConfig, parse
 from mmdomain.data import availability_counts, present_modalities
+from mmdomain.data.augment import view_augment
 from mmdomain.errors import ConfigError, DataError
 from mmdomain.fusion.base import upgrade_token_names
 from mmdomain.models.compose import FusionModel, build_model
@@ -275,8 +276,9 @@ def train_site(model: FusionModel, dataset: Dataset, settings: Settings, *, devi
     device = device or select_device(settings.device)
     seed_everything(seed)
     model.to(device)
+    augment = view_augment(settings.augment, model.task.needs_target, model.modality_kinds, model.modality_views)
     loader = make_loader(dataset, model.modalities, settings.train_batch_size(len(dataset)), shuffle=True, seed=seed,
-                         drop_last=True)
+                         drop_last=True, augment=augment)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=1e-4)
     extra = None

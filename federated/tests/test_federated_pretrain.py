@@ -135,3 +135,18 @@ def test_contrastive_run_config_is_checked():
         Settings.from_run_config({"task": "simclr"})
     with pytest.raises(ConfigError, match="proj-dim apply to task=contrastive only"):
         Settings.from_run_config({"proj-dim": 16})
+
+
+def test_sites_pretrain_on_augmented_views_unless_turned_off(settings_for, registry):
+    """``augment = auto`` gives a contrastive site its view augmentation (mmdomain.data.augment):
+    the same start, seed and rows end at other weights than ``augment = off``, whose run repeats."""
+    def trained(augment: str) -> dict[str, np.ndarray]:
+        s = settings_for(task="contrastive", max_steps=2, augment=augment)
+        model = task.build(s, registry)
+        data = task.load_site(s, {"partition-id": 1, "num-partitions": 2}, registry, "train")
+        task.train_site(model, data, s, seed=5)
+        return task.get_weights(model)
+
+    views, plain, again = trained("auto"), trained("off"), trained("off")
+    assert all(np.array_equal(plain[k], again[k]) for k in plain)
+    assert any(not np.allclose(views[k], plain[k]) for k in plain if k.startswith("encoders.toy_image"))

@@ -34,6 +34,7 @@ def test_the_app_config_parses_to_the_defaults():
 
 @pytest.mark.parametrize("config, message", [({"strategy": "fedsgd"}, "strategy"), ({"nope": 1}, "unknown key"),
                                              ({"secagg": True, "compress": "bf16"}, "compress"),
+                                             ({"augment": "sideways"}, "augment must be auto, on or off"),
                                              ({"batch-size": "many"}, "is not a int")])
 def test_bad_run_configs_are_refused(config, message):
     with pytest.raises(ConfigError, match=message):

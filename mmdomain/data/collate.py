@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -16,13 +16,16 @@ class Collate:
 
     ``modalities`` fixes the batch's keys, so a batch in which no sample has a
     modality still carries it (all absent). Tensor modalities must agree in shape
-    across the samples that have them; text stays a list of ``str``.
+    across the samples that have them; text stays a list of ``str``. ``augment`` (a
+    ``ViewAugment``) is applied to each batch it builds, with torch's global generator (seeded by
+    ``seed_everything``; DataLoader workers get their own seeds).
     """
 
-    def __init__(self, modalities: Sequence[str]):
+    def __init__(self, modalities: Sequence[str], augment: Callable[[Batch], Batch] | None = None):
         if not modalities:
             raise ValueError("Collate needs at least one modality name")
         self.modalities = sorted(modalities)
+        self.augment = augment
 
     def __call__(self, samples: Sequence[Sample]) -> Batch:
         if not samples:
@@ -34,7 +37,8 @@ class Collate:
             mask = torch.tensor([v is not None for v in values], dtype=torch.bool)
             present[m] = mask
             inputs[m] = _stack(m, values)
-        return Batch(inputs=inputs, present=present, target=_stack_targets(samples), meta=[s.meta for s in samples])
+        batch = Batch(inputs=inputs, present=present, target=_stack_targets(samples), meta=[s.meta for s in samples])
+        return self.augment(batch) if self.augment is not None else batch
 
 
 def _stack(name: str, values: list[object]) -> object:

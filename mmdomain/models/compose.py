@@ -89,6 +89,8 @@ class FusionModel(nn.Module):
         config = config.model_copy(deep=True)  # weights_sha256 is filled in below
         self.config = config
         self.modalities = list(config.modalities)
+        self.modality_kinds = {m: registry.modality(m).kind for m in self.modalities}  # image, raster, text...
+        self.modality_views = {m: dict(registry.modality(m).views) for m in self.modalities}  # augmentation bounds
         task_spec = registry.task(config.task.name)
         self.dense = task_spec.kind == "segmentation"
         self.tokenizers: dict[str, Tokenizer] = {}

@@ -92,7 +92,10 @@ def _wordpiece_fit(texts, **options):
 @hookimpl
 def register_modalities(register):
     register(ModalitySpec("dicom_image", "image", channels=1, loader=_load_image, extensions=DICOM_SUFFIXES,
-                          description="2D DICOM image (CR/DX), de-identified, [0,1], MONOCHROME1 inverted"))
+                          description="2D DICOM image (CR/DX), de-identified, [0,1], MONOCHROME1 inverted",
+                          # a chest film is read in one orientation: the heart is on the left, effusions
+                          # are basal, and a crop that loses the costophrenic angles loses the finding
+                          views={"flip": False, "rotate90": False, "crop_scale": 0.8}))
     register(ModalitySpec("dicom_volume", "volume", channels=1, loader=_load_volume,
                           description="CT/MR series or multi-frame DICOM as [1, D, H, W]"))
     register(ModalitySpec("report", "text", loader=_load_report,
