@@ -145,6 +145,7 @@ class TrainConfig(_Strict):
     max_steps_per_epoch: int | None = Field(None, ge=1)
     init_from: Path | None = None  # a checkpoint: its modules that fit this model are loaded first
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    calibrate: bool = False  # fit temperatures per availability pattern on the val split after training
 
 
 class RunConfig(_Strict):

@@ -235,20 +235,25 @@ def build_dataset(config: RunConfig, registry: Registry, split: str):
         raise ConfigError(f"data.options for dataset {spec.name!r}: {exc}") from None
 
 
-def texts_for_fitting(dataset, modalities: Iterable[str], registry: Registry) -> dict[str, list[str]]:
+def texts_for_fitting(dataset, modalities: Iterable[str], registry: Registry) -> dict[str, list]:
     """Every text of each text modality in ``dataset``; uses ``dataset.texts(m)`` when the
-    dataset offers it (no need to load images just to read reports)."""
+    dataset offers it (no need to load images just to read reports). A dataset that names a
+    group per sample (``dataset.text_group(i)``, e.g. a keyed patient pseudonym) gets its texts
+    as ``(text, group)`` pairs (``texts(m)`` may yield them too), so that fitters keep only the
+    tokens of ``min_groups`` different groups (``mmdomain.tokenizers.grouped``)."""
     text_mods = [m for m in modalities if registry.modality(m).kind == "text"]
-    out: dict[str, list[str]] = {m: [] for m in text_mods}
+    out: dict[str, list] = {m: [] for m in text_mods}
     if not text_mods:
         return out
     if hasattr(dataset, "texts"):
         return {m: list(dataset.texts(m)) for m in text_mods}
+    group_of = getattr(dataset, "text_group", None)
     for i in range(len(dataset)):
         sample = dataset[i]
+        group = group_of(i) if group_of is not None else None
         for m in text_mods:
             if isinstance(sample.inputs.get(m), str):
-                out[m].append(sample.inputs[m])
+                out[m].append(sample.inputs[m] if group is None else (sample.inputs[m], group))
     return out
 
 
@@ -271,6 +276,28 @@ def run_augment(config: AugmentConfig, model: FusionModel) -> ViewAugment | None
                         **config.model_dump(exclude={"mode"}))
 
 
+def _calibrate(model: FusionModel, val_loader, device: torch.device, bf16: bool, out_dir: Path,
+               log: Callable[[str], None]) -> None:
+    """Temperatures per availability pattern fitted on the val split, set on the model (and its
+    config, so the checkpoint carries them); ``calibration.json`` holds them with the val ECE
+    before and after, overall and per pattern."""
+    from .tasks.calibration import calibrate, fit_temperatures
+
+    def eces(result: dict[str, Any]) -> dict[str, float]:
+        out = {"overall": result["overall"].get("ece")}
+        out.update({p: v.get("ece") for p, v in result["by_pattern"].items()})
+        return out
+
+    before = eces(evaluate(model, val_loader, device=device, bf16=bf16))
+    temperatures = fit_temperatures(model, val_loader, device=device)
+    calibrate(model, temperatures)
+    after = eces(evaluate(model, val_loader, device=device, bf16=bf16))
+    write(out_dir / "calibration.json", {"temperatures": temperatures, "val_ece_before": before,
+                                         "val_ece_after": after}, indent=2)
+    log("calibrated on the val split: temperature " + ", ".join(f"{p} {t:.2f}" for p, t in temperatures.items())
+        + f"; val ECE {before['overall']:.3f} -> {after['overall']:.3f}")
+
+
 def fit(config: RunConfig, registry: Registry, *, log: Callable[[str], None] = print) -> FitResult:
     """Train per ``config``; write ``metrics.jsonl``, ``model.safetensors`` (+ .json) in ``out_dir``."""
     t = config.train
@@ -287,6 +314,9 @@ def fit(config: RunConfig, registry: Registry, *, log: Callable[[str], None] = p
         model_cfg = fit_tokenizers(model_cfg, registry, texts_for_fitting(train_ds, model_cfg.modalities, registry))
     config = config.model_copy(update={"model": model_cfg})
     model = build_model(model_cfg, registry).to(device)
+    if t.calibrate and model.task.kind != "classification":
+        raise ConfigError(f"train.calibrate: temperature scaling applies to classification tasks; "
+                          f"task {model_cfg.task.name!r} is {model.task.kind}")
     init = init_from_checkpoint(model, t.init_from) if t.init_from else None
     if init:
         log(f"initialised from {t.init_from}:\n" + describe_init(init))
@@ -320,6 +350,8 @@ def fit(config: RunConfig, registry: Registry, *, log: Callable[[str], None] = p
         result.history.append(record)
         log(f"epoch {epoch}: train loss {train_stats['loss']:.4f}, val loss {val['loss']:.4f}, "
             + ", ".join(f"{k} {v:.3f}" for k, v in val["overall"].items()))
+    if t.calibrate:
+        _calibrate(model, val_loader, device, t.bf16, out_dir, log)
     result.checkpoint = save_checkpoint(model, out_dir / "model.safetensors", registry,
                                         extra={"data": config.data.model_dump(mode="json"), "epochs": t.epochs,
                                                "seed": t.seed})

@@ -2,11 +2,13 @@
 
 Multi-label targets use ``-1`` for "unknown / uncertain, do not score" (the plugin's
 uncertainty policy decides which labels become -1); those entries add no loss and are
-ignored by the metrics.
+ignored by the metrics. Both report expected calibration error (``ece``) beside the ranking
+metrics and take per-pattern temperatures (``calibration``, see ``calibration.py``).
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -14,6 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Task
+from .calibration import check_calibration, row_temperatures
+
+ECE_BINS = 15  # expected calibration error: equal-width confidence bins, L1
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from torchmetrics import MetricCollection
@@ -34,15 +39,23 @@ def _pool(x: Tensor) -> Tensor:
     return x.flatten(2).mean(-1) if x.dim() > 2 else x
 
 
+def _scaled(output: Tensor, calibration: dict[str, float] | None, present: dict[str, Tensor]) -> Tensor:
+    """Logits divided by each row's temperature (``calibration``: per availability pattern)."""
+    output = output.float()
+    t = row_temperatures(calibration, present, output)
+    return output if t is None else output / t
+
+
 class MulticlassTask(Task):
     kind = "classification"
 
     def __init__(self, in_dim: int, modality_dims: dict[str, int], num_classes: int = 2, dropout: float = 0.1,
-                 label_smoothing: float = 0.0):
+                 label_smoothing: float = 0.0, calibration: dict[str, float] | None = None):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"multiclass: num_classes must be >= 2, got {num_classes}")
         self.num_classes = num_classes
+        self.calibration = check_calibration(calibration)
         self.label_smoothing = label_smoothing
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, num_classes))
 
@@ -57,7 +70,8 @@ class MulticlassTask(Task):
 
     def make_metrics(self) -> MetricCollection:
         from torchmetrics import MetricCollection
-        from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
+        from torchmetrics.classification import (MulticlassAccuracy, MulticlassAUROC, MulticlassCalibrationError,
+                                                 MulticlassF1Score)
 
         n = self.num_classes
         return MetricCollection(
@@ -65,19 +79,22 @@ class MulticlassTask(Task):
                 "accuracy": MulticlassAccuracy(n, average="micro"),
                 "macro_f1": MulticlassF1Score(n, average="macro"),
                 "macro_auroc": MulticlassAUROC(n, average="macro"),
+                "ece": MulticlassCalibrationError(n, n_bins=ECE_BINS, norm="l1"),
             }
         )
 
     def metric_inputs(self, output, target, present):
-        return output.float().softmax(-1), target.long()
+        return _scaled(output, self.calibration, present).softmax(-1), target.long()
 
 
 class MultilabelTask(Task):
     kind = "classification"
 
     def __init__(self, in_dim: int, modality_dims: dict[str, int], num_labels: int = 2, dropout: float = 0.1,
-                 pos_weight: list[float] | None = None, labels: list[str] | None = None):
+                 pos_weight: list[float] | None = None, labels: list[str] | None = None,
+                 calibration: dict[str, float] | None = None):
         super().__init__()
+        self.calibration = check_calibration(calibration)
         if num_labels < 1:
             raise ValueError(f"multilabel: num_labels must be >= 1, got {num_labels}")
         if labels is not None and len(labels) != num_labels:
@@ -111,7 +128,8 @@ class MultilabelTask(Task):
     def make_metrics(self) -> MetricCollection:
         from torchmetrics import MetricCollection
         from torchmetrics.classification import MultilabelF1Score
-        from torchmetrics.functional.classification import binary_auroc, binary_average_precision
+        from torchmetrics.functional.classification import (binary_auroc, binary_average_precision,
+                                                            binary_calibration_error)
 
         from .metrics import KnownLabelMacro
 
@@ -121,8 +139,9 @@ class MultilabelTask(Task):
                 "macro_auroc": KnownLabelMacro(binary_auroc),
                 "macro_ap": KnownLabelMacro(binary_average_precision),
                 "macro_f1": MultilabelF1Score(n, average="macro", ignore_index=-1),
+                "ece": KnownLabelMacro(partial(binary_calibration_error, n_bins=ECE_BINS, norm="l1")),
             }
         )
 
     def metric_inputs(self, output, target, present):
-        return output.float().sigmoid(), target.long()
+        return _scaled(output, self.calibration, present).sigmoid(), target.long()
