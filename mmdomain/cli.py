@@ -206,6 +206,93 @@ def evaluate(checkpoint: Path, data_root: Path | None, split: str, drop: tuple[s
         click.echo(f"  {pattern:<30} " + " ".join(f"{k}={v:.4f}" if k != "n" else f"n={v}" for k, v in values.items()))
 
 
+@cli.command()
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="A model.safetensors file.")
+@click.option("--sample", "sample_id", help="The id of the row to explain (its meta 'id', e.g. a study pseudonym); "
+              "without it, a summary per availability pattern over the whole split.")
+@click.option("--data-root", type=click.Path(path_type=Path), help="Read this folder instead of the one the model "
+              "was trained on.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("explain"), show_default=True,
+              help="Folder for the JSON (and, with --sample, the PNG).")
+def explain(checkpoint: Path, sample_id: str | None, data_root: Path | None, split: str, out: Path) -> None:
+    """Explain a checkpoint's predictions: each modality's contribution (exact Shapley values over
+    the present modalities, summing to the prediction minus the model's prediction with nothing
+    present) and, for image / raster modalities of one sample, a Grad-CAM map."""
+    from .checkpoint import load_checkpoint
+    from .config import DataConfig, RunConfig, parse
+    from .data.collate import Collate
+    from .explain import gradcam, modality_contributions, summarise
+    from .jsonout import write
+    from .plugins import get_registry
+    from .training import build_dataset, make_loader
+
+    registry = get_registry()
+    model, extra = load_checkpoint(checkpoint, registry)
+    data = parse(DataConfig, extra.get("data") or {}, f"{checkpoint} (data config)")
+    if data_root:
+        data.root = data_root
+    dataset = build_dataset(RunConfig(data=data), registry, split)
+    out.mkdir(parents=True, exist_ok=True)
+    if sample_id is None:
+        summary = summarise(model, make_loader(dataset, model.modalities, 32, shuffle=False))
+        path = write(out / f"explain-{split}.json", {"checkpoint": str(checkpoint), "split": split,
+                                                      "by_pattern": summary}, indent=2)
+        for pattern, row in summary.items():
+            click.echo(f"{pattern:<30} n={row['n']:<5} " + " ".join(f"{m} {v:.0%}" for m, v in row["share"].items()))
+        click.echo(f"explanations: {path}")
+        return
+    index = next((i for i in range(len(dataset)) if str(_meta(dataset, i).get("id")) == sample_id), None)
+    if index is None:
+        raise MMDomainError(f"explain: no sample with id {sample_id!r} in the {split} split of {data.root}")
+    batch = Collate(model.modalities)([dataset[index]])
+    result = modality_contributions(model, batch)
+    prediction = result["prediction"][0]
+    top = int(prediction.argmax())
+    record = {"sample": sample_id, "split": split, "pattern": result["patterns"][0],
+              "prediction": prediction.tolist(), "nothing_present": result["nothing_present"][0].tolist(),
+              "contributions": {m: c[0].tolist() for m, c in result["contributions"].items()},
+              "explained_output": top}
+    maps = {}
+    for m in model.modalities:
+        if model.modality_kinds[m] in ("image", "raster") and bool(batch.present[m][0]):
+            maps[m] = gradcam(model, batch, m, top)
+    record["saliency"] = sorted(maps)
+    path = write(out / f"explain-{sample_id}.json", record, indent=2)
+    if maps:
+        png = _saliency_png(batch, maps, out / f"explain-{sample_id}.png", record)
+        click.echo(f"saliency: {png}")
+    for m, c in record["contributions"].items():
+        click.echo(f"{m:<16} contribution to output {top}: {c[top]:+.3f}")
+    click.echo(f"prediction {prediction[top]:.3f} = nothing present {record['nothing_present'][top]:.3f} "
+               f"+ the contributions; explanation: {path}")
+
+
+def _meta(dataset, i: int) -> dict:
+    meta = getattr(dataset, "sample_meta", None)
+    return meta(i) if callable(meta) else dataset[i].meta
+
+
+def _saliency_png(batch, maps: dict, path: Path, record: dict) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(maps), figsize=(4 * len(maps), 4), squeeze=False)
+    for ax, (m, heat) in zip(axes[0], maps.items()):
+        x = batch.inputs[m][0].float()
+        img = x[:3].mean(0) if x.shape[0] != 3 else x.permute(1, 2, 0).mean(-1)
+        ax.imshow(img.numpy(), cmap="gray")
+        ax.imshow(heat.numpy(), cmap="jet", alpha=0.4)
+        ax.set_title(f"{m}: contribution {record['contributions'][m][record['explained_output']]:+.3f}")
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _add_plugin_commands() -> None:
     from .plugins import get_plugin_manager
 
