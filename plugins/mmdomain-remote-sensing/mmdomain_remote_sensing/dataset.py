@@ -11,10 +11,21 @@ within the tolerance or too little of the patch has S1 data); the reasons are in
 
 Index by int (the patch list of ``split``) or, torchgeo-style, by a spatiotemporal slice
 ``ds[xmin:xmax, ymin:ymax, tmin:tmax]`` in the dataset CRS (see ``samplers``).
+
+Hostile or broken input (``raster_limits``): every file is opened inside ``root``; the option
+``raster_limits`` (e.g. ``{"pixels": 2**28}``) sets the ceilings on files and scene grids;
+``patch_size`` / ``stride`` (options or ``dataset.json``) are checked against the core ceiling.
+A scene that cannot be used (a product, its S1 acquisition, its named label raster, a grid past
+the ceiling, a read failing while the scene is indexed) is skipped, logged and listed in
+``dataset.skipped`` (``describe``: ``skipped``) while other scenes remain; otherwise its error
+is raised.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import os
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,18 +38,21 @@ from rasterio.windows import Window
 
 from mmdomain import DataError, Sample
 from mmdomain.data import availability_pattern, declared_options
+from mmdomain.data.declared import DECLARED_OPTIONS_FILE
 
 from .grid import Bounds, Grid, intersect, to_crs
-from .handles import open_raster, warped
+from .handles import open_raster, read_band, warped
 from .layouts.common import IGNORE, PatchDataset, check_split
 from .layouts.scene_folder import SceneFolder, scan
 from .pairing import pair_acquisitions
 from .patch_index import Patch, Scene, index_scene, patch_at, patch_key
+from .raster_limits import RasterDataError, RasterLimits, check_file, check_grid, dataset_size
 from .s1 import read_s1
 from .s2 import S2Product, read_s2
 from .stats import band_stats
 
 TASKS = ("multilabel", "segmentation", "contrastive")
+log = logging.getLogger(__name__)
 
 
 class SceneFolderDataset(PatchDataset):
@@ -54,47 +68,101 @@ class SceneFolderDataset(PatchDataset):
                  stride: int | None = None, res: float = 10.0, crs: Any = None, max_cloud: float = 0.5,
                  time_tolerance_days: float = 6.0, min_valid: float = 0.5, s1_units: str | None = None,
                  s2_offset: float | None = None, s2_bands: list[str] | None = None, label_fraction: float = 0.05,
-                 class_names: list[str] | None = None, preload: bool = False, site: str | None = None):
+                 class_names: list[str] | None = None, preload: bool = False, site: str | None = None,
+                 raster_limits: dict[str, int] | None = None):
         check_split(split)
         if task not in TASKS:
             raise DataError(f"task must be one of {TASKS}, got {task!r}")
         self.root, self.split, self.task = Path(root), split, task
-        patch_size = patch_size or declared_options(self.root).get("patch_size", 64)
-        self.patch_size, self.stride = int(patch_size), int(stride or patch_size)
-        self.res, self.max_cloud, self.min_valid = float(res), float(max_cloud), float(min_valid)
-        self.tolerance = float(time_tolerance_days)
+        self.limits = RasterLimits.from_options(raster_limits)
+        if patch_size is None:
+            patch_size = dataset_size(self._declared().get("patch_size", 64), self.root / DECLARED_OPTIONS_FILE,
+                                      "patch_size")
+        self.patch_size = dataset_size(patch_size, self.root, "patch_size")
+        self.stride = dataset_size(self.patch_size if stride is None else stride, self.root, "stride")
+        self.res, self.max_cloud, self.min_valid = (_number(v, k, self.root, low) for k, v, low in (
+            ("res", res, 0.0), ("max_cloud", max_cloud, None), ("min_valid", min_valid, None)))
+        self.tolerance = _number(time_tolerance_days, "time_tolerance_days", self.root, None, finite=False)
         self.label_fraction, self.preload = float(label_fraction), preload
         self.site = site or self.root.name
-        folder = scan(self.root, s1_units=s1_units, s2_offset=s2_offset, s2_bands=s2_bands)
+        folder = scan(self.root, s1_units=s1_units, s2_offset=s2_offset, s2_bands=s2_bands, limits=self.limits)
+        self.skipped: list[str] = list(folder.skipped)
         self.s2_bands = folder.s2[0].band_names
         self._classes(folder, class_names)
         self.crs = CRS.from_user_input(crs) if crs is not None else CRS.from_user_input(folder.s2[0].crs)
         self.scenes = self._scenes(folder)
-        self.all_patches = [p for k, s in enumerate(self.scenes) for p in index_scene(
-            k, s, self.patch_size, self.stride, min_valid=self.min_valid, max_cloud=self.max_cloud)]
+        self.all_patches = self._index()
         self.patches = [p for p in self.all_patches if split == "all" or p.split == split]
         self._cache: dict[Any, Any] = {}
 
     # -- index ---------------------------------------------------------------------------
+    def _declared(self) -> dict[str, Any]:
+        """``dataset.json``, read once it is known to be a small regular file inside the root."""
+        f = self.root / DECLARED_OPTIONS_FILE
+        if os.path.lexists(f):  # a FIFO / device / link out of the root is refused, not taken for "none"
+            check_file(f, self.root, what="dataset options file", max_bytes=self.limits.json_bytes)
+        return declared_options(self.root)
+
     def _classes(self, folder: SceneFolder, class_names: list[str] | None) -> None:
         self.class_names = list(class_names or folder.class_names or [])
         values = folder.class_values or list(range(len(self.class_names)))
+        if len(values) != len(self.class_names):
+            raise DataError(f"{self.root}: {len(self.class_names)} class names but classes.json declares "
+                            f"{len(values)} label values; give one name per value")
         self._lut = np.full(256, IGNORE, np.uint8)
         for i, v in enumerate(values):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < IGNORE:
+                raise DataError(f"{self.root}: label value {v!r} is out of range (0..{IGNORE - 1})")
             self._lut[int(v)] = i
         if self.task != "contrastive" and not folder.labels:
+            if folder.bad_labels:
+                raise DataError(next(iter(folder.bad_labels.values())))
             raise DataError(f"{self.root}: task {self.task!r} needs land-cover rasters in labels/ "
                             "(or use task='contrastive')")
         if self.task != "contrastive" and not self.class_names:
             raise DataError(f"{self.root}: labels need class names: write classes.json or pass class_names")
 
     def _scenes(self, folder: SceneFolder) -> list[Scene]:
-        scenes = []
+        scenes, errors = [], []
         for pair in pair_acquisitions(folder.s2, folder.s1, self.tolerance):
-            grid = Grid(self.crs, self.res, to_crs(pair.s2.bounds, pair.s2.crs, self.crs))
-            label = _label_for(pair.s2, folder.labels) if self.task != "contrastive" else None
+            try:
+                grid = Grid(self.crs, self.res, to_crs(pair.s2.bounds, pair.s2.crs, self.crs))
+                check_grid(grid, pair.s2.path, self.limits.pixels)
+                label = _label_for(pair.s2, folder.labels, folder.bad_labels, self.root, self.limits) \
+                    if self.task != "contrastive" else None
+            except DataError as exc:
+                errors.append(exc)
+                continue
             scenes.append(Scene(pair.s2.path.stem, pair.s2, pair.s1, pair.reason, pair.days_apart, grid, label))
+        if self.task != "contrastive":  # a bad label raster no scene is named after: counted as a skipped file
+            told = " ".join(str(e) for e in errors)
+            errors += [DataError(why) for why in folder.bad_labels.values() if why not in told]
+        self._skip(errors, scenes)
         return scenes
+
+    def _index(self) -> list[Patch]:
+        """The patches of every scene; a scene whose index reads fail is skipped (``_skip``)."""
+        kept, patches, errors = [], [], []
+        for s in self.scenes:
+            try:
+                found = index_scene(len(kept), s, self.patch_size, self.stride, min_valid=self.min_valid,
+                                    max_cloud=self.max_cloud)
+            except DataError as exc:
+                errors.append(exc)
+                continue
+            kept.append(s)
+            patches += found
+        self._skip(errors, kept)
+        self.scenes = kept
+        return patches
+
+    def _skip(self, errors: list[DataError], remaining: list) -> None:
+        """Skip the scenes of ``errors`` (logged, in ``self.skipped``) while others remain; else raise."""
+        if errors and not remaining:
+            raise errors[0]
+        for exc in errors:
+            log.warning("%s: skipped a scene (%d remain): %s", self.site, len(remaining), exc)
+            self.skipped.append(str(exc))
 
 
     @property
@@ -143,8 +211,9 @@ class SceneFolderDataset(PatchDataset):
             return read_s2(scene.s2, scene.grid, window)
         if kind == "s1":
             return read_s1(scene.s1, scene.grid, window)
-        vrt = warped(scene.label, scene.grid, resampling=Resampling.nearest, nodata=IGNORE, dtype="uint8")
-        return self._lut[vrt.read(1, window=window)]
+        vrt = warped(scene.label, scene.grid, resampling=Resampling.nearest, nodata=IGNORE, dtype="uint8",
+                     root=self.root, limits=self.limits)
+        return self._lut[read_band(vrt, 1, scene.label, window)]
 
     def _sample(self, p: Patch, read: dict[str, Any] | None = None) -> Sample:
         inputs: dict[str, torch.Tensor] = {}
@@ -206,17 +275,38 @@ class SceneFolderDataset(PatchDataset):
         return band_stats(self, max_patches=max_patches)
 
 
-def _label_for(s2: S2Product, labels: list[Path]) -> Path | None:
-    """The land-cover raster of an S2 product: one named after it, else the first that overlaps it."""
+def _label_for(s2: S2Product, labels: list[Path], bad: dict[Path, str] | None = None, root: Path | None = None,
+               limits: RasterLimits | None = None) -> Path | None:
+    """The land-cover raster of an S2 product: one named after it, else the first that overlaps it.
+    One named after it that cannot be used (``bad``) is its error: the scene is not labelled by another."""
     stem = s2.path.stem
-    named = [p for p in labels if p.stem.startswith(stem) or stem.startswith(p.stem.split("_landcover")[0])]
+
+    def is_named(p: Path) -> bool:
+        return p.stem.startswith(stem) or stem.startswith(p.stem.split("_landcover")[0])
+
+    for p, why in (bad or {}).items():
+        if is_named(p):
+            raise DataError(f"{s2.path.name}: its label raster cannot be used: {why}")
+    named = [p for p in labels if is_named(p)]
     for p in named + labels:
-        src = open_raster(p)
+        src = open_raster(p, root, limits)
         if src.crs is None:
             raise DataError(f"{p}: label raster has no CRS")
         if intersect(to_crs(src.bounds, src.crs, s2.crs), s2.bounds):
             return p
     return None
+
+
+def _number(value: Any, name: str, root: Path, low: float | None, *, finite: bool = True) -> float:
+    """A float option: not NaN, finite unless ``finite=False``, above ``low`` (else >= 0 when not finite)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise RasterDataError(root, f"must be a number, got {value!r}", name) from None
+    if math.isnan(x) or (finite and math.isinf(x)) or (low is not None and x <= low) or (not finite and x < 0):
+        need = f"> {low:g}" if low is not None else "finite" if finite else ">= 0"
+        raise RasterDataError(root, f"{value!r} is out of range; it must be {need}", name)
+    return x
 
 
 def _inside(a: Bounds, b: Bounds, eps: float = 1e-6) -> bool:
@@ -244,7 +334,7 @@ def describe(dataset: SceneFolderDataset) -> dict[str, Any]:
         key = f"S2 {CRS.from_user_input(s.s2.crs).to_string()} @ {s.s2.res:g}"
         census[key] = census.get(key, 0) + 1
         if s.s1 is not None:
-            src = open_raster(next(iter(s.s1.files.values())))
+            src = open_raster(next(iter(s.s1.files.values())), s.s1.root, s.s1.limits)
             res = f"{abs(src.transform.a):.6g}" if src.crs is not None else "GCPs"
             k1 = f"S1 {CRS.from_user_input(s.s1.crs).to_string()} @ {res}"
             census[k1] = census.get(k1, 0) + 1
@@ -258,6 +348,7 @@ def describe(dataset: SceneFolderDataset) -> dict[str, Any]:
         "s1_units": sorted({s.s1.units for s in dataset.scenes if s.s1 is not None}),
         "crs_resolution_census": census,
         "scenes_without_s1": sum(s.s1 is None for s in dataset.scenes),
+        "skipped": len(dataset.skipped),
         "days_apart": [round(s.days_apart, 2) for s in dataset.scenes if s.days_apart is not None],
         "by_pattern": dict(sorted(patterns.items())),
         "absent_reasons": dict(sorted(reasons.items())),

@@ -29,6 +29,9 @@ class Grid:
         if not isinstance(self.crs, CRS):
             object.__setattr__(self, "crs", CRS.from_user_input(self.crs))
         xmin, ymin, xmax, ymax = self.bounds
+        if not all(math.isfinite(v) for v in (*self.bounds, self.res)):
+            raise DataError(f"grid bounds {self.bounds} / resolution {self.res} are not finite numbers (a raster "
+                            "with a NaN / infinite geotransform or ground control points?)")
         if not (xmax > xmin and ymax > ymin) or self.res <= 0:
             raise DataError(f"empty grid: bounds {self.bounds}, res {self.res}")
         if self.crs.is_geographic and self.res >= 0.1:
@@ -91,5 +94,9 @@ def source_bounds(src) -> tuple[Bounds, CRS]:
     if src.crs is None:
         gcps, _ = src.gcps
         xs, ys = [g.x for g in gcps], [g.y for g in gcps]
-        return (min(xs), min(ys), max(xs), max(ys)), crs
-    return tuple(src.bounds), crs
+        bounds = (min(xs), min(ys), max(xs), max(ys))
+    else:
+        bounds = tuple(src.bounds)
+    if not all(math.isfinite(v) for v in bounds):
+        raise DataError(f"{src.name}: its georeferencing gives non-finite bounds {bounds}")
+    return bounds, crs

@@ -4,7 +4,14 @@ A dataset handle inherited across ``fork`` (DataLoader workers) shares GDAL stat
 its parent and broke reads; handles here are keyed by PID, so each worker opens its own.
 At most ``MAX_OPEN_FILES`` files stay open per process (least recently used closed first).
 ``warped`` is a file's WarpedVRT onto a grid; ``read_on_grid`` skips the warp where the file's
-pixels already are the grid's.
+pixels already are the grid's; ``read_band`` reads a band of either.
+
+Every file is checked before GDAL opens it, on each open in each process (``raster_limits``):
+a regular file (no FIFO, no device) inside its data root, its declared strips / tiles / boxes
+inside the bytes present, its dimensions within the ``RasterLimits``. The readers pass the data
+root and limits of the product (``S2Product.root`` / ``.limits``, ``S1Acquisition``'s) to every
+call, so a DataLoader worker re-opening a file checks it as the dataset did. Whatever rasterio /
+GDAL raises while opening or reading is a ``RasterDataError`` naming the file.
 """
 
 from __future__ import annotations
@@ -21,11 +28,13 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from mmdomain import DataError
+
+from .raster_limits import (DEFAULT_LIMITS, RasterDataError, RasterLimits, check_declared_bytes, check_dimensions,
+                            check_file, check_sidecars, gdal_errors)
 
 #: Files a process keeps open at once; past that, the least recently used one is closed with its VRTs
 #: (a patch dataset such as BigEarthNet reads ~14 new files per sample).
@@ -81,16 +90,37 @@ def close_all() -> None:
         _close(group)
 
 
-def open_raster(path: str | Path):
-    """The process's handle on ``path`` (opened on first use); DataError if GDAL cannot read it."""
+def open_raster(path: str | Path, root: str | Path | None = None, limits: RasterLimits | None = None):
+    """The process's handle on ``path`` (opened on first use, after ``check_file`` / declared bytes
+    / dimensions: see the module docstring); ``RasterDataError`` when it must not or cannot be read.
+    ``root``: the data root the file must resolve inside (None: no containment check); ``limits``:
+    the ceilings (default ``DEFAULT_LIMITS``)."""
     src = _get(path, ("src",))
     if src is None:
+        limits = limits or DEFAULT_LIMITS
+        real = check_file(path, root, what="raster")
+        check_sidecars(real, root)
+        with gdal_errors(path, "file structure"):
+            check_declared_bytes(real, path)
         try:
-            src = rasterio.open(path)
-        except (RasterioIOError, OSError) as exc:
-            raise DataError(f"{path}: not a readable raster ({str(exc).splitlines()[0]})") from None
+            src = rasterio.open(real)
+        except Exception as exc:  # noqa: BLE001 - GDAL's reasons are varied; say which file
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise RasterDataError(path, f"not a readable raster ({first})") from None
+        try:
+            check_dimensions(src, path, limits)
+        except DataError:
+            src.close()
+            raise
         _put(path, ("src",), src)
     return src
+
+
+def read_band(handle, band: int, path: str | Path, window=None, **kwargs) -> np.ndarray:
+    """``handle.read(band, window=window, **kwargs)`` (a file or a VRT of ``path``); a GDAL failure
+    (a truncated or corrupt block) is a ``RasterDataError`` naming ``path`` and the band."""
+    with gdal_errors(path, f"band {band}"):
+        return handle.read(band, window=window, **kwargs)
 
 
 def source_crs(src) -> Any:
@@ -112,6 +142,8 @@ def gcp_transform(src, tolerance_px: float = 0.05):
         return None
     pix = np.array([[g.col, g.row, 1.0] for g in gcps])
     xy = np.array([[g.x, g.y] for g in gcps])
+    if not (np.isfinite(pix).all() and np.isfinite(xy).all()):
+        return None
     coef, *_ = np.linalg.lstsq(pix, xy, rcond=None)
     (a, d), (b, e), (c, f) = coef
     if abs(a * e - b * d) < 1e-30:
@@ -124,12 +156,13 @@ def gcp_transform(src, tolerance_px: float = 0.05):
 
 
 def warped(path: str | Path, grid, *, resampling, nodata: float | None = None, src_nodata: float | None = None,
-           dtype: str = "float32"):
-    """A WarpedVRT of ``path`` onto ``grid`` (cached per process); reads are windows of the grid."""
+           dtype: str = "float32", root: str | Path | None = None, limits: RasterLimits | None = None):
+    """A WarpedVRT of ``path`` onto ``grid`` (cached per process); reads are windows of the grid.
+    ``root`` / ``limits``: as ``open_raster``'s, if the file is not open yet."""
     key = ("vrt", grid.key(), int(resampling), nodata, src_nodata, dtype)
     vrt = _get(path, key)
     if vrt is None:
-        src = open_raster(path)
+        src = open_raster(path, root, limits)
         crs = source_crs(src)
         kw: dict[str, Any] = {}
         base = src
@@ -156,12 +189,13 @@ def warped(path: str | Path, grid, *, resampling, nodata: float | None = None, s
     return vrt
 
 
-def read_on_grid(path: str | Path, band: int, grid, window=None) -> np.ndarray | None:
+def read_on_grid(path: str | Path, band: int, grid, window=None, root: str | Path | None = None,
+                 limits: RasterLimits | None = None) -> np.ndarray | None:
     """Band ``band`` of ``path`` read straight from the file when its pixels already are pixels of
     ``grid`` (same CRS and resolution, whole-pixel offset) and the window lies inside it: the
     same values a warp onto the grid gives, without the warper or its resampling margin (which
     makes GDAL decode neighbouring blocks). None when not aligned: then warp (``warped``)."""
-    src = open_raster(path)
+    src = open_raster(path, root, limits)
     if src.crs is None or src.crs != grid.crs:
         return None
     t = src.transform
@@ -177,7 +211,7 @@ def read_on_grid(path: str | Path, band: int, grid, window=None) -> np.ndarray |
     col, row = col + round(dx), row + round(dy)
     if col < 0 or row < 0 or col + w > src.width or row + h > src.height:
         return None
-    return src.read(band, window=Window(col, row, w, h))
+    return read_band(src, band, path, Window(col, row, w, h))
 
 
 def _gcp_vrt(path, src, crs, src_nodata):

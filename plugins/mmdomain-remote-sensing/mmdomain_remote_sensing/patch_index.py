@@ -25,7 +25,7 @@ from rasterio.windows import Window
 from mmdomain.data import split_of
 
 from .grid import Bounds, Grid
-from .handles import warped
+from .handles import read_band, warped
 from .s1 import S1Acquisition, read_s1
 from .s2 import S2Product, cloud_fraction, read_s2, read_scl
 
@@ -77,7 +77,9 @@ def _coarse_masks(scene: Scene, coarse: Grid) -> tuple[np.ndarray, np.ndarray | 
     """Valid S2 (reference band DN > 0 and SCL not invalid), SCL and valid S1 on the coarse grid."""
     scl = read_scl(scene.s2, coarse)
     f, band = scene.s2.reference
-    s2ok = warped(f, coarse, resampling=Resampling.nearest, src_nodata=0, nodata=0, dtype="uint16").read(band) > 0
+    vrt = warped(f, coarse, resampling=Resampling.nearest, src_nodata=0, nodata=0, dtype="uint16",
+                 root=scene.s2.root, limits=scene.s2.limits)
+    s2ok = read_band(vrt, band, f) > 0
     if scl is not None:
         s2ok &= scl > 1
     s1ok = read_s1(scene.s1, coarse)[1] if scene.s1 is not None else None

@@ -1,7 +1,10 @@
 """Sentinel-1 GRD/RTC: group per-polarisation GeoTIFFs into acquisitions, read them on a
 grid in dB with nodata masked (any CRS, or GCP-only georeferencing). The patch layouts
 (BigEarthNet, SEN12MS) describe their files as an ``S1Acquisition`` and read them with the same
-``read_s1`` (SEN12MS keeps VV and VH as bands 1 and 2 of one file: ``S1Acquisition.band``)."""
+``read_s1`` (SEN12MS keeps VV and VH as bands 1 and 2 of one file: ``S1Acquisition.band``).
+Every file of an acquisition is checked and opened when it is described (``handles.open_raster``);
+non-finite values are invalid pixels. ``find_s1`` skips (and reports) an acquisition that cannot
+be used while others remain."""
 
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ from mmdomain import DataError
 
 from .bands import S1_DB_RANGE, S1_DEFAULT_MEAN, S1_POLARISATIONS
 from .grid import Bounds, Grid, source_bounds
-from .handles import open_raster, read_on_grid, warped
+from .handles import open_raster, read_band, read_on_grid, warped
+from .raster_limits import RasterDataError, RasterLimits
 from .timeparse import time_from
 
 _POL = re.compile(r"(?<![A-Za-z])(vv|vh)(?![A-Za-z])", re.IGNORECASE)
@@ -34,6 +38,8 @@ class S1Acquisition:
     bounds: Bounds  # in ``crs``
     nodata: float | None
     band: dict[str, int] = field(default_factory=dict)  # 1-based band of each polarisation in its file (default 1)
+    root: Path | None = None  # the data root its files are opened inside
+    limits: RasterLimits | None = None  # the ceilings they are opened within (None: DEFAULT_LIMITS)
 
     @property
     def polarisations(self) -> tuple[str, ...]:
@@ -45,7 +51,8 @@ def polarisation_of(path: Path) -> str | None:
     return m.group(1).upper() if m else None
 
 
-def _units(tags: dict[str, str], declared: str | None, path: Path) -> str:
+def _units(tags: dict[str, str], declared: str | None, path: Path, root: Path | None = None,
+           limits: RasterLimits | None = None) -> str:
     for key in ("UNITS", "units", "UNIT", "unit", "BACKSCATTER_UNITS"):
         if key in tags:
             v = tags[key].strip().lower()
@@ -57,8 +64,8 @@ def _units(tags: dict[str, str], declared: str | None, path: Path) -> str:
         if declared.lower() not in UNITS:
             raise DataError(f"s1_units must be one of {UNITS}, got {declared!r}")
         return declared.lower()
-    src = open_raster(path)  # no declaration anywhere: decide from the values (dB backscatter is mostly < 0)
-    ov = src.read(1, out_shape=(1, min(src.height, 64), min(src.width, 64)), masked=True).astype("float64")
+    src = open_raster(path, root, limits)  # no declaration anywhere: decide from the values (dB backscatter is mostly < 0)
+    ov = read_band(src, 1, path, out_shape=(1, min(src.height, 64), min(src.width, 64)), masked=True).astype("float64")
     vals = ov.compressed()
     vals = vals[np.isfinite(vals)]
     if vals.size == 0:
@@ -67,9 +74,11 @@ def _units(tags: dict[str, str], declared: str | None, path: Path) -> str:
 
 
 def open_s1(files, *, units: str | None = None, time: datetime | None = None,
-            band: dict[str, int] | None = None) -> S1Acquisition:
+            band: dict[str, int] | None = None, root: str | Path | None = None,
+            limits: RasterLimits | None = None) -> S1Acquisition:
     """One acquisition from its per-polarisation files (VV and/or VH): a list (the polarisation from
-    each name) or ``{"VV": file, "VH": file}``; ``band`` gives each polarisation's band (default 1)."""
+    each name) or ``{"VV": file, "VH": file}``; ``band`` gives each polarisation's band (default 1).
+    Each file is opened (checked) now, inside ``root`` and within ``limits`` (``raster_limits``)."""
     pols: dict[str, Path] = {}
     if isinstance(files, dict):
         pols = {str(p).upper(): Path(f) for p, f in files.items()}
@@ -82,22 +91,45 @@ def open_s1(files, *, units: str | None = None, time: datetime | None = None,
         pols[p] = f
     if not pols:
         raise DataError("an S1 acquisition needs at least one VV or VH file")
+    if units is not None and str(units).lower() not in UNITS:
+        raise DataError(f"s1_units must be one of {UNITS}, got {units!r}")
+    for p, f in pols.items():
+        src = open_raster(f, root, limits)
+        b = (band or {}).get(p, 1)
+        if not 1 <= b <= src.count:
+            raise RasterDataError(f, f"has {src.count} band(s), band {b} ({p}) is needed", "bands")
     first = pols.get("VV") or pols["VH"]
-    src = open_raster(first)
+    src = open_raster(first, root, limits)
     tags = src.tags()
     bounds, crs = source_bounds(src)
     key = _POL.sub("POL", first.stem)
-    return S1Acquisition(key, pols, _units(tags, units, first), time or time_from(tags, first.name), crs, bounds,
-                         src.nodata, dict(band or {}))
+    return S1Acquisition(key, pols, _units(tags, units, first, root, limits), time or time_from(tags, first.name), crs, bounds,
+                         src.nodata, dict(band or {}), None if root is None else Path(root), limits)
 
 
-def find_s1(root: Path, *, units: str | None = None) -> list[S1Acquisition]:
-    """Every acquisition under ``root``: VV/VH GeoTIFFs grouped by their name minus the polarisation."""
+def find_s1(root: Path, *, units: str | None = None, limits: RasterLimits | None = None,
+            skipped: list[DataError] | None = None) -> list[S1Acquisition]:
+    """Every acquisition under ``root``: VV/VH GeoTIFFs grouped by their name minus the polarisation,
+    each opened inside ``root``. With ``skipped`` (a list), an acquisition that cannot be used is
+    appended to it and left out while others remain; when none can be used, or without
+    ``skipped``, its error is raised."""
     groups: dict[tuple[Path, str], list[Path]] = {}
     for f in sorted(root.rglob("*")):
         if f.suffix.lower() in (".tif", ".tiff") and polarisation_of(f) is not None:
             groups.setdefault((f.parent, _POL.sub("POL", f.stem)), []).append(f)
-    return [open_s1(v, units=units) for _, v in sorted(groups.items())]
+    out, errors = [], []
+    for _, v in sorted(groups.items()):
+        try:
+            out.append(open_s1(v, units=units, root=root, limits=limits))
+        except DataError as exc:
+            if skipped is None:
+                raise
+            errors.append(exc)
+    if errors and not out:
+        raise errors[0]
+    if skipped is not None:
+        skipped.extend(errors)
+    return out
 
 
 def to_db(x: np.ndarray) -> np.ndarray:
@@ -109,11 +141,11 @@ def _read_pol(acq: S1Acquisition, pol: str, grid: Grid, window) -> np.ndarray:
     """One polarisation on ``grid`` as stored (dB or linear), NaN where invalid; straight from the
     file when its pixels are the grid's (``read_on_grid``: the values the warp gives), else warped."""
     f, band = acq.files[pol], acq.band.get(pol, 1)
-    x = read_on_grid(f, band, grid, window)
+    x = read_on_grid(f, band, grid, window, acq.root, acq.limits)
     if x is None:
         vrt = warped(f, grid, resampling=Resampling.nearest if acq.units == "db" else Resampling.bilinear,
-                     src_nodata=acq.nodata, nodata=np.nan, dtype="float32")
-        return vrt.read(band, window=window)
+                     src_nodata=acq.nodata, nodata=np.nan, dtype="float32", root=acq.root, limits=acq.limits)
+        return read_band(vrt, band, f, window)
     x = x.astype(np.float32)
     if acq.nodata is not None:
         x[x == np.float32(acq.nodata)] = np.nan

@@ -1,12 +1,21 @@
 """Sentinel-2 L2A: find the bands of a product (SAFE folder of JP2s, or a GeoTIFF/COG stack, all 12
 bands or the ones a user names), its offset and quantification, and read surface reflectance + SCL
 cloud mask on a grid. The patch layouts (BigEarthNet, SEN12MS) describe their files as an
-``S2Product`` too and read them with the same ``read_s2``."""
+``S2Product`` too and read them with the same ``read_s2``.
+
+Hostile or broken products are refused with a ``RasterDataError`` naming the file and the field
+before anything is decoded: every band file is checked and opened when the product is described
+(``handles.open_raster``: a regular file inside the data root, not truncated, within the
+``RasterLimits``); MTD / tag values are validated (``BOA_ADD_OFFSET`` band ids and finite offsets,
+a finite ``BOA_QUANTIFICATION_VALUE`` >= 1, a ``PROCESSING_BASELINE`` of the form NN.NN), so no
+reflectance is ever non-finite; a non-finite DN (a float stack) is masked invalid."""
 
 from __future__ import annotations
 
+import os
 import re
 import xml.etree.ElementTree as ET
+from xml.parsers.expat import ExpatError
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,10 +28,16 @@ from mmdomain import DataError
 from .bands import (S2_ALL_BANDS, S2_BANDS, S2_BOA_ADD_OFFSET, S2_NODATA_DN, S2_QUANTIFICATION, S2_RESOLUTION_M,
                     SCL_CLOUDY, SCL_INVALID, s2_band_subset)
 from .grid import Bounds, Grid, source_bounds
-from .handles import open_raster, read_on_grid, warped
+from .handles import open_raster, read_band, read_on_grid, warped
+from .raster_limits import (DEFAULT_LIMITS, RasterDataError, RasterLimits, check_file, finite_number,
+                            gdal_errors)
 from .timeparse import time_from
 
 RASTER_SUFFIXES = (".jp2", ".tif", ".tiff")
+#: Plausible ranges of the metadata values (DNs are 16-bit; real products: offset -1000 or 0, 10000).
+OFFSET_RANGE = (-65535.0, 65535.0)
+QUANTIFICATION_RANGE = (1.0, 1e6)
+_BASELINE = re.compile(r"^\d{2}\.\d{2}$")
 
 
 @dataclass
@@ -42,6 +57,8 @@ class S2Product:
     metadata_source: str = "declared defaults"
     tile: str = ""
     extras: dict = field(default_factory=dict)
+    root: Path | None = None  # the data root every file of the product is opened inside
+    limits: RasterLimits | None = None  # the ceilings they are opened within (None: DEFAULT_LIMITS)
 
     @property
     def name(self) -> str:
@@ -91,29 +108,53 @@ def _safe_bands(root: Path) -> tuple[dict[str, tuple[Path, int]], tuple[Path, in
     return best, scl
 
 
-def _read_mtd(root: Path) -> tuple[dict[str, float] | None, float | None, datetime | None, str | None]:
+def _read_mtd(root: Path, data_root: Path | None = None, limits: RasterLimits = DEFAULT_LIMITS
+              ) -> tuple[dict[str, float] | None, float | None, datetime | None, str | None]:
     mtd = next(iter(sorted(root.glob("MTD_MSIL2A*.xml"))), None)
     if mtd is None:
         return None, None, None, None
+    real = check_file(mtd, data_root or root, what="metadata file", max_bytes=limits.xml_bytes)
     try:
-        tree = ET.parse(mtd)
-    except ET.ParseError as exc:
-        raise DataError(f"{mtd}: not valid XML ({exc})") from None
+        tree = ET.fromstring(real.read_bytes())
+    except (ET.ParseError, ExpatError, ValueError, UnicodeError, RecursionError) as exc:
+        raise RasterDataError(mtd, f"not valid XML ({exc})") from None
+    except OSError as exc:
+        raise RasterDataError(mtd, f"cannot be read ({type(exc).__name__}: {exc})") from None
     offsets: dict[str, float] = {}
     quant = baseline = when = None
     for el in tree.iter():
-        tag = el.tag.rsplit("}", 1)[-1]
+        tag = el.tag.rsplit("}", 1)[-1] if isinstance(el.tag, str) else ""
         if tag == "BOA_ADD_OFFSET" and el.get("band_id") is not None:
-            offsets[S2_ALL_BANDS[int(el.get("band_id"))]] = float(el.text)
+            band = _band_id(el.get("band_id"), mtd)
+            value = finite_number(el.text, mtd, f"BOA_ADD_OFFSET band_id={band}", low=OFFSET_RANGE[0],
+                                  high=OFFSET_RANGE[1])
+            name = S2_ALL_BANDS[band]
+            if name in offsets and offsets[name] != value:
+                raise RasterDataError(mtd, f"two different offsets for {name} ({offsets[name]:g} and {value:g})",
+                                      f"BOA_ADD_OFFSET band_id={band}")
+            offsets[name] = value
         elif tag == "BOA_QUANTIFICATION_VALUE":
-            quant = float(el.text)
+            quant = finite_number(el.text, mtd, "BOA_QUANTIFICATION_VALUE", low=QUANTIFICATION_RANGE[0],
+                                  high=QUANTIFICATION_RANGE[1])
         elif tag == "PROCESSING_BASELINE":
-            baseline = el.text.strip()
+            baseline = (el.text or "").strip()
+            if not _BASELINE.match(baseline):
+                raise RasterDataError(mtd, f"{baseline!r} is not a processing baseline (NN.NN, e.g. 05.09)",
+                                      "PROCESSING_BASELINE")
         elif tag in ("PRODUCT_START_TIME", "DATATAKE_SENSING_START") and when is None:
-            when = time_from({"DATETIME": el.text}, "")
+            when = time_from({"DATETIME": el.text or ""}, "")
     if not offsets and baseline is not None and baseline < "04.00":
         offsets = {b: 0.0 for b in S2_BANDS}  # before baseline 04.00 there was no offset
     return offsets or None, quant, when, mtd.name
+
+
+def _band_id(text: str, mtd: Path) -> int:
+    """A ``band_id`` attribute: an index of ``S2_ALL_BANDS`` (0..12)."""
+    t = text.strip()
+    if not t.isdigit() or int(t) >= len(S2_ALL_BANDS):
+        raise RasterDataError(mtd, f"band_id {text[:20]!r} is not a Sentinel-2 band index (0..{len(S2_ALL_BANDS) - 1})",
+                              "BOA_ADD_OFFSET")
+    return int(t)
 
 
 def _stack_bands(path: Path, src, names: tuple[str, ...]) -> dict[str, tuple[Path, int]]:
@@ -139,33 +180,41 @@ def _stack_bands(path: Path, src, names: tuple[str, ...]) -> dict[str, tuple[Pat
                     f"{src.count} bands and {has}")
 
 
-def _stack_product(path: Path, names: tuple[str, ...]):
+def _stack_product(path: Path, names: tuple[str, ...], root: Path | None, limits: RasterLimits):
     """Bands, SCL, offsets, quantification, time and metadata source of a GeoTIFF/COG stack."""
-    src = open_raster(path)
-    tags = src.tags()
-    bands = _stack_bands(path, src, names)
-    desc = [(d or "").upper() for d in src.descriptions]
+    src = open_raster(path, root, limits)
+    with gdal_errors(path, "tags"):
+        tags = src.tags()
+        bands = _stack_bands(path, src, names)
+        desc = [(d or "").upper() for d in src.descriptions]
     in_use = {i for _, i in bands.values()}
     scl = (path, desc.index("SCL") + 1) if "SCL" in desc else (path, 13) if src.count == 13 and 13 not in in_use \
         else None
     if scl is None:
         side = path.with_name(path.stem + "_SCL" + path.suffix)
-        scl = (side, 1) if side.exists() else None
-    offsets = {b: float(tags["BOA_ADD_OFFSET"]) for b in names} if "BOA_ADD_OFFSET" in tags else None
-    quant = float(tags["BOA_QUANTIFICATION_VALUE"]) if "BOA_QUANTIFICATION_VALUE" in tags else None
+        scl = (side, 1) if os.path.lexists(side) else None
+    offsets = quant = None
+    if "BOA_ADD_OFFSET" in tags:
+        value = finite_number(tags["BOA_ADD_OFFSET"], path, "tag BOA_ADD_OFFSET", low=OFFSET_RANGE[0],
+                              high=OFFSET_RANGE[1])
+        offsets = {b: value for b in names}
+    if "BOA_QUANTIFICATION_VALUE" in tags:
+        quant = finite_number(tags["BOA_QUANTIFICATION_VALUE"], path, "tag BOA_QUANTIFICATION_VALUE",
+                              low=QUANTIFICATION_RANGE[0], high=QUANTIFICATION_RANGE[1])
     source = "GeoTIFF tags" if offsets or quant else None
     return bands, scl, offsets, quant, time_from(tags, path.name), source
 
 
-def _safe_product(path: Path):
+def _safe_product(path: Path, root: Path | None, limits: RasterLimits):
     """The same for a SAFE(-like) folder of per-band JP2s with its MTD xml."""
     bands, scl = _safe_bands(path)
-    offsets, quant, when, source = _read_mtd(path)
+    offsets, quant, when, source = _read_mtd(path, root, limits)
     return bands, scl, offsets, quant, when or time_from({}, path.name), source
 
 
 def open_s2(path: str | Path, *, bands=None, offset: float | None = None, quantification: float | None = None,
-            time: datetime | None = None) -> S2Product:
+            time: datetime | None = None, root: str | Path | None = None,
+            limits: RasterLimits | None = None) -> S2Product:
     """Describe an L2A product: a SAFE(-like) folder or a multi-band GeoTIFF/COG.
 
     ``bands`` (as torchgeo's ``bands=``) names the bands to read, in tensor order (default all 12,
@@ -173,12 +222,20 @@ def open_s2(path: str | Path, *, bands=None, offset: float | None = None, quanti
     Offset and quantification come from the product metadata (MTD xml or GeoTIFF tags
     ``BOA_ADD_OFFSET``/``BOA_QUANTIFICATION_VALUE``) when present, else from ``offset``/
     ``quantification``, else the declared baseline >= 04.00 values (-1000, 10000).
+    Every file read (band files, SCL, MTD) must resolve inside ``root`` (default: the SAFE folder
+    itself; none for a stack, the file named) and stay within ``limits`` (``raster_limits``).
     """
     path = Path(path)
+    limits = limits or DEFAULT_LIMITS
     if not path.exists():
-        raise DataError(f"{path}: no such Sentinel-2 product")
+        raise RasterDataError(path, "no such Sentinel-2 product")
     names = s2_band_subset(bands, where=f"{path}: s2_bands")
-    found, scl, offsets, quant, when, source = _safe_product(path) if path.is_dir() else _stack_product(path, names)
+    offset, quantification = check_scaling(offset, quantification, path)
+    if root is None and path.is_dir():
+        root = path
+    root = None if root is None else Path(root)
+    found, scl, offsets, quant, when, source = _safe_product(path, root, limits) if path.is_dir() else \
+        _stack_product(path, names, root, limits)
     missing = [b for b in names if b not in found]
     if missing:
         raise DataError(f"{path}: Sentinel-2 product lacks bands {missing} (found {sorted(found)})")
@@ -186,13 +243,33 @@ def open_s2(path: str | Path, *, bands=None, offset: float | None = None, quanti
         value = S2_BOA_ADD_OFFSET if offset is None else offset
         offsets = {b: value for b in names}
     product = S2Product(path, {b: found[b] for b in names}, scl, offsets, quant or quantification or S2_QUANTIFICATION,
-                        time or when, metadata_source=source or "declared defaults")
+                        time or when, metadata_source=source or "declared defaults", root=root, limits=limits)
+    for f, idx in [*product.bands.values(), *([product.scl] if product.scl else [])]:  # open (check) every file now
+        src = open_raster(f, root, limits)
+        if not 1 <= idx <= src.count:
+            raise RasterDataError(f, f"has {src.count} bands, band {idx} is needed", "bands")
     return locate(product)
 
 
-def locate(product: S2Product) -> S2Product:
-    """Fill in the CRS, bounds, resolution and tile of ``product`` from its reference band."""
-    ref = open_raster(product.reference[0])
+def check_scaling(offset: float | None, quantification: float | None, where: str | Path
+                  ) -> tuple[float | None, float | None]:
+    """A user's (or a layout's) ``s2_offset`` / ``quantification``: finite, in the plausible ranges."""
+    if offset is not None:
+        offset = finite_number(offset, where, "s2_offset", low=OFFSET_RANGE[0], high=OFFSET_RANGE[1])
+    if quantification is not None:
+        quantification = finite_number(quantification, where, "quantification", low=QUANTIFICATION_RANGE[0],
+                                       high=QUANTIFICATION_RANGE[1])
+    return offset, quantification
+
+
+def locate(product: S2Product, root: str | Path | None = None, limits: RasterLimits | None = None) -> S2Product:
+    """Fill in the CRS, bounds, resolution and tile of ``product`` from its reference band (opened
+    inside ``root`` within ``limits``, which become the product's when given)."""
+    if root is not None:
+        product.root = Path(root)
+    if limits is not None:
+        product.limits = limits
+    ref = open_raster(product.reference[0], product.root, product.limits)
     product.bounds, product.crs = source_bounds(ref)
     product.res = abs(ref.transform.a) if ref.crs is not None else 10.0
     name = product.path.name
@@ -207,17 +284,22 @@ def read_s2(product: S2Product, grid: Grid, window=None) -> tuple[np.ndarray, np
     out, valid = [], None
     for b in product.bands:
         f, idx = product.bands[b]
-        dn = read_on_grid(f, idx, grid, window)  # bands already on the grid (10 m onto a 10 m grid): no warp
+        # bands already on the grid (10 m onto a 10 m grid): no warp
+        dn = read_on_grid(f, idx, grid, window, product.root, product.limits)
         if dn is None:
             vrt = warped(f, grid, resampling=Resampling.bilinear, src_nodata=S2_NODATA_DN, nodata=S2_NODATA_DN,
-                         dtype="float32")
-            dn = vrt.read(idx, window=window)
+                         dtype="float32", root=product.root, limits=product.limits)
+            dn = read_band(vrt, idx, f, window)
         dn = dn.astype(np.float32, copy=False)
-        ok = dn > 0
+        ok = np.isfinite(dn) & (dn > 0)  # a float stack's NaN / inf is no data, as DN 0 is
         valid = ok if valid is None else valid & ok
-        out.append((dn + product.offset[b]) / product.quantification)
+        with np.errstate(invalid="ignore", over="ignore"):
+            out.append((dn + np.float32(product.offset[b])) / np.float32(product.quantification))
     refl = np.stack(out).astype(np.float32)
     refl[:, ~valid] = 0.0
+    if not np.isfinite(refl).all():  # offsets / quantification out of the checked ranges (set by hand)
+        raise RasterDataError(product.path, f"non-finite reflectance from offset {sorted(set(product.offset.values()))}"
+                                            f" and quantification {product.quantification}", "reflectance")
     scl = read_scl(product, grid, window)
     if scl is not None:
         valid &= ~np.isin(scl, SCL_INVALID)
@@ -228,8 +310,9 @@ def read_scl(product: S2Product, grid: Grid, window=None) -> np.ndarray | None:
     if product.scl is None:
         return None
     f, idx = product.scl
-    vrt = warped(f, grid, resampling=Resampling.nearest, src_nodata=0, nodata=0, dtype="uint8")
-    return vrt.read(idx, window=window)
+    vrt = warped(f, grid, resampling=Resampling.nearest, src_nodata=0, nodata=0, dtype="uint8", root=product.root,
+                 limits=product.limits)
+    return read_band(vrt, idx, f, window)
 
 
 def cloud_mask(scl: np.ndarray) -> np.ndarray:

@@ -15,6 +15,9 @@ on the S2 grid warped onto it (nearest, dB). S2 is L2A DN / 10000 with ``s2_offs
 pass ``s2_offset=-1000`` for a re-processing at >= 04.00); DN 0 is no data (reflectance 0). A
 patch whose ``s1_name`` is empty or whose S1 folder is missing has ``s1`` absent. Splits are the
 metadata's. Reading ``metadata.parquet`` needs pandas + pyarrow (extra ``bigearthnet``).
+Each file is opened inside its top folder (``BigEarthNet-S2`` / ``-S1``, or ``s2_dir`` / ``s1_dir``)
+within ``raster_limits`` (an option, see ``raster_limits``); a bad patch file gives its typed
+error when that sample is read.
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ import torch
 from mmdomain import DataError, Sample
 
 from ..bands import BIGEARTHNET19, S1_POLARISATIONS, s2_band_subset
+from ..handles import open_raster
+from ..raster_limits import RasterLimits, check_file, dataset_size
 from ..s1 import S1Acquisition, open_s1, read_s1
-from ..s2 import S2Product, locate, read_s2
+from ..s2 import S2Product, check_scaling, locate, read_s2
 from .common import PatchDataset, check_split, grid_of
 
 
@@ -79,17 +84,21 @@ def _patch_folders(top: Path, wanted: set[str]) -> dict[str, Path]:
 def _read_metadata(root: Path, metadata: str | None) -> tuple[pd.DataFrame, Path]:
     meta_file = Path(metadata) if metadata else next(
         iter(sorted(root.glob("*metadata*.parquet")) or sorted(root.glob("*.parquet"))), None)
-    if meta_file is None or not meta_file.is_file():
+    if meta_file is None or not (meta_file.is_file() or meta_file.is_symlink()):
         raise DataError(f"{root}: no metadata parquet (expected metadata.parquet with patch_id, labels, "
                         "split, s1_name)")
+    real = check_file(meta_file, None if metadata else root, what="metadata file")  # no FIFO / device
     try:
-        df = pd.read_parquet(meta_file)
+        df = pd.read_parquet(real)
     except Exception as exc:  # noqa: BLE001 - pyarrow's reasons vary
         raise DataError(f"{meta_file}: not a readable parquet file ({exc})") from None
     need = [c for c in ("patch_id", "labels", "split") if c not in df.columns]
     if need:
         raise DataError(f"{meta_file}: missing columns {need} (has {list(df.columns)})")
-    unknown = sorted({lab for labs in df["labels"] for lab in labs} - set(BIGEARTHNET19))
+    try:
+        unknown = sorted({str(lab) for labs in df["labels"] for lab in labs} - set(BIGEARTHNET19))
+    except TypeError:
+        raise DataError(f"{meta_file}: labels must be lists of class names") from None
     if unknown:
         raise DataError(f"{meta_file}: labels outside BigEarthNet's 19 classes: {unknown[:5]}")
     return df, meta_file
@@ -100,12 +109,16 @@ class BigEarthNetV2(PatchDataset):
 
     def __init__(self, root: str | Path, split: str = "train", *, s2_dir: str | None = None, s1_dir: str | None = None,
                  metadata: str | None = None, s2_offset: float = 0.0, quantification: float = 10000.0,
-                 s2_bands: list[str] | None = None, size: int = 120, site: str | None = None):
+                 s2_bands: list[str] | None = None, size: int = 120, site: str | None = None,
+                 raster_limits: dict[str, int] | None = None):
         check_split(split)
-        self.root, self.split, self.size = Path(root), split, int(size)
+        self.root, self.split = Path(root), split
+        self.size = dataset_size(size, self.root, "size")
+        self.limits = RasterLimits.from_options(raster_limits)
         if not self.root.is_dir():
             raise DataError(f"{self.root}: not a BigEarthNet v2 folder")
-        self.offset, self.quant, self.site = float(s2_offset), float(quantification), site or self.root.name
+        self.offset, self.quant = check_scaling(s2_offset, quantification, self.root)
+        self.site = site or self.root.name
         self.s2_bands = s2_band_subset(s2_bands, where=f"{self.root}: s2_bands")
         self.class_names = list(BIGEARTHNET19)
         df, meta_file = _read_metadata(self.root, metadata)
@@ -113,11 +126,13 @@ class BigEarthNetV2(PatchDataset):
 
     def _index(self, df: pd.DataFrame, meta_file: Path, split: str, s2_dir, s1_dir) -> list[_BenPatch]:
         s2_top, s1_top = _subdir(self.root, s2_dir, "-S2"), None
+        self._tops = {"s2": s2_top, "s1": None}
         if "s1_name" in df.columns:
             try:
                 s1_top = _subdir(self.root, s1_dir, "-S1")
             except DataError:
                 s1_top = None  # no S1 at all: every patch has s1 absent
+        self._tops["s1"] = s1_top
         ids = [str(p) for p in df["patch_id"]]
         s2_folders = _patch_folders(s2_top, set(ids))
         missing = [p for p in ids if p not in s2_folders]
@@ -149,20 +164,23 @@ class BigEarthNetV2(PatchDataset):
         missing = [b for b, f in files.items() if not f.is_file()]
         if missing:
             raise DataError(f"{p.s2}: missing band files {missing} (expected {p.pid}_<band>.tif)")
+        for f in files.values():  # every band file checked and opened inside the S2 folder, not only B02
+            open_raster(f, self._tops["s2"], self.limits)
         return locate(S2Product(p.s2, {b: (f, 1) for b, f in files.items()}, None,
-                                {b: self.offset for b in files}, self.quant, None, metadata_source="BigEarthNet v2"))
+                                {b: self.offset for b in files}, self.quant, None, metadata_source="BigEarthNet v2"),
+                      self._tops["s2"], self.limits)
 
     def _s1(self, p: _BenPatch) -> S1Acquisition:
         files = {pol: p.s1 / f"{p.s1_name}_{pol}.tif" for pol in S1_POLARISATIONS}
         for f in files.values():
             if not f.is_file():
                 raise DataError(f"{p.s1}: missing {f.name}")
-        return open_s1(files, units="db")
+        return open_s1(files, units="db", root=self._tops["s1"], limits=self.limits)
 
     def __getitem__(self, i: int) -> Sample:
         p = self.patches[i]
         product = self._s2(p)
-        grid = grid_of(product.reference[0], self.size)
+        grid = grid_of(product.reference[0], self.size, limits=self.limits)
         inputs = {"s2": torch.from_numpy(read_s2(product, grid)[0])}
         if "s1" not in p.absent:
             inputs["s1"] = torch.from_numpy(read_s1(self._s1(p), grid)[0])

@@ -12,6 +12,7 @@ from mmdomain import DataError
 
 from ..grid import Grid
 from ..handles import open_raster
+from ..raster_limits import DEFAULT_LIMITS, RasterLimits, check_grid
 
 SPLITS = ("train", "val", "test", "all")
 IGNORE = 255  # label value of an unknown class / pixel
@@ -36,11 +37,16 @@ def check_split(split: str) -> None:
         raise DataError(f"split must be one of {SPLITS}, got {split!r}")
 
 
-def grid_of(path: Path, size: int | None = None) -> Grid:
-    """The grid of a patch file: its own pixels, or ``size`` x ``size`` pixels over its footprint."""
-    src = open_raster(path)
+def grid_of(path: Path, size: int | None = None, root: Path | None = None,
+            limits: RasterLimits | None = None) -> Grid:
+    """The grid of a patch file: its own pixels, or ``size`` x ``size`` pixels over its footprint;
+    at most ``limits.patch_pixels`` pixels (every band of a sample is read onto it at once)."""
+    limits = limits or DEFAULT_LIMITS
+    src = open_raster(path, root, limits)
     if src.crs is None:
         raise DataError(f"{path}: has no CRS")
     bounds = tuple(src.bounds)
     res = (bounds[2] - bounds[0]) / size if size else abs(src.transform.a)
-    return Grid(src.crs, res, bounds)
+    grid = Grid(src.crs, res, bounds)
+    check_grid(grid, path, limits.patch_pixels, "patch_pixels")
+    return grid

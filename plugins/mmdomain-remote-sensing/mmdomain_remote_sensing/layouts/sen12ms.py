@@ -30,9 +30,10 @@ from mmdomain import DataError, Sample
 from mmdomain.data import split_of
 
 from ..bands import S2_ALL_BANDS, SEN12MS_CLASSES, s2_band_subset
-from ..handles import open_raster
+from ..handles import open_raster, read_band
+from ..raster_limits import RasterDataError, RasterLimits
 from ..s1 import open_s1, read_s1
-from ..s2 import S2Product, locate, read_s2
+from ..s2 import S2Product, check_scaling, locate, read_s2
 from .common import IGNORE, PatchDataset, check_split, grid_of
 
 #: IGBP (1..17) -> simplified DFC2020 class (0..9 = SEN12MS_CLASSES); 0 and unknown values -> IGNORE.
@@ -55,8 +56,8 @@ class _S12Patch:
     absent: dict[str, str] = field(default_factory=dict)
 
 
-def _check_bands(f: Path, kind: str) -> None:
-    count, want = open_raster(f).count, _BAND_COUNTS[kind]
+def _check_bands(f: Path, kind: str, root: Path | None = None, limits: RasterLimits | None = None) -> None:
+    count, want = open_raster(f, root, limits).count, _BAND_COUNTS[kind]
     if count != want and not (kind == "lc" and count >= 1):
         raise DataError(f"{f}: SEN12MS {kind} patches have {want} bands ({_WHAT[kind]}), this one has {count}")
 
@@ -85,12 +86,14 @@ class SEN12MS(PatchDataset):
     """SEN12MS patches as Samples (``task`` multiclass, segmentation or contrastive); see the module docstring."""
 
     def __init__(self, root: str | Path, split: str = "train", *, task: str = "multiclass", s2_offset: float = 0.0,
-                 quantification: float = 10000.0, s2_bands: list[str] | None = None, site: str | None = None):
+                 quantification: float = 10000.0, s2_bands: list[str] | None = None, site: str | None = None,
+                 raster_limits: dict[str, int] | None = None):
         check_split(split)
         if task not in ("multiclass", "segmentation", "contrastive"):
             raise DataError(f"task must be multiclass, segmentation or contrastive, got {task!r}")
         self.root, self.split, self.task = Path(root), split, task
-        self.offset, self.quant, self.site = float(s2_offset), float(quantification), site or self.root.name
+        self.offset, self.quant = check_scaling(s2_offset, quantification, self.root)
+        self.site, self.limits = site or self.root.name, RasterLimits.from_options(raster_limits)
         self.s2_bands = s2_band_subset(s2_bands, where=f"{self.root}: s2_bands")
         self.class_names = list(SEN12MS_CLASSES)
         if not self.root.is_dir():
@@ -99,7 +102,7 @@ class SEN12MS(PatchDataset):
         for kind in _BAND_COUNTS:  # a wrong band count is a layout error: say so before training, not mid-epoch
             f = next((p.files[kind] for p in self.patches if kind in p.files), None)
             if f is not None:
-                _check_bands(f, kind)
+                _check_bands(f, kind, self.root, self.limits)
 
     def _index(self, found: dict[tuple[str, str, str], dict[str, Path]], split: str) -> list[_S12Patch]:
         patches = []
@@ -118,15 +121,20 @@ class SEN12MS(PatchDataset):
 
 
     def _s2(self, f: Path) -> S2Product:
-        _check_bands(f, "s2")
+        _check_bands(f, "s2", self.root, self.limits)
         return locate(S2Product(f, {b: (f, S2_ALL_BANDS.index(b) + 1) for b in self.s2_bands}, None,
                                 {b: self.offset for b in self.s2_bands}, self.quant, None,
-                                metadata_source="SEN12MS (L1C)"))
+                                metadata_source="SEN12MS (L1C)"), self.root, self.limits)
 
     def _target(self, p: _S12Patch) -> torch.Tensor | None:
         if self.task == "contrastive":
             return None
-        lab = IGBP_TO_SIMPLE[open_raster(p.files["lc"]).read(1).astype(np.int64).clip(0, 255)]
+        f = p.files["lc"]
+        src = open_raster(f, self.root, self.limits)
+        if src.width * src.height > self.limits.patch_pixels:
+            raise RasterDataError(f, f"a land-cover patch of {src.width:,} x {src.height:,} pixels; at most "
+                                     f"{self.limits.patch_pixels:,} (raster_limits.patch_pixels)", "size")
+        lab = IGBP_TO_SIMPLE[read_band(src, 1, f).astype(np.int64).clip(0, 255)]
         if self.task == "segmentation":
             return torch.from_numpy(lab.astype(np.int64))
         counts = np.bincount(lab[lab != IGNORE].ravel(), minlength=len(self.class_names))
@@ -136,13 +144,14 @@ class SEN12MS(PatchDataset):
 
     def __getitem__(self, i: int) -> Sample:
         p = self.patches[i]
-        grid = grid_of(p.files["s2"] if "s2" in p.files else p.files["s1"])
+        grid = grid_of(p.files["s2"] if "s2" in p.files else p.files["s1"], root=self.root, limits=self.limits)
         inputs: dict[str, Any] = {}
         if "s2" not in p.absent:
             inputs["s2"] = torch.from_numpy(read_s2(self._s2(p.files["s2"]), grid)[0])
         if "s1" not in p.absent:
-            _check_bands(p.files["s1"], "s1")
-            acq = open_s1({"VV": p.files["s1"], "VH": p.files["s1"]}, units="db", band={"VV": 1, "VH": 2})
+            _check_bands(p.files["s1"], "s1", self.root, self.limits)
+            acq = open_s1({"VV": p.files["s1"], "VH": p.files["s1"]}, units="db", band={"VV": 1, "VH": 2},
+                          root=self.root, limits=self.limits)
             inputs["s1"] = torch.from_numpy(read_s1(acq, grid)[0])
         return Sample(inputs, self._target(p), {"id": p.key, "site": self.site, "split": p.split, "s2_level": "L1C",
                                                 "absent": dict(p.absent)})
