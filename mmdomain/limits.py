@@ -14,6 +14,8 @@ hidden 768, 512 positions), XLM-R-large's 250,002 x 1,024 embedding, DenseNet-12
   in-range sizes (``out_dim = 65536`` with ``num_classes = 65536``) and any plugin option name
   not listed here.
 - ``CONFIG_*``: config files (size, nesting, nodes after YAML aliases are expanded).
+- ``DICOM_*``, ``SR_*``, ``REPORT_*``: medical files (declared image sizes, inflated bytes, file
+  and report sizes), checked by the medical plugin before it decodes, inflates or parses.
 """
 
 from __future__ import annotations
@@ -50,6 +52,21 @@ CONFIG_DEPTH = 64  # nested tables / lists
 CONFIG_NODES = 1_000_000  # values after YAML aliases and merge keys are expanded
 CHECKPOINT_HEADER_BYTES = 100_000_000  # safetensors' own ceiling on its JSON header
 CHECKPOINT_CONFIG_NODES = 2 * VOCAB  # values in a header's model config (a fitted vocabulary is one per word)
+
+# -- medical files (DICOM images and reports), checked before anything is decoded, inflated or parsed ------
+# Read at call time (``mmdomain.limits.DICOM_FRAMES = ...`` raises one for a site). A real chest radiograph is
+# ~3000 x 3000 (a long-leg one ~7000 x 3500, a mammogram 4096 x 5900); a 512 x 512 x 1024 CT volume is
+# 2**28 values, at the decoded-size ceiling.
+DICOM_FRAME_PIXELS = 2**26  # Rows x Columns of one frame (8192 x 8192)
+DICOM_FRAMES = 65_536  # Number of Frames
+DICOM_DECODED_BYTES = 2**30  # the decoded image as float32 (what the reader returns): 2**28 values
+DICOM_INFLATED_BYTES = 2**29  # a Deflated Explicit VR Little Endian data set, once inflated
+DICOM_FILE_BYTES = 2**30 + 2**24  # a DICOM file read into memory (the largest native image plus its header)
+SR_FILE_BYTES = 2**24  # a DICOM structured report (reports are kilobytes)
+SR_ITEMS = 100_000  # content items walked in one structured report
+REPORT_FILE_BYTES = 2**20  # a text report file, or a manifest's report text (MIMIC-CXR's are < 10 KB)
+REPORT_XML_BYTES = 2**22  # an OpenI XML report file
+REPORT_XML_NODES = 100_000  # markup ("<") in one XML report, counted before it is parsed
 
 
 class LimitError(ValueError):

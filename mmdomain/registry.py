@@ -99,7 +99,11 @@ class Tokenizer(Protocol):
 @dataclass(frozen=True)
 class TokenizerSpec:
     """``build(**options) -> Tokenizer``; optional ``fit(texts, **options) -> options``
-    learns a vocabulary from a site's own texts and returns the options that rebuild it."""
+    learns a vocabulary from a site's own texts and returns the options that rebuild it. ``texts``
+    holds plain strings, or ``(text, group)`` pairs when the dataset names a group per text
+    (``text_group(i)``: the medical dataset's keyed patient pseudonym); a fitter must keep only
+    tokens of ``min_groups`` groups (``mmdomain.tokenizers.grouped`` / ``tokens_in_groups``), so
+    nothing unique to one patient enters a checkpoint."""
 
     name: str
     build: Callable[..., Tokenizer]

@@ -37,7 +37,10 @@ class TensorCache:
     def get(self, path: Path, options: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
         if self.kind is None:
             return make()
-        k = self.key(path, options)
+        try:
+            k = self.key(path, options)
+        except OSError:  # gone, or not reachable: ``make`` names the failure (the plugin's error, not OSError)
+            return make()
         if self.kind == "memory":
             hit = self.mem.get(k)
             if hit is not None:

@@ -1,4 +1,5 @@
-"""``mmdomain medical inspect PATH``, ``mmdomain medical index ROOT`` and ``mmdomain medical label ROOT``.
+"""``mmdomain medical inspect PATH``, ``mmdomain medical index ROOT``, ``mmdomain medical label ROOT`` and
+``mmdomain medical locate ROOT NAME...`` (the path of a file that messages named by pseudonym).
 
 The DICOM readers (pydicom) are imported when a command runs: the plugin adds these commands to
 every ``mmdomain`` invocation, ``--help`` and ``plugins list`` included."""
@@ -22,13 +23,29 @@ from .reports import read_text_report, scrub_text, split_sections
 
 
 def _inspect_file(path: Path) -> dict:
+    """``_inspect`` of one file; any library failure is the plugin's error naming the file, and
+    pydicom's warnings (they quote header values) stay out of the output."""
+    from .dicom_parse import quiet_validation
+
+    try:
+        with quiet_validation(all_warnings=False):
+            return _inspect(path)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. pydicom's NotImplementedError for an unknown VR
+        raise MedicalDataError(path, f"unreadable ({type(exc).__name__})") from None
+
+
+def _inspect(path: Path) -> dict:
     from .deid import deidentify
+    from .dicom_parse import regular_file
     from .dicom_header import header_facts, safe_meta
     from .dicom_parse import read_header
     from .dicom_read import read_dicom
     from .sr import is_sr, sr_text
 
     if path.suffix.lower() in (".txt",):
+        regular_file(path, "REPORT_FILE_BYTES")  # never a FIFO (it would block), nor a 50 MB line
         sections = split_sections(scrub_text(read_text_report(path)))
         return {"path": str(path), "kind": "report", "sections": {k: len(v) for k, v in sections.items()}}
     ds = read_header(path)
@@ -101,6 +118,41 @@ def index_cmd(root: Path, output: Path | None) -> None:
     paired = sum(1 for s in studies if s.images and s.report)
     click.echo(f"{len(studies)} studies ({paired} paired, {len(getattr(index_tree, 'errors', []))} unreadable files) "
                f"-> {target}")
+
+
+@medical.command("locate")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("names", nargs=-1, required=True)
+@click.option("--deid-key", default=None, metavar="KEY",
+              help="the dataset's de-identification key (default: MMDOMAIN_DEID_KEY, else the built-in one)")
+def locate_cmd(root: Path, names: tuple[str, ...], deid_key: str | None) -> None:
+    """Print the path under ROOT of each file that messages name by pseudonym (``file-<hex>``): inside a
+    dataset, errors, warnings and logs never name a file by its path, which may carry a patient's name
+    or MRN. Run it on the site's own machine; its output holds those paths."""
+    import os
+
+    from .deid import DEFAULT_KEY
+    from .errors import FILE_PREFIX, file_pseudonym
+
+    key = deid_key or DEFAULT_KEY
+    wanted = {n.strip().split(".")[0].rstrip(":") for n in names}
+    bad = sorted(n for n in wanted if not n.startswith(FILE_PREFIX))
+    if bad:
+        raise click.BadParameter(f"not a file pseudonym: {bad} (they look like {FILE_PREFIX}0123456789abcdef.dcm)",
+                                 param_hint="NAMES")
+    found: dict[str, str] = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            full = Path(folder) / name
+            stem = file_pseudonym(root, full, key).split(".")[0]
+            if stem in wanted:
+                found[stem] = str(full)
+        if len(found) == len(wanted):
+            break
+    for n in sorted(wanted):
+        click.echo(f"{n}\t{found.get(n, '(not found under ROOT with this key)')}")
+    if len(found) < len(wanted):
+        raise SystemExit(1)
 
 
 # Where the dataset finds reports (for the "no reports found" error).

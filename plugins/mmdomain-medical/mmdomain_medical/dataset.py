@@ -23,8 +23,17 @@ What can leave the loader (the contract ``tests/test_deid_phi.py`` checks): pixe
 the BurnedInAnnotation refuse/warn policy), the scrubbed text of the chosen sections, and
 ``Sample.meta`` built from a whitelist of acquisition facts (modality, manufacturer,
 photometric, spacing, view, bits, transfer syntax) plus keyed pseudonyms; no header value
-outside that whitelist, no path of a study, no UID. Errors name the file and the reason,
+outside that whitelist, no path of a study, no UID. Errors, warnings and log messages name the
+file by a keyed pseudonym of its path under the root (``errors.shown``: file names carry
+patient names and MRNs; ``mmdomain medical locate`` maps one back, on the site) and the reason,
 never a header value or report text.
+
+Hostile input: no file outside the root is read (``pairing.within_root``: a manifest's paths,
+symlinks in the tree), no FIFO or device is opened, reports are size-checked before they are
+parsed, and image sizes are bounded before anything is decoded (``mmdomain.limits.DICOM_*``).
+A file the index cannot read or refuses is skipped and listed in ``skipped`` (logged once,
+with a count); the rest of the folder loads. A file that fails only when decoded raises
+``MedicalDataError`` from ``ds[i]``.
 
 Limits of the text scrubbing (documented, not solved):
 - report-only studies get the PHI of the same patient's other studies in this dataset
@@ -39,24 +48,25 @@ Limits of the text scrubbing (documented, not solved):
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import torch
 
-from mmdomain import Sample
+from mmdomain import Sample, limits
 from mmdomain.data import availability_pattern, split_of
 
 from .cache import TensorCache
 from .deid import DEFAULT_KEY, pseudonym
 from .dicom_header import DicomHeader, read_header_record, safe_meta
 from .dicom_read import image_tensor
-from .errors import MedicalDataError
+from .errors import MedicalDataError, shown, site_naming
 from .facts import CHEXPERT_LABELS, DEFAULT_REPORT_SECTIONS
 from .labels import encode, find_label_file, read_label_file
-from .pairing import Study, index_tree
+from .pairing import Study, check_report_file, index_tree, within_root
 from .reports import read_manifest, read_openi_xml, read_text_report, scrub_text, select_sections, split_sections
 from .sr import read_sr
 
@@ -65,6 +75,17 @@ IMAGE, TEXT = "dicom_image", "report"
 log = logging.getLogger(__name__)
 _META_KEYS = ("modality", "manufacturer", "photometric", "pixel_spacing", "view_position", "bits_stored",
               "transfer_syntax")
+_SHOWN_SKIPPED = 5  # skipped files named in the log message
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _named(method: _F) -> _F:
+    """Run a method that reads the site's files with files named by pseudonym (``errors.site_naming``)."""
+    @functools.wraps(method)
+    def wrapper(self: MedicalDataset, *args: Any, **kwargs: Any) -> Any:
+        with site_naming(self.root, self.key):
+            return method(self, *args, **kwargs)
+    return wrapper  # type: ignore[return-value]
 
 
 class MedicalDataset(torch.utils.data.Dataset):
@@ -90,18 +111,25 @@ class MedicalDataset(torch.utils.data.Dataset):
         self._reports: dict[int, str | None] = {}  # scrubbed text only
         self.label_file = label_file  # None: the site's own (labels.find_label_file); else absolute or under root
         self.label_table: dict[str, dict[str, str]] = {}
+        self.skipped: list[str] = []  # files the index skipped: "<pseudonym>: <reason>"
         self.studies: list[Study] = [s for s in self._index() if split == "all" or s.split == split]
+        if self.skipped:
+            log.warning("medical dataset %r: %d file(s) skipped (unreadable or refused), the rest loaded: %s%s",
+                        self.site, len(self.skipped), "; ".join(self.skipped[:_SHOWN_SKIPPED]),
+                        " ..." if len(self.skipped) > _SHOWN_SKIPPED else "")
         self._by_subject: dict[str, list[int]] = {}
         for i, st in enumerate(self.studies):
             if st.subject:
                 self._by_subject.setdefault(st.subject, []).append(i)
 
     # -- index ------------------------------------------------------------------------------
+    @_named
     def _index(self) -> list[Study]:
         for name in ("manifest.parquet", "manifest.csv"):
             if (self.root / name).is_file():
                 return self._attach_labels(self._from_manifest(self.root / name))
-        studies = index_tree(self.root)
+        studies = index_tree(self.root, key=self.key)
+        self.skipped.extend(getattr(index_tree, "errors", []))
         if not studies:
             raise MedicalDataError(self.root, "no DICOM image or report found under this folder")
         for st in studies:
@@ -125,8 +153,8 @@ class MedicalDataset(torch.utils.data.Dataset):
                 st.values = self.label_table.get(pseudonym(st.key, self.key, "st-"))
             matched += st.values is not None
         if self.label_table and not matched:
-            log.warning("%s: no study of %s is in this label file (another site's, or written with another "
-                        "de-identification key?)", path, self.root)
+            log.warning("%s: no study of %r is in this label file (another site's, or written with another "
+                        "de-identification key?)", shown(path), self.site)
         return studies
 
     def _label_path(self) -> Path | None:
@@ -139,24 +167,53 @@ class MedicalDataset(torch.utils.data.Dataset):
         return path
 
     def _from_manifest(self, path: Path) -> list[Study]:
+        """Studies from a manifest's rows. A path that resolves outside the root and a report text
+        over ``limits.REPORT_FILE_BYTES`` are refused and listed in ``skipped``; a study left with
+        neither image nor report by that is dropped."""
         df = read_manifest(path)
         groups: dict[str, Study] = {}
+        refused: set[str] = set()
+
+        def inside(row: int, column: str, value: Any) -> Path | None:
+            try:
+                return within_root(self.root, str(value))
+            except MedicalDataError as exc:
+                self.skipped.append(f"{shown(path)}: row {row}, {column}: {exc}")
+                return None
+
         for i, r in enumerate(df.to_dict("records")):
+            row = i + 2  # the line in the file, after its header
             key = str(r.get("study") or r.get("accession") or r.get("path") or f"row{i}")
             st = groups.get(key)
             if st is None:
                 values = {n: str(r.get(n, "") or "") for n in self.labels} if any(n in r for n in self.labels) else None
                 st = groups[key] = Study(key, split=str(r.get("split") or "") or split_of(key), values=values)
             if r.get("path"):
-                st.images.append(self.root / str(r["path"]))
+                image = inside(row, "path", r["path"])
+                if image is None:
+                    refused.add(key)
+                else:
+                    st.images.append(image)
             if r.get("report"):
-                st.report_text = str(r["report"])
+                text = str(r["report"])
+                if len(text) > limits.REPORT_FILE_BYTES:
+                    self.skipped.append(f"{shown(path)}: row {row}, report: {len(text):,} characters, over the "
+                                        f"ceiling of {limits.REPORT_FILE_BYTES:,} (mmdomain.limits.REPORT_FILE_BYTES)")
+                    refused.add(key)
+                else:
+                    st.report_text = text
             elif r.get("report_path"):
-                st.report = self.root / str(r["report_path"])
-                st.report_kind = str(r.get("report_kind") or "") or _kind_of(st.report)
-        return [groups[k] for k in sorted(groups)]
+                report = inside(row, "report_path", r["report_path"])
+                if report is None:
+                    refused.add(key)
+                else:
+                    st.report = report
+                    st.report_kind = str(r.get("report_kind") or "") or _kind_of(st.report)
+        return [groups[k] for k in sorted(groups)
+                if k not in refused or groups[k].images or groups[k].report or groups[k].report_text is not None]
 
     # -- per study ---------------------------------------------------------------------------
+    @_named
     def header(self, i: int) -> DicomHeader | None:
         """The header of study ``i``'s first image (None without one), read once: by the index,
         else here on first use."""
@@ -165,6 +222,7 @@ class MedicalDataset(torch.utils.data.Dataset):
             st.header = read_header_record(st.images[0])
         return st.header
 
+    @_named
     def image_meta(self, i: int) -> dict[str, Any]:
         """The PHI-free meta of study ``i``'s first image (``{}`` without one)."""
         if i not in self._image_meta:
@@ -184,6 +242,7 @@ class MedicalDataset(torch.utils.data.Dataset):
                 found.update(self._phi(j))
         return tuple(sorted(found, key=len, reverse=True))
 
+    @_named
     def _report_source(self, i: int) -> str | None:
         """The unscrubbed text of study ``i``'s report, or None; it never leaves this class."""
         st = self.studies[i]
@@ -191,6 +250,7 @@ class MedicalDataset(torch.utils.data.Dataset):
             return st.report_text
         if st.report is None:
             return None
+        check_report_file(st.report, st.report_kind)
         if st.report_kind == "sr":
             return read_sr(st.report)
         if st.report_kind == "xml":
@@ -220,6 +280,7 @@ class MedicalDataset(torch.utils.data.Dataset):
         has_image = bool(self.studies[i].images)
         return frozenset(m for m, present in ((IMAGE, has_image), (TEXT, self._has_report(i))) if present)
 
+    @_named
     def raw_report(self, i: int) -> str | None:
         """The scrubbed full report text of study ``i`` (all sections), or None."""
         if self.cache.kind is not None and i in self._reports:
@@ -237,6 +298,12 @@ class MedicalDataset(torch.utils.data.Dataset):
         if not chosen:  # scrubbing removed a heading the unscrubbed text has: scrub the chosen sections alone
             chosen = scrub_text(select_sections(self._report_source(i) or "", self.report_sections), self._phi(i))
         return chosen
+
+    def text_group(self, i: int) -> str:
+        """Study ``i``'s patient, by keyed pseudonym (the key of the patient-level split): fitted
+        vocabularies keep only tokens of ``min_groups`` patients (``training.texts_for_fitting``)."""
+        st = self.studies[i]
+        return pseudonym(st.subject or st.key, self.key, "pt-")
 
     def sample_meta(self, i: int) -> dict[str, Any]:
         st = self.studies[i]
@@ -256,6 +323,7 @@ class MedicalDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.studies)
 
+    @_named
     def _image(self, i: int) -> torch.Tensor:
         path = self.studies[i].images[0]
         opts = f"{self.image_size}|{self.window}|{self.burned_in}"
@@ -263,6 +331,7 @@ class MedicalDataset(torch.utils.data.Dataset):
             path, size=self.image_size, window=self.window, key=self.key, burned_in=self.burned_in,
             header=self.header(i)))
 
+    @_named
     def __getitem__(self, i: int) -> Sample:
         inputs: dict[str, Any] = {}
         if self.studies[i].images:
@@ -280,9 +349,14 @@ def _kind_of(path: Path) -> str:
 def describe(dataset: MedicalDataset) -> dict[str, Any]:
     """Aggregate, identifier-free statistics of a built dataset."""
     patterns, present, modality, vendor, photometric, syntax, sections = (Counter() for _ in range(7))
+    unreadable = 0
     for i, st in enumerate(dataset.studies):
         if st.images:
-            meta = dataset.image_meta(i)
+            try:
+                meta = dataset.image_meta(i)
+            except MedicalDataError:
+                unreadable += 1
+                meta = {}
             modality[meta.get("modality") or "?"] += 1
             vendor[meta.get("manufacturer") or "?"] += 1
             photometric[meta.get("photometric") or "?"] += 1
@@ -305,4 +379,5 @@ def describe(dataset: MedicalDataset) -> dict[str, Any]:
         "photometric": dict(sorted(photometric.items())), "transfer_syntax": dict(sorted(syntax.items())),
         "report_section_coverage": {s: round(c / n, 3) for s, c in sorted(sections.items())} if n else {},
         "report_sections_used": list(dataset.report_sections),
+        "unreadable_images": unreadable, "skipped_files": len(dataset.skipped),
     }

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -105,40 +106,130 @@ def shift_date(value: str, days: int) -> str:
     return d.strftime("%Y%m%d") + value[8:]
 
 
+NAME_KEYWORDS = ("PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName",
+                 "ReferringPhysicianName", "PerformingPhysicianName", "NameOfPhysiciansReadingStudy",
+                 "OperatorsName", "RequestingPhysician", "PhysiciansOfRecord")
+ID_KEYWORDS = ("PatientID", "OtherPatientIDs", "AccessionNumber", "StudyID", "PatientTelephoneNumbers",
+               "InstitutionName", "StationName", "DeviceSerialNumber", "IssuerOfPatientID", "AdmissionID")
+ADDRESS_KEYWORDS = ("PatientAddress", "InstitutionAddress")
+DATE_KEYWORDS = ("PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")
+MAX_NAME_PARTS = 8  # name parts of one value combined into runs ("O Brien", "Brien Smith")
+MONTH_NAMES = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
+               "October", "November", "December")
+_ORDINAL_WORDS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth",
+                  "eleventh", "twelfth", "thirteenth", "fourteenth", "fifteenth", "sixteenth", "seventeenth",
+                  "eighteenth", "nineteenth", "twentieth")
+_PART = re.compile(r"[^\W_]+")  # letters / digits of any script: "O'Brien-Smith" -> O, Brien, Smith
+_UNIT = re.compile(r"\b(?:apt|apartment|unit|suite|ste|bldg|building|room|rm|flat|p\.?\s?o\.?\s?box)\b\.?\s{0,3}#?"
+                   r"\s{0,3}[a-z0-9]{1,6}\b", re.IGNORECASE)
+_ZIP = re.compile(r"\b\d{5}(?:-\d{4})?\b")
+
+
+def ordinal_word(day: int) -> str:
+    """1 -> "first", 23 -> "twenty-third", 30 -> "thirtieth"."""
+    if day <= 20:
+        return _ORDINAL_WORDS[day - 1]
+    tens, unit = divmod(day, 10)
+    if unit == 0:
+        return ("twentieth", "thirtieth")[tens - 2]
+    return ("twenty", "thirty")[tens - 2] + "-" + _ORDINAL_WORDS[unit - 1]
+
+
+def ordinal(day: int) -> str:
+    """1 -> "1st", 2 -> "2nd", 11 -> "11th", 23 -> "23rd"."""
+    return f"{day}{'th' if 10 <= day % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(day % 10, 'th')}"
+
+
+def name_variants(value: str) -> set[str]:
+    """A person name (DICOM PN, ``Family^Given^Middle``) and what a report may write of it: each
+    part alone (2+ characters), every run of adjacent parts ("O Brien" matches "OBrien" and
+    "O'Brien"), and given before family ("Jose Nunez" for "Nunez^Jose")."""
+    out = {value}
+    parts = _PART.findall(value)[:MAX_NAME_PARTS]
+    out.update(p for p in parts if len(p) >= 2 and p[0].isalpha())
+    out.update(" ".join(parts[i:j]) for i in range(len(parts)) for j in range(i + 2, len(parts) + 1))
+    groups = [g for g in value.split("=")[0].split("^")[:3] if g.strip()]
+    if len(groups) >= 2:
+        out.add(" ".join(groups[1:] + groups[:1]))
+    return out
+
+
+def id_variants(value: str) -> set[str]:
+    """An identifier and its digits alone, when 4+ ("A87654321" -> "87654321"; a telephone number's
+    last seven digits too: a local number written without its area code)."""
+    out = {value}
+    digits = "".join(ch for ch in value if ch.isdigit())
+    if len(digits) >= 4:
+        out.add(digits)
+    if len(digits) >= 10:
+        out.add(digits[-7:])
+    return out
+
+
+def address_variants(value: str) -> set[str]:
+    """An address, each of its comma / line / ``^`` separated components (3+ characters), the
+    street without its number, the unit ("Apt 4B") and the ZIP code."""
+    out = {value}
+    for comp in re.split(r"[,\n\r^;]+", value):
+        comp = comp.strip()
+        if len(comp) >= 3:
+            out.add(comp)
+            street = re.sub(r"^\d+[a-z]?\s+", "", comp, flags=re.IGNORECASE)
+            if street != comp and len(street) >= 3:
+                out.add(street)
+    out.update(m.group(0) for m in _UNIT.finditer(value))
+    out.update(m.group(0) for m in _ZIP.finditer(value))
+    return out
+
+
+def date_variants(value: str, *, birth: bool = False) -> set[str]:
+    """A DA value (YYYYMMDD) as reports write it: 03/03/1961, 3/3/1961, 1961-03-03, 03.03.1961, and
+    in words: "March 3 1961", "March 3rd 1961", "March third 1961", "3rd of March 1961", "3 Mar 1961"
+    (commas, periods and spacing are folded when matched); for a birth date, "March 1961" too."""
+    if len(value) != 8 or not value.isdigit():
+        return set()
+    y, m, d = value[:4], value[4:6], value[6:]
+    out = {value, f"{m}/{d}/{y}", f"{int(m)}/{int(d)}/{y}", f"{y}-{m}-{d}", f"{d}.{m}.{y}", f"{d}/{m}/{y}"}
+    if not (1 <= int(m) <= 12 and 1 <= int(d) <= 31):
+        return out
+    month = MONTH_NAMES[int(m) - 1]
+    months = {month, month[:3]} | ({"Sept"} if int(m) == 9 else set())
+    days = {str(int(d)), d, ordinal(int(d)), ordinal_word(int(d))}
+    for mo in months:
+        for da in days:
+            out.update({f"{mo} {da} {y}", f"{da} {mo} {y}", f"{da} of {mo} {y}"})
+        if birth:
+            out.add(f"{mo} {y}")
+    return out
+
+
 def known_phi(ds: Dataset) -> list[str]:
-    """Identifying strings of the header (names and their parts, IDs, places, phone numbers, dates),
-    gathered before they are removed, to scrub the same values from report text."""
+    """Identifying strings of the header (names and their parts, IDs and their digits, places,
+    addresses and their parts, phone numbers, dates in figures and words), gathered before they
+    are removed, to scrub the same values from report text (``reports.scrub_known``, which also
+    folds case, accents, punctuation and spacing, and the grouping of digits)."""
     out: set[str] = set()
 
-    def add(v) -> None:
-        s = str(v).strip() if v is not None else ""
-        if len(s) >= 2:
-            out.add(s)
-
-    for kw in ("PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName",
-               "ReferringPhysicianName", "PerformingPhysicianName", "NameOfPhysiciansReadingStudy",
-               "OperatorsName", "RequestingPhysician", "PhysiciansOfRecord"):
-        values = ds.get(kw, None)
-        if values is None:
-            continue
-        for v in (values if isinstance(values, (list, tuple)) or type(values).__name__ == "MultiValue" else [values]):
-            add(v)
-            for part in str(v).replace("^", " ").split():
-                if len(part) >= 2 and part[0].isalpha():
-                    add(part)
-    for kw in ("PatientID", "OtherPatientIDs", "AccessionNumber", "StudyID", "PatientAddress",
-               "PatientTelephoneNumbers", "InstitutionName", "InstitutionAddress", "StationName",
-               "DeviceSerialNumber", "IssuerOfPatientID", "AdmissionID"):
+    def values(kw: str) -> list[str]:
         v = ds.get(kw, None)
-        if v is not None:
-            for item in (v if type(v).__name__ == "MultiValue" else [v]):
-                add(item)
-    for kw in ("PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"):
-        v = str(ds.get(kw, "") or "")
-        if len(v) == 8 and v.isdigit():
-            y, m, d = v[:4], v[4:6], v[6:]
-            out.update({v, f"{m}/{d}/{y}", f"{int(m)}/{int(d)}/{y}", f"{y}-{m}-{d}", f"{d}.{m}.{y}"})
-    return sorted(out, key=len, reverse=True)
+        if v is None:
+            return []
+        items = v if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue" else [v]
+        return [s for s in (str(x).strip() for x in items) if s]
+
+    for kw in NAME_KEYWORDS:
+        for v in values(kw):
+            out.update(name_variants(v))
+    for kw in ID_KEYWORDS:
+        for v in values(kw):
+            out.update(id_variants(v))
+    for kw in ADDRESS_KEYWORDS:
+        for v in values(kw):
+            out.update(address_variants(v))
+    for kw in DATE_KEYWORDS:
+        for v in values(kw):
+            out.update(date_variants(v, birth=kw == "PatientBirthDate"))
+    return sorted((s for s in out if len(s.strip()) >= 2), key=lambda s: (-len(s), s))
 
 
 def deidentify(ds: Dataset, key: str = DEFAULT_KEY, *, path: str | Path | None = None,

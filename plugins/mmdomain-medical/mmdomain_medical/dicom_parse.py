@@ -8,13 +8,26 @@
 - pydicom's reading validation is silenced only while we read (``quiet_validation``): its
   warnings quote header values, i.e. PHI. ``pydicom.config`` is set and restored around each
   read, never changed for other users at import.
+- Only regular files are read (``read_regular`` / ``open_regular``: an open that cannot block on
+  a FIFO, then ``fstat`` on the open file; ``regular_file``: a stat, for a check without opening):
+  FIFOs, devices, sockets, folders and symlinks to them are refused before anything is read, and
+  so is a file over ``limits.DICOM_FILE_BYTES``.
+- A Deflated Explicit VR Little Endian file is inflated once here, into nothing, counting the
+  bytes (``check_deflated``): past ``limits.DICOM_INFLATED_BYTES`` it is refused before pydicom,
+  which inflates the whole data set in memory, ever sees it.
 - Any failure is a ``MedicalDataError`` naming the file and the reason (the library's exception
   type, never its message).
 """
 
 from __future__ import annotations
 
+import io
+import logging
+import os
+import stat
+import struct
 import warnings
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -25,33 +38,226 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from mmdomain import limits
+
 from .errors import MedicalDataError, library_failure
 
 PIXEL_DATA = 0x7FE00010
 PIXEL_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
 _DEFER = 2048  # bytes: larger values (pixel data, big LUTs) are read only if used
-_STREAM_SYNTAXES = frozenset({"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})  # big endian, deflated
+DEFLATED = "1.2.840.10008.1.2.1.99"
+_DEFLATED_UID = DEFLATED.encode()
+_STREAM_SYNTAXES = frozenset({"1.2.840.10008.1.2.2", DEFLATED})  # big endian, deflated
+_META_BYTES = 65_536  # read for the File Meta's transfer syntax (a real File Meta is < 1 KB)
+_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())  # a 4-byte length in explicit VR
+_INFLATE_IN, _INFLATE_OUT = 1 << 20, 1 << 24  # bytes read / inflated at a time while counting
 
 
 @contextmanager
-def quiet_validation():
-    """pydicom's reading-validation warnings quote header values (PHI): keep them out of logs,
-    for the duration of our own reads only (restored afterwards; not thread-safe, like pydicom's
-    own settings object)."""
+def quiet_validation(*, all_warnings: bool = True):
+    """pydicom's validation warnings quote header values (PHI), and its logger names the file
+    (``End of file reached before delimiter ... in file <path>``): keep both out of logs, for the
+    duration of our own reads only (restored afterwards; not thread-safe, like pydicom's own
+    settings object). ``all_warnings=False`` silences pydicom's only, so the plugin's own (a
+    BurnedInAnnotation warning) still reach the user."""
     settings = pydicom.config.settings
-    before = settings.reading_validation_mode
-    settings.reading_validation_mode = pydicom.config.IGNORE
+    before = settings.reading_validation_mode, settings.writing_validation_mode
+    logger = logging.getLogger("pydicom")
+    was_disabled = logger.disabled
+    settings.reading_validation_mode = settings.writing_validation_mode = pydicom.config.IGNORE
+    logger.disabled = True
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            if all_warnings:
+                warnings.simplefilter("ignore")
+            else:
+                warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
             yield
     finally:
-        settings.reading_validation_mode = before
+        settings.reading_validation_mode, settings.writing_validation_mode = before
+        logger.disabled = was_disabled
 
 
 def not_a_file(path: Path) -> MedicalDataError:
     """The error for a path that is not a readable file's."""
     return MedicalDataError(path, "is a folder, not a file" if path.is_dir() else "no such file")
+
+
+def _file_kind(mode: int) -> str | None:
+    """What a non-regular file is (None for a regular file)."""
+    for test, kind in ((stat.S_ISREG, None), (stat.S_ISDIR, "is a folder"), (stat.S_ISFIFO, "is a FIFO"),
+                       (stat.S_ISSOCK, "is a socket"), (stat.S_ISCHR, "is a character device"),
+                       (stat.S_ISBLK, "is a block device")):
+        if test(mode):
+            return kind
+    return "is not a regular file"
+
+
+def _check_stat(path: Path, st: os.stat_result, limit: str | None) -> None:
+    kind = _file_kind(st.st_mode)
+    if kind == "is a folder":
+        raise MedicalDataError(path, "is a folder, not a file")
+    if kind is not None:
+        raise MedicalDataError(path, f"{kind}, not a regular file: refused without reading it")
+    ceiling = getattr(limits, limit) if limit else None
+    if ceiling is not None and st.st_size > ceiling:
+        raise MedicalDataError(path, f"{st.st_size:,} bytes, over the ceiling of {ceiling:,} "
+                                     f"(mmdomain.limits.{limit}); refused without reading it")
+
+
+def regular_file(path: str | Path, limit: str | None = None) -> os.stat_result:
+    """The stat of ``path`` (symlinks followed), without opening it; ``MedicalDataError`` for a
+    missing file, a folder, a FIFO, a device, a socket, or one larger than ``limits.<limit>``."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise MedicalDataError(path, "no such file") from None
+    except (OSError, ValueError) as exc:
+        raise MedicalDataError(path, f"unreadable ({type(exc).__name__})") from None
+    _check_stat(path, st, limit)
+    return st
+
+
+def _open_flags() -> int:
+    return os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+def open_regular(path: str | Path, limit: str | None = "DICOM_FILE_BYTES") -> BinaryIO:
+    """``path`` opened for reading, if it is a regular file within ``limits.<limit>``: opened
+    without blocking (``O_NONBLOCK``: a FIFO returns at once) and checked on the open file
+    (``fstat``) before anything is read. The file object is named by the path (pydicom reads
+    deferred values by that name)."""
+    path = Path(path)
+    try:
+        fp = open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK))
+    except FileNotFoundError:
+        raise not_a_file(path) from None
+    except IsADirectoryError:
+        raise MedicalDataError(path, "is a folder, not a file") from None
+    except (OSError, ValueError) as exc:
+        raise MedicalDataError(path, f"unreadable ({type(exc).__name__})") from None
+    try:
+        _check_stat(path, os.fstat(fp.fileno()), limit)
+        os.set_blocking(fp.fileno(), True)
+        return fp
+    except BaseException:
+        fp.close()
+        raise
+
+
+def read_regular(path: str | Path, limit: str = "DICOM_FILE_BYTES") -> bytes:
+    """The bytes of a regular file within ``limits.<limit>``: opened without blocking and checked
+    on the open file (``fstat``: never a FIFO, a device, a socket) before it is read."""
+    name = os.fspath(path)
+    try:
+        fd = os.open(name, _open_flags())
+    except FileNotFoundError:
+        raise not_a_file(Path(name)) from None
+    except (OSError, ValueError) as exc:
+        raise MedicalDataError(name, f"unreadable ({type(exc).__name__})") from None
+    try:
+        st = os.fstat(fd)
+        _check_stat(Path(name), st, limit)
+        os.set_blocking(fd, True)
+        chunks, size = [], 0
+        while size <= st.st_size:  # one read for a regular file; more only if it grew meanwhile
+            chunk = os.read(fd, st.st_size + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise MedicalDataError(name, f"unreadable ({type(exc).__name__})") from None
+    finally:
+        os.close(fd)
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    ceiling = getattr(limits, limit)
+    if len(data) > ceiling:  # it grew after the check
+        raise MedicalDataError(name, f"over the ceiling of {ceiling:,} bytes (mmdomain.limits.{limit})")
+    return data
+
+
+def file_meta_syntax(head: bytes) -> tuple[str | None, int]:
+    """``(transfer syntax, offset of the data set)`` from a file's first bytes: its File Meta group
+    (after the preamble, or at the start as pydicom also accepts; explicit or implicit VR);
+    ``(None, -1)`` without one, and offset -1 when the group runs past ``head``."""
+    pos = 132 if head[128:132] == b"DICM" else 0 if head[:2] == b"\x02\x00" else -1
+    if pos < 0:
+        return None, -1
+    unpack, end, ts = struct.unpack_from, len(head), None
+    while pos + 8 <= end:
+        group, element = unpack("<HH", head, pos)
+        if group != 2:
+            return ts, pos
+        vr = head[pos + 4:pos + 6]
+        if not vr.isalpha() or not vr.isupper():  # implicit VR
+            length, start = unpack("<L", head, pos + 4)[0], pos + 8
+        elif vr in _LONG_VRS:
+            if pos + 12 > end:
+                break
+            length, start = unpack("<L", head, pos + 8)[0], pos + 12
+        else:
+            length, start = unpack("<H", head, pos + 6)[0], pos + 8
+        if length == 0xFFFFFFFF:
+            break
+        if element == 0x0010:
+            ts = head[start:start + length].decode("ascii", "replace").strip(" \0")
+        pos = start + length
+    return ts, -1
+
+
+def _deflated_at(head: bytes) -> int | None:
+    """Where the data set starts if ``head`` (a file's first bytes) is a deflated file's, else None.
+    The syntax as the File Meta walk reads it, or its UID anywhere in the File Meta group (so that
+    a File Meta pydicom reads differently from the walk cannot slip a deflated data set past)."""
+    ts, start = file_meta_syntax(head)
+    end = start if start >= 0 else min(len(head), _META_BYTES)
+    if ts == DEFLATED or head.find(_DEFLATED_UID, 0, end) >= 0:
+        return start
+    return None
+
+
+def _count_inflated(path: Path, fp: BinaryIO, start: int) -> None:
+    """Inflate ``fp`` from ``start`` into nothing, counting; refuse past ``limits.DICOM_INFLATED_BYTES``."""
+    if start < 0:
+        raise MedicalDataError(path, f"File Meta of a deflated file longer than {_META_BYTES:,} bytes")
+    ceiling, total = limits.DICOM_INFLATED_BYTES, 0
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    fp.seek(start)
+    try:
+        while not inflater.eof:
+            chunk = fp.read(_INFLATE_IN)
+            if not chunk:
+                break
+            while chunk and not inflater.eof:
+                total += len(inflater.decompress(chunk, _INFLATE_OUT))
+                if total > ceiling:
+                    raise MedicalDataError(path, f"the deflated data set inflates past {ceiling:,} bytes "
+                                                 "(mmdomain.limits.DICOM_INFLATED_BYTES): refused")
+                chunk = inflater.unconsumed_tail
+    except zlib.error as exc:
+        raise library_failure(path, "inflating the deflated data set", exc) from None
+
+
+def check_deflated(path: Path, fp: BinaryIO) -> None:
+    """If ``fp`` (at its start) holds a Deflated Explicit VR Little Endian file, inflate it into
+    nothing, counting, and refuse it past ``limits.DICOM_INFLATED_BYTES``: the ceiling is
+    reached without holding more than one chunk. ``fp`` is left at its start."""
+    start = _deflated_at(fp.read(_META_BYTES))
+    if start is not None:
+        _count_inflated(path, fp, start)
+    fp.seek(0)
+
+
+def check_deflated_bytes(path: Path, data: bytes) -> None:
+    """``check_deflated`` of a file's bytes already in memory (the File Meta walked in place, a few
+    microseconds for a file that is not deflated)."""
+    if data[128:132] != b"DICM" and data[:2] != b"\x02\x00":
+        return
+    start = _deflated_at(data)
+    if start is not None:
+        _count_inflated(path, io.BytesIO(data), start)
 
 
 def read_header(path: str | Path, *, stop_before_pixels: bool = False) -> Dataset:
@@ -66,10 +272,9 @@ def parse_header(path: str | Path) -> tuple[Dataset, int]:
 
 
 def _parse(path: Path, stop_before_pixels: bool) -> tuple[Dataset, int]:
-    if not path.is_file():
-        raise not_a_file(path)
     try:
-        with quiet_validation(), path.open("rb") as fp:
+        with quiet_validation(), open_regular(path) as fp:
+            check_deflated(path, fp)
             return _parse_file(path, fp, stop_before_pixels)
     except MedicalDataError:
         raise
@@ -83,7 +288,8 @@ def _parse_file(path: Path, fp: BinaryIO, stop_before_pixels: bool) -> tuple[Dat
     except InvalidDicomError:
         # no preamble/meta: some real files are like that; accept only if it parses as DICOM
         # (not deferred: a deferred value is re-read later without force, which fails)
-        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+        fp.seek(0)
+        ds = pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels, force=True)
         if "SOPClassUID" not in ds and PIXEL_DATA not in ds and "Modality" not in ds:
             raise MedicalDataError(path, "not a DICOM file (no preamble, no DICOM attributes)") from None
         _infer_transfer_syntax(ds)

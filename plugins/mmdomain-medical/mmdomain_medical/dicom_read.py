@@ -13,11 +13,16 @@ the tensors the models take (``image_tensor``, ``volume_tensor``).
   pylibjpeg-rle refuses), and any record for a palette image or a LUT sequence.
 - Intensities come from ``intensity``: the Modality LUT is always applied, a window only when
   asked, and ``normalise`` maps to [0, 1].
+- Hostile files are refused before they cost anything: only a regular file within
+  ``limits.DICOM_FILE_BYTES`` is read (never a FIFO or a device), a deflated one only if it
+  inflates within ``limits.DICOM_INFLATED_BYTES`` (``dicom_parse``), and no pixel is decoded
+  before the declared sizes pass ``dicom_pixels.check_pixel_budget`` and compressed pixel data
+  passes ``dicom_pixels.check_encapsulated``.
 - Nothing identifying leaves. ``meta`` is built from a whitelist of acquisition attributes
   (``dicom_header.safe_meta``), and the study is named by a keyed pseudonym of its UID. Any
-  failure is a ``MedicalDataError`` that names the file and the reason without quoting
-  header values. That includes an Image Pixel integer that is present but not a number,
-  e.g. Number of Frames.
+  failure, a decoder's included, is a ``MedicalDataError`` that names the file (by pseudonym
+  inside a dataset: ``errors.shown``) and the reason without quoting header values. That
+  includes an Image Pixel integer that is present but not a number, e.g. Number of Frames.
 """
 
 from __future__ import annotations
@@ -33,15 +38,22 @@ import pydicom
 import torch
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
 from .deid import DEFAULT_KEY
 from .dicom_header import DicomHeader, header_facts, safe_meta
-from .dicom_parse import not_a_file, pixel_offset, quiet_validation, read_header
-from .dicom_pixels import decoded, fast_pixels, native_from_bytes, native_from_file
-from .errors import MedicalDataError, library_failure
+from .dicom_parse import PIXEL_DATA, check_deflated_bytes, pixel_offset, quiet_validation, read_header, read_regular
+from .dicom_pixels import (CHECKED_SYNTAXES, check_encapsulated, check_pixel_budget, decoded, encapsulated_value,
+                           fast_pixels, native_from_bytes, native_from_file)
+from .errors import MedicalDataError, is_interrupt, library_failure, shown
 from .facts import SR_SOP_CLASSES
 from .header_walk import walk_header
 from .intensity import modality_image, normalise
+
+
+# implicit, explicit, deflated explicit VR little endian, explicit VR big endian
+_UNENCAPSULATED = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99",
+                             "1.2.840.10008.1.2.2"})
 
 
 @dataclass
@@ -70,12 +82,10 @@ class _Header:
 
 
 def _file_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        if not path.is_file():
-            raise not_a_file(path) from None
-        raise MedicalDataError(path, f"unreadable ({type(exc).__name__})") from None
+    """The file's bytes: a regular file within the ceilings, a deflated one within its inflated size."""
+    data = read_regular(path)
+    check_deflated_bytes(path, data)
+    return data
 
 
 def _read_in_memory(path: Path, data: bytes) -> tuple[Dataset, int] | None:
@@ -132,7 +142,7 @@ def _check(path: Path, f: dict[str, Any], pos: int, burned_in: str) -> None:
         if burned_in == "refuse":
             raise MedicalDataError(path, "BurnedInAnnotation is YES: the pixels may show identifying text; "
                                          "refused (pass burned_in='warn' to accept)")
-        warnings.warn(f"{path}: BurnedInAnnotation is YES; pixels may show identifying text", stacklevel=3)
+        warnings.warn(f"{shown(path)}: BurnedInAnnotation is YES; pixels may show identifying text", stacklevel=3)
     if f["SOPClassUID"] in SR_SOP_CLASSES:
         raise MedicalDataError(path, "a structured report (SR) has no image; read it with mmdomain_medical.sr")
     if not f["PixelData"] and pos < 0:
@@ -141,6 +151,37 @@ def _check(path: Path, f: dict[str, Any], pos: int, burned_in: str) -> None:
     for kw in ("Rows", "Columns"):
         if not f[kw]:
             raise MedicalDataError(path, f"{kw} is missing or zero")
+    check_pixel_budget(path, f)
+
+
+def _check_compressed(path: Path, h: _Header) -> None:
+    """Compressed pixel data is checked before any decoder sees it (``check_encapsulated``): in the
+    bytes in memory, else (a header parsed by pydicom, pixels deferred) in the file's."""
+    ts = h.facts["TransferSyntaxUID"]
+    if ts in _UNENCAPSULATED:
+        return
+    if ts not in CHECKED_SYNTAXES:
+        with quiet_validation():  # pydicom warns, quoting it, about a malformed UID
+            try:
+                encapsulated = UID(ts).is_encapsulated
+            except Exception:  # noqa: BLE001 - not a transfer syntax pydicom knows: its decoders refuse it
+                encapsulated = False
+        if not encapsulated:
+            return
+    if h.data is not None and h.pos >= 0:
+        start = encapsulated_value(h.data, h.pos)
+        if start is None:
+            raise MedicalDataError(path, "a compressed transfer syntax, but the pixel data is not encapsulated")
+        check_encapsulated(path, h.facts, h.data, start)
+        return
+    elem = h.ds.get_item(PIXEL_DATA, keep_deferred=True) if h.ds is not None and PIXEL_DATA in h.ds else None
+    value, tell = getattr(elem, "value", None), getattr(elem, "value_tell", None)
+    if isinstance(value, (bytes, bytearray)):
+        check_encapsulated(path, h.facts, bytes(value), 0)
+    elif tell is not None:
+        check_encapsulated(path, h.facts, read_regular(path), tell)
+    else:
+        raise MedicalDataError(path, "compressed pixel data that cannot be checked before decoding")
 
 
 def _needs_dataset(f: dict[str, Any]) -> bool:
@@ -152,6 +193,7 @@ def _pixels(path: Path, h: _Header) -> tuple[_Header, np.ndarray]:
     """The decoded pixels (and the header, parsed by pydicom now if the image needed it)."""
     arr = None
     try:
+        _check_compressed(path, h)
         if h.ds is None and _needs_dataset(h.facts):
             h = _pydicom(path, h.data)
         if h.ds is None:
@@ -163,7 +205,9 @@ def _pixels(path: Path, h: _Header) -> tuple[_Header, np.ndarray]:
                    native_from_bytes(h.facts, h.data, h.pos, path) if h.pos >= 0 else None)
     except MedicalDataError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except BaseException as exc:  # noqa: BLE001 - a decoder's Rust panic is a BaseException too
+        if is_interrupt(exc):
+            raise
         raise library_failure(path, "reading pixel data", exc) from None
     if arr is None:
         arr = decoded(path, h.facts, h.data, h.pos, h.ds, h.options)
@@ -185,7 +229,9 @@ def read_dicom(path: str | Path, *, window: Any = None, key: str = DEFAULT_KEY, 
         out, window = modality_image(arr, f, window, h.ds)
     except MedicalDataError as exc:
         raise MedicalDataError(path, exc.reason) from None
-    except Exception as exc:  # noqa: BLE001
+    except BaseException as exc:  # noqa: BLE001
+        if is_interrupt(exc):
+            raise
         raise library_failure(path, "intensity transform", exc) from None
     return DicomImage(np.ascontiguousarray(out), safe_meta(f, key), f["PhotometricInterpretation"] or "MONOCHROME2",
                       window)

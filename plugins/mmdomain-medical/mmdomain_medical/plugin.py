@@ -45,7 +45,11 @@ def _load_report(path: Path) -> str:
     from .reports import read_text_report, scrub_text
     from .sr import read_sr
 
+    from .dicom_parse import regular_file
+
     path = Path(path)
+    if path.suffix.lower() not in DICOM_SUFFIXES:
+        regular_file(path, "REPORT_FILE_BYTES")  # a FIFO, device or huge file: refused before it is opened
     return scrub_text(read_sr(path) if path.suffix.lower() in DICOM_SUFFIXES else read_text_report(path))
 
 
@@ -161,15 +165,16 @@ def detect_modality(path: Path):
         return None
     if path.suffix.lower() in DICOM_SUFFIXES:
         try:
-            from .dicom_parse import read_header
+            from .dicom_parse import quiet_validation, read_header
             from .sr import is_sr
 
-            ds = read_header(path, stop_before_pixels=True)
+            with quiet_validation():  # a bad VR surfaces in is_sr / NumberOfFrames, not in the read
+                ds = read_header(path, stop_before_pixels=True)
+                if is_sr(ds):
+                    return "report"
+                return "dicom_volume" if int(ds.get("NumberOfFrames", 1) or 1) > 1 else "dicom_image"
         except Exception:  # noqa: BLE001 - not ours
             return None
-        if is_sr(ds):
-            return "report"
-        return "dicom_volume" if int(ds.get("NumberOfFrames", 1) or 1) > 1 else "dicom_image"
     return None
 
 

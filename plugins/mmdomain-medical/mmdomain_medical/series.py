@@ -1,6 +1,8 @@
 """A CT/MR series (a folder of single-frame slices) -> one volume ``[1, D, H, W]``,
 slices ordered by ImagePositionPatient projected on the slice normal (InstanceNumber
-when positions are missing); z spacing from the positions."""
+when positions are missing); z spacing from the positions. Only regular files are slices
+(FIFOs, devices, sockets are passed over); a header pydicom cannot convert is the plugin's
+error naming the slice."""
 
 from __future__ import annotations
 
@@ -10,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from .deid import DEFAULT_KEY
-from .dicom_parse import read_header
+from .dicom_parse import quiet_validation, read_header
 from .dicom_read import DicomImage, read_dicom
-from .errors import MedicalDataError
+from .errors import MedicalDataError, library_failure
 from .facts import DICOM_SUFFIXES
 
 
@@ -37,11 +39,19 @@ def load_series(folder: str | Path, *, window: Any = None, key: str = DEFAULT_KE
     folder = Path(folder)
     if not folder.is_dir():
         raise MedicalDataError(folder, "a series must be a folder of slices")
-    headers = [(p, read_header(p)) for p in slice_files(folder)]
-    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in headers}
+    headers, keys, series = [], {}, set()
+    for p in slice_files(folder):
+        ds = read_header(p)
+        try:
+            with quiet_validation():
+                series.add(str(ds.get("SeriesInstanceUID", "")))
+                keys[p] = _order_key(ds)
+        except Exception as exc:  # noqa: BLE001 - e.g. NotImplementedError for an unknown VR
+            raise library_failure(p, "DICOM header parse", exc) from None
+        headers.append((p, ds))
     if len(series) > 1:
         raise MedicalDataError(folder, f"holds {len(series)} series; give one series per folder")
-    headers.sort(key=lambda pd: _order_key(pd[1]))
+    headers.sort(key=lambda pd: keys[pd[0]])
     slices = [read_dicom(p, window=window, key=key, burned_in=burned_in, ds=ds) for p, ds in headers]
     shapes = {s.array.shape for s in slices}
     if len(shapes) != 1:
@@ -51,7 +61,7 @@ def load_series(folder: str | Path, *, window: Any = None, key: str = DEFAULT_KE
     volume = np.stack([s.array[0] for s in slices])[None]  # [1, D, H, W]
     meta = dict(slices[0].meta)
     meta["frames"] = len(slices)
-    zs = [_order_key(ds)[0] for _, ds in headers]
+    zs = [keys[p][0] for p, _ in headers]
     if len(zs) > 1:
         steps = np.diff(zs)
         meta["slice_spacing"] = float(np.median(steps))

@@ -2,7 +2,9 @@
 
 Walks ``ContentSequence`` recursively: CONTAINER items give section headings (their
 concept name), TEXT / CODE / NUM / PNAME... give lines. A malformed item (no ValueType,
-no concept name, an empty sequence) is skipped, never fatal: real files have them.
+no concept name, an empty sequence) is skipped, never fatal: real files have them. An SR file
+over ``limits.SR_FILE_BYTES`` is refused before it is parsed, and one with more than
+``limits.SR_ITEMS`` content items when it is walked.
 """
 
 from __future__ import annotations
@@ -11,11 +13,17 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from .dicom_parse import read_header
+from mmdomain import limits
+
+from .dicom_parse import quiet_validation, read_header, regular_file
 from .errors import MedicalDataError
 from .facts import SR_SOP_CLASSES
 
 MAX_DEPTH = 64
+
+
+class _TooManyItems(Exception):
+    pass
 
 
 def _concept(item: Dataset, kw: str = "ConceptNameCodeSequence") -> str:
@@ -26,10 +34,16 @@ def _concept(item: Dataset, kw: str = "ConceptNameCodeSequence") -> str:
         return ""
 
 
-def walk(items, lines: list[str], depth: int = 0) -> None:
+def walk(items, lines: list[str], depth: int = 0, seen: list[int] | None = None) -> None:
+    """Append the text of ``items`` (a ContentSequence) to ``lines``; ``seen`` counts the items
+    walked, past ``limits.SR_ITEMS`` the walk stops (``_TooManyItems``)."""
     if depth > MAX_DEPTH or items is None:
         return
+    seen = [0] if seen is None else seen
     for item in items:
+        seen[0] += 1
+        if seen[0] > limits.SR_ITEMS:
+            raise _TooManyItems
         if not isinstance(item, Dataset):
             continue
         vtype = str(item.get("ValueType", "") or "").upper()
@@ -55,7 +69,7 @@ def walk(items, lines: list[str], depth: int = 0) -> None:
                 pass
         # PNAME, DATE, DATETIME, UIDREF and items with no ValueType carry no report text
         if "ContentSequence" in item:
-            walk(item.ContentSequence, lines, depth + 1)
+            walk(item.ContentSequence, lines, depth + 1, seen)
 
 
 def sr_text(ds: Dataset, path: str | Path | None = None) -> str:
@@ -64,20 +78,32 @@ def sr_text(ds: Dataset, path: str | Path | None = None) -> str:
         return ""
     lines: list[str] = []
     try:
-        walk(ds.ContentSequence, lines)
+        with quiet_validation():
+            walk(ds.ContentSequence, lines)
+    except _TooManyItems:
+        raise MedicalDataError(path, f"SR content tree has more than {limits.SR_ITEMS:,} items "
+                                     "(mmdomain.limits.SR_ITEMS)") from None
     except Exception as exc:  # noqa: BLE001
         raise MedicalDataError(path, f"SR content tree unreadable ({type(exc).__name__})") from None
     return "\n".join(lines).strip()
 
 
 def is_sr(ds: Dataset) -> bool:
+    """Whether ``ds`` is a structured report (pydicom may raise on a value it cannot convert,
+    e.g. ``NotImplementedError`` for an unknown VR: the callers name the file)."""
     return str(ds.get("SOPClassUID", "")) in SR_SOP_CLASSES or str(ds.get("Modality", "")) == "SR"
 
 
 def read_sr(path: str | Path) -> str:
-    """Read an SR file's text; ``MedicalDataError`` if it is not an SR or has no text."""
+    """Read an SR file's text; ``MedicalDataError`` if it is not an SR, is too large, or has no text."""
+    regular_file(path, "SR_FILE_BYTES")
     ds = read_header(path)
-    if not is_sr(ds):
+    try:
+        with quiet_validation():
+            sr = is_sr(ds)
+    except Exception as exc:  # noqa: BLE001
+        raise MedicalDataError(path, f"DICOM header unreadable ({type(exc).__name__})") from None
+    if not sr:
         raise MedicalDataError(path, "not a structured report (SOP class is not an SR class)")
     text = sr_text(ds, path)
     if not text:
