@@ -30,7 +30,7 @@ interval over test rows.
 Target (issue #13): with 10% of the labels, pretraining + fine-tuning beats training from scratch on
 the same 10% by >= 0.05 macro AUROC in both domains.
 
-    ./dev bench label_efficiency                    # both domains, seeds 0,1,2, 4 fractions (~75 min, 2 CPUs)
+    ./dev bench label_efficiency                    # both domains, seeds 0,1,2, 4 fractions (~40 min, 2 CPUs)
     ./dev bench label_efficiency --quick            # smoke run (~2 min): small sites, 1 seed, 2 fractions
 """
 
