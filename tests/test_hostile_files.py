@@ -6,25 +6,20 @@ regression fails the test instead of taking the machine's memory."""
 from __future__ import annotations
 
 import json
-import os
-import pickle
 import random
 import re
-import resource
-import select
-import signal
 import struct
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 from torch.overrides import TorchFunctionMode
 
 from mmdomain import CheckpointError, ConfigError
 from mmdomain.checkpoint import init_from_checkpoint, load_checkpoint, read_header, save_checkpoint
 from mmdomain.config import ModelConfig, load_config, parse
+from mmdomain.testing.bounded import run_bounded
 from mmdomain.models.compose import FusionModel
 
 MODEL = {
@@ -300,45 +295,7 @@ def test_init_from_a_tampered_checkpoint(original, registry, tmp_path):
 def _in_child(fn, *, extra_bytes: int = 2 << 30, timeout: int = 60):
     """Run ``fn()`` in a forked child under RLIMIT_AS (its current size + ``extra_bytes``) and an alarm;
     returns what it returned, or raises AssertionError if it died, hung or hit the limit."""
-    vm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize"))
-    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
-    limit = vm + extra_bytes if hard == resource.RLIM_INFINITY else min(vm + extra_bytes, hard)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        try:
-            os.close(r)
-            torch.set_num_threads(1)
-            resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-            signal.alarm(timeout)
-            try:
-                result = ("ok", fn())
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                result = ("raised", f"{type(exc).__name__}: {str(exc)[:500]}")
-            with os.fdopen(w, "wb") as f:
-                f.write(pickle.dumps(result))
-        finally:
-            os._exit(0)
-    os.close(w)
-    chunks = []
-    deadline = time.monotonic() + timeout + 10
-    with os.fdopen(r, "rb") as f:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([f], [], [], 1.0)
-            if ready:
-                chunk = os.read(f.fileno(), 1 << 16)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    _, status = os.waitpid(pid, 0)
-    assert chunks, f"the child died or hung (status {status})"
-    kind, value = pickle.loads(b"".join(chunks))
-    assert kind == "ok", value
-    return value
+    return run_bounded(fn, extra_bytes=extra_bytes, timeout=timeout)
 
 
 @pytest.mark.timeout(120)
@@ -354,7 +311,7 @@ def test_oversized_headers_are_refused_under_a_memory_limit(original, registry, 
             try:
                 load_checkpoint(path, registry)
                 out[name] = "loaded"
-            except CheckpointError as exc:
+            except CheckpointError:
                 out[name] = "CheckpointError"
             except BaseException as exc:  # noqa: BLE001 - MemoryError, RuntimeError: the old failures
                 out[name] = f"{type(exc).__name__}: {str(exc)[:200]}"

@@ -13,10 +13,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import pickle
-import resource
-import select
-import signal
 import struct
 import time
 import warnings
@@ -37,6 +33,7 @@ from pydicom.uid import (CTImageStorage, DeflatedExplicitVRLittleEndian, JPEGBas
 
 from dicom_factory import write
 from mmdomain import limits
+from mmdomain.testing.bounded import run_bounded
 from mmdomain_medical.commands import medical
 from mmdomain_medical.dataset import MedicalDataset, describe
 from mmdomain_medical.dicom_parse import read_header
@@ -162,42 +159,7 @@ def good_image(path: Path, seed: str) -> Path:
 def _bounded(fn, *, extra: int = _EXTRA, timeout: int = 30):
     """``fn()`` in a forked child under RLIMIT_AS (its size now + ``extra``) and an alarm: what it returned,
     or AssertionError if the child died (an abort), hung or raised."""
-    vm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize"))
-    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
-    limit = vm + extra if hard == resource.RLIM_INFINITY else min(vm + extra, hard)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child never returns into pytest
-        try:
-            os.close(r)
-            resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-            signal.alarm(timeout)
-            try:
-                result = ("ok", fn())
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                result = ("raised", f"{type(exc).__name__}: {str(exc)[:300]}")
-            with os.fdopen(w, "wb") as f:
-                f.write(pickle.dumps(result))
-        finally:
-            os._exit(0)
-    os.close(w)
-    chunks, deadline = [], time.monotonic() + timeout + 5
-    with os.fdopen(r, "rb") as f:
-        while time.monotonic() < deadline:
-            if select.select([f], [], [], 0.5)[0]:
-                chunk = os.read(f.fileno(), 1 << 16)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    _, status = os.waitpid(pid, 0)
-    assert chunks, f"the child died or hung (wait status {status}; SIGABRT is {signal.SIGABRT})"
-    kind, value = pickle.loads(b"".join(chunks))
-    assert kind == "ok", value
-    return value
+    return run_bounded(fn, extra_bytes=extra, timeout=timeout)
 
 
 def _outcome(fn, *args, **kwargs) -> tuple[str, str]:
