@@ -28,10 +28,10 @@ from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.sequence import Sequence
-from pydicom.uid import (CTImageStorage, DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit, RLELossless,
+from pydicom.uid import (DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit, RLELossless,
                          generate_uid)
 
-from dicom_factory import write
+from dicom_factory import ct_header, write
 from mmdomain import limits
 from mmdomain.testing.bounded import run_bounded
 from mmdomain_medical.commands import medical
@@ -50,16 +50,7 @@ PATIENT = ("DOE", "JOHN", "1234567")  # in file names: never in a message
 # -- crafted files ------------------------------------------------------------------------------------------
 
 def _dataset(ts: str, rows: int, cols: int, *, frames: int | None = None, bits: int = 16, seed: str = "h") -> Dataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[seed])
-    meta.TransferSyntaxUID = ts
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid(entropy_srcs=[seed, "study"])
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[seed, "series"])
-    ds.Modality, ds.PatientName, ds.PatientID = "CT", "Doe^John", "1234567"
+    ds = ct_header(ts, seed=seed, instance=[seed], name="Doe^John", patient_id="1234567")
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.Rows, ds.Columns = rows, cols
     if frames:
