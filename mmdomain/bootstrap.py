@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .data.availability import scored_rows
 from .data.sample import Batch
 from .errors import MMDomainError
 from .models.compose import FusionModel
@@ -39,7 +40,7 @@ def predictions(model: FusionModel, loader: Iterable[Batch], *, device: torch.de
     preds, target = [], []
     for batch in loader:
         batch = batch.to(device)
-        keep = torch.stack([batch.present[m] for m in model.modalities]).any(0)
+        keep = scored_rows(batch.present, model.modalities)
         if not bool(keep.any()):
             continue
         with autocast(device, bf16):

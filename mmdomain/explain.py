@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any, Iterable
 import torch
 from torch import Tensor, nn
 
+from .data.availability import NO_MODALITY, row_patterns
 from .data.sample import Batch
 from .errors import MMDomainError
-from .tasks.calibration import row_patterns
 
 if TYPE_CHECKING:  # pragma: no cover
     from .models.compose import FusionModel
@@ -87,7 +87,7 @@ def summarise(model: FusionModel, loader: Iterable[Batch], *, device: torch.devi
         batch = batch.to(device)
         result = modality_contributions(model, batch)
         for i, pattern in enumerate(result["patterns"]):
-            if not pattern:
+            if pattern == NO_MODALITY:  # nothing to attribute
                 continue
             counts[pattern] = counts.get(pattern, 0) + 1
             row = sums.setdefault(pattern, {m: 0.0 for m in model.modalities})

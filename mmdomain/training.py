@@ -32,7 +32,7 @@ from .checkpoint import describe_init, init_from_checkpoint, save_checkpoint
 from .config import AugmentConfig, ModelConfig, RunConfig, parse
 from .data.augment import ViewAugment, view_augment
 from .data.collate import Collate
-from .data.availability import availability_pattern
+from .data.availability import availability_pattern, scored_rows
 from .data.sample import Batch
 from .errors import ConfigError, DataError, MMDomainError
 from .jsonout import dumps, write
@@ -135,7 +135,7 @@ def evaluate(model: FusionModel, loader: Iterable[Batch], *, device: torch.devic
     total, seen, skipped = 0.0, 0, 0
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
         batch = _drop(batch.to(device), drop)
-        keep = torch.stack([batch.present[m] for m in model.modalities]).any(0)
+        keep = scored_rows(batch.present, model.modalities)
         if not bool(keep.all()):
             skipped += int((~keep).sum())
             if not bool(keep.any()):
@@ -276,8 +276,8 @@ def run_augment(config: AugmentConfig, model: FusionModel) -> ViewAugment | None
                         **config.model_dump(exclude={"mode"}))
 
 
-def _calibrate(model: FusionModel, val_loader, device: torch.device, bf16: bool, out_dir: Path,
-               log: Callable[[str], None]) -> None:
+def _calibrate(model: FusionModel, val_loader, last_val: dict[str, Any], device: torch.device, bf16: bool,
+               out_dir: Path, log: Callable[[str], None]) -> None:
     """Temperatures per availability pattern fitted on the val split, set on the model (and its
     config, so the checkpoint carries them); ``calibration.json`` holds them with the val ECE
     before and after, overall and per pattern."""
@@ -288,7 +288,7 @@ def _calibrate(model: FusionModel, val_loader, device: torch.device, bf16: bool,
         out.update({p: v.get("ece") for p, v in result["by_pattern"].items()})
         return out
 
-    before = eces(evaluate(model, val_loader, device=device, bf16=bf16))
+    before = eces(last_val)  # the last epoch's val scores: this model, this split
     temperatures = fit_temperatures(model, val_loader, device=device)
     calibrate(model, temperatures)
     after = eces(evaluate(model, val_loader, device=device, bf16=bf16))
@@ -351,7 +351,7 @@ def fit(config: RunConfig, registry: Registry, *, log: Callable[[str], None] = p
         log(f"epoch {epoch}: train loss {train_stats['loss']:.4f}, val loss {val['loss']:.4f}, "
             + ", ".join(f"{k} {v:.3f}" for k, v in val["overall"].items()))
     if t.calibrate:
-        _calibrate(model, val_loader, device, t.bf16, out_dir, log)
+        _calibrate(model, val_loader, val, device, t.bf16, out_dir, log)
     result.checkpoint = save_checkpoint(model, out_dir / "model.safetensors", registry,
                                         extra={"data": config.data.model_dump(mode="json"), "epochs": t.epochs,
                                                "seed": t.seed})

@@ -23,6 +23,21 @@ def availability_pattern(modalities: Iterable[str]) -> str:
     return "+".join(sorted(modalities)) or NO_MODALITY
 
 
+def row_patterns(present: dict[str, Any]) -> list[str]:
+    """Each row's availability pattern from a batch's presence masks (``Batch.patterns``)."""
+    names = sorted(present)
+    n = len(next(iter(present.values()))) if present else 0
+    return [availability_pattern(m for m in names if bool(present[m][i])) for i in range(n)]
+
+
+def scored_rows(present: dict[str, Any], modalities: Iterable[str]) -> Any:
+    """``bool[B]``: the rows of a batch's presence masks holding at least one of ``modalities``,
+    i.e. the rows a model over them can score (the others are skipped, and counted, by callers)."""
+    import torch
+
+    return torch.stack([present[m] for m in modalities]).any(0)
+
+
 @runtime_checkable
 class AvailabilityAware(Protocol):
     """A dataset that knows each sample's modalities without building it."""

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .availability import availability_pattern
+from .availability import availability_pattern, row_patterns
 
 
 @dataclass
@@ -49,8 +49,7 @@ class Batch:
 
     def patterns(self) -> list[str]:
         """The availability pattern of each sample, e.g. ``"image+report"``."""
-        return [availability_pattern(m for m, mask in self.present.items() if bool(mask[i]))
-                for i in range(len(self))]
+        return row_patterns(self.present)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         def move(x: Any) -> Any:

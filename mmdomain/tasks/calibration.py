@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.availability import availability_pattern
+from ..data.availability import row_patterns, scored_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..data.sample import Batch
@@ -30,13 +30,6 @@ if TYPE_CHECKING:  # pragma: no cover
 ALL = "*"  # the temperature of every row whose pattern has none of its own
 MIN_ROWS = 30  # validation rows a pattern needs for its own temperature
 BOUNDS = (0.05, 20.0)
-
-
-def row_patterns(present: Mapping[str, Tensor]) -> list[str]:
-    """Each row's availability pattern from the presence masks."""
-    names = sorted(present)
-    n = len(next(iter(present.values()))) if present else 0
-    return [availability_pattern(m for m in names if bool(present[m][i])) for i in range(n)]
 
 
 def row_temperatures(calibration: Mapping[str, float] | None, present: Mapping[str, Tensor],
@@ -107,7 +100,7 @@ def _collect(model: FusionModel, loader: Iterable[Batch], device: torch.device) 
     logits, target, patterns = [], [], []
     for batch in loader:
         batch = batch.to(device)
-        keep = torch.stack([batch.present[m] for m in model.modalities]).any(0)
+        keep = scored_rows(batch.present, model.modalities)
         if not bool(keep.any()):
             continue
         out = model(batch).output.float()
