@@ -24,7 +24,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import stat
 import struct
 import warnings
 import zlib
@@ -39,6 +38,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from mmdomain import limits
+from mmdomain.data import files
+from mmdomain.data.files import check_stat
 
 from .errors import MedicalDataError, library_failure
 
@@ -83,40 +84,18 @@ def not_a_file(path: Path) -> MedicalDataError:
     return MedicalDataError(path, "is a folder, not a file" if path.is_dir() else "no such file")
 
 
-def _file_kind(mode: int) -> str | None:
-    """What a non-regular file is (None for a regular file)."""
-    for test, kind in ((stat.S_ISREG, None), (stat.S_ISDIR, "is a folder"), (stat.S_ISFIFO, "is a FIFO"),
-                       (stat.S_ISSOCK, "is a socket"), (stat.S_ISCHR, "is a character device"),
-                       (stat.S_ISBLK, "is a block device")):
-        if test(mode):
-            return kind
-    return "is not a regular file"
-
-
 def _check_stat(path: Path, st: os.stat_result, limit: str | None) -> None:
-    kind = _file_kind(st.st_mode)
-    if kind == "is a folder":
-        raise MedicalDataError(path, "is a folder, not a file")
-    if kind is not None:
-        raise MedicalDataError(path, f"{kind}, not a regular file: refused without reading it")
-    ceiling = getattr(limits, limit) if limit else None
-    if ceiling is not None and st.st_size > ceiling:
-        raise MedicalDataError(path, f"{st.st_size:,} bytes, over the ceiling of {ceiling:,} "
-                                     f"(mmdomain.limits.{limit}); refused without reading it")
+    """``mmdomain.data.files.check_stat`` (the rule every plugin's reads share) with the ceiling
+    ``limits.<limit>``, raising ``MedicalDataError`` (file names shown as pseudonyms)."""
+    check_stat(path, st, max_bytes=getattr(limits, limit) if limit else None,
+               ceiling_name=f"mmdomain.limits.{limit}" if limit else "", error=MedicalDataError)
 
 
 def regular_file(path: str | Path, limit: str | None = None) -> os.stat_result:
     """The stat of ``path`` (symlinks followed), without opening it; ``MedicalDataError`` for a
     missing file, a folder, a FIFO, a device, a socket, or one larger than ``limits.<limit>``."""
-    path = Path(path)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise MedicalDataError(path, "no such file") from None
-    except (OSError, ValueError) as exc:
-        raise MedicalDataError(path, f"unreadable ({type(exc).__name__})") from None
-    _check_stat(path, st, limit)
-    return st
+    return files.regular_file(path, max_bytes=getattr(limits, limit) if limit else None,
+                              ceiling_name=f"mmdomain.limits.{limit}" if limit else "", error=MedicalDataError)[1]
 
 
 def _open_flags() -> int:

@@ -26,6 +26,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from mmdomain import limits
+from mmdomain.data.files import inside_root
 
 from .deid import DEFAULT_KEY, pseudonym
 from .dicom_header import DicomHeader, header_facts, header_record
@@ -61,16 +62,12 @@ def _is_dicom_name(p: Path) -> bool:
 
 def within_root(root: Path, path: str | Path) -> Path:
     """``path`` (relative to ``root``, or absolute) as ``root / path``, if it resolves inside
-    ``root`` once ``..`` and every symlink are resolved; ``MedicalDataError`` otherwise (a
-    manifest's ``../../etc/passwd``, an absolute path elsewhere, a symlink out of the tree)."""
+    ``root`` once ``..`` and every symlink are resolved (``mmdomain.data.files.inside_root``);
+    ``MedicalDataError`` otherwise (a manifest's ``../../etc/passwd``, an absolute path
+    elsewhere, a symlink out of the tree)."""
     p = Path(path)
     full = p if p.is_absolute() else root / p
-    try:
-        real, base = full.resolve(), root.resolve()
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise MedicalDataError(full, f"path cannot be resolved ({type(exc).__name__})") from None
-    if not real.is_relative_to(base):
-        raise MedicalDataError(full, "resolves outside the data root: refused")
+    inside_root(full, root, error=MedicalDataError)
     return full
 
 

@@ -27,7 +27,6 @@ import contextlib
 import math
 import numbers
 import os
-import stat
 import struct
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -37,6 +36,7 @@ import numpy as np
 
 from mmdomain import DataError
 from mmdomain import limits as core_limits
+from mmdomain.data.files import regular_file
 
 
 class RasterDataError(DataError):
@@ -93,40 +93,14 @@ DEFAULT_LIMITS = RasterLimits()
 SIDECARS = (".aux.xml", ".ovr", ".msk", ".aux")
 WORLD_FILES = {".tif": (".tfw", ".tifw", ".wld"), ".tiff": (".tfw", ".tiffw", ".wld"), ".jp2": (".j2w", ".wld")}
 
-_KIND = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-         (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
-
-
 def check_file(path: str | Path, root: str | Path | None = None, *, what: str = "file",
                max_bytes: int | None = None) -> Path:
     """The resolved path of ``path`` once it is known to be a regular file (symlinks followed)
     inside ``root`` (resolved too; no containment check without one) and, with ``max_bytes``,
-    no larger than that. ``RasterDataError`` naming ``path`` otherwise: nothing is opened."""
-    path = Path(path)
-    try:
-        real = path.resolve(strict=True)
-    except FileNotFoundError:
-        raise RasterDataError(path, f"no such {what}") from None
-    except (OSError, RuntimeError) as exc:  # a symlink loop, a permission error
-        raise RasterDataError(path, f"cannot be resolved ({type(exc).__name__}: {exc})") from None
-    if root is not None:
-        top = Path(root).resolve()
-        if real != top and not real.is_relative_to(top):
-            raise RasterDataError(path, f"resolves to {real}, outside the data root {top}; a {what} must "
-                                        "lie inside the folder it belongs to (copy it in, or point the "
-                                        "dataset at a root that holds it)")
-    try:
-        st = os.stat(real)
-    except OSError as exc:
-        raise RasterDataError(path, f"cannot be read ({type(exc).__name__}: {exc})") from None
-    if not stat.S_ISREG(st.st_mode):
-        kind = next((name for test, name in _KIND if test(st.st_mode)), "not a regular file")
-        raise RasterDataError(path, f"is {kind}, not a regular {what}" + (f" (it resolves to {real})"
-                                                                           if real != path.absolute() else ""))
-    if max_bytes is not None and st.st_size > max_bytes:
-        raise RasterDataError(path, f"is {st.st_size:,} bytes; a {what} may be at most {max_bytes:,} "
-                                    "(raster_limits)")
-    return real
+    no larger than that (``mmdomain.data.files``, the rule every plugin's reads share).
+    ``RasterDataError`` naming ``path`` otherwise: nothing is opened."""
+    return regular_file(path, root=root, max_bytes=max_bytes, ceiling_name="raster_limits", what=what,
+                        error=RasterDataError)[0]
 
 
 def check_sidecars(real: Path, root: str | Path | None) -> None:
