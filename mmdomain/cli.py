@@ -195,7 +195,8 @@ def evaluate(checkpoint: Path, data_root: Path | None, split: str, drop: tuple[s
     config = RunConfig(data=data)
     device = select_device("auto")
     model.to(device)
-    loader = make_loader(build_dataset(config, registry, split), model.modalities, 32, shuffle=False)
+    loader = make_loader(build_dataset(config, registry, split, model.config.task.name), model.modalities, 32,
+                         shuffle=False)
     result = run_eval(model, loader, device=device, drop=drop)
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -232,7 +233,7 @@ def explain(checkpoint: Path, sample_id: str | None, data_root: Path | None, spl
     data = parse(DataConfig, extra.get("data") or {}, f"{checkpoint} (data config)")
     if data_root:
         data.root = data_root
-    dataset = build_dataset(RunConfig(data=data), registry, split)
+    dataset = build_dataset(RunConfig(data=data), registry, split, model.config.task.name)
     out.mkdir(parents=True, exist_ok=True)
     if sample_id is None:
         summary = summarise(model, make_loader(dataset, model.modalities, 32, shuffle=False))

@@ -157,6 +157,11 @@ class DatasetSpec:
     the dataset, used by the demo and as defaults in configs. ``describe(dataset) -> dict``
     (optional) returns domain statistics of one built dataset (counts, vendor mix, cloud
     fraction...): aggregate, JSON-able and free of anything identifying.
+
+    ``task_option`` names the values of the builder's own ``task=`` option (e.g. a scene folder
+    that reads labels as multilabel, segmentation, or not at all for ``contrastive``): a run
+    whose model task is one of them builds the dataset with it (``build_for``), unless the data
+    options set ``task`` themselves.
     """
 
     name: str
@@ -165,12 +170,22 @@ class DatasetSpec:
     description: str = ""
     default_model: dict[str, Any] = field(default_factory=dict)
     describe: Callable[[Any], dict[str, Any]] | None = None
+    task_option: tuple[str, ...] = ()
 
     def validate(self) -> None:
         _check_name(self.name)
         _check_callable(self, "build")
         if not self.modalities:
             raise InvalidSpecError(f"dataset {self.name!r}: modalities must not be empty")
+        if isinstance(self.task_option, str) or not all(isinstance(t, str) for t in self.task_option):
+            raise InvalidSpecError(f"dataset {self.name!r}: task_option must be a tuple of task names")
+
+    def build_for(self, root: Any, split: str, task: str | None = None, options: dict[str, Any] | None = None) -> Any:
+        """``build(root, split, **options)``, with ``task=task`` when the builder takes that value."""
+        options = dict(options or {})
+        if task in self.task_option:
+            options.setdefault("task", task)
+        return self.build(root, split=split, **options)
 
 
 @dataclass(frozen=True)

@@ -223,14 +223,18 @@ def resolve_model_config(config: RunConfig, registry: Registry) -> ModelConfig:
     return parse(ModelConfig, spec.default_model, f"default model of dataset {spec.name!r}")
 
 
-def build_dataset(config: RunConfig, registry: Registry, split: str):
+def build_dataset(config: RunConfig, registry: Registry, split: str, task: str | None = None):
+    """``split`` of the config's dataset; the model's ``task`` (default: ``config.model``'s) reaches
+    a builder that takes it (``DatasetSpec.task_option``)."""
     spec = registry.dataset(config.data.dataset)
+    if task is None and config.model is not None:
+        task = config.model.task.name
     root = config.data.root
     if not root.exists():
         raise DataError(f"data.root {root} does not exist; generate synthetic data with "
                         f"`mmdomain synth {spec.name} {root}`")
     try:
-        return spec.build(root, split=split, **config.data.options)
+        return spec.build_for(root, split, task, config.data.options)
     except TypeError as exc:
         raise ConfigError(f"data.options for dataset {spec.name!r}: {exc}") from None
 
@@ -303,9 +307,9 @@ def fit(config: RunConfig, registry: Registry, *, log: Callable[[str], None] = p
     t = config.train
     seed_everything(t.seed)
     device = select_device(t.device)
-    train_ds = build_dataset(config, registry, config.data.train_split)
-    val_ds = build_dataset(config, registry, config.data.val_split)
     model_cfg = resolve_model_config(config, registry)
+    train_ds = build_dataset(config, registry, config.data.train_split, model_cfg.task.name)
+    val_ds = build_dataset(config, registry, config.data.val_split, model_cfg.task.name)
     missing = [m for m in model_cfg.modalities if m not in registry.dataset(config.data.dataset).modalities]
     if missing:
         raise ConfigError(f"model.modalities: dataset {config.data.dataset!r} has no {missing}; "

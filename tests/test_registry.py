@@ -3,6 +3,7 @@
 import pytest
 
 from mmdomain import (
+    DatasetSpec,
     DuplicateNameError,
     FusionSpec,
     InvalidSpecError,
@@ -37,6 +38,23 @@ def test_spec_validation():
         ModalitySpec("x", "image", channels=0).validate()
     with pytest.raises(InvalidSpecError):
         ModalitySpec("bad name!", "text").validate()
+
+
+def test_a_declared_task_option_reaches_the_builder_and_nothing_else_does():
+    """``DatasetSpec.task_option``: the run's task reaches the builder when the dataset names it,
+    never when it does not (a builder without that option would fail), and never over the data
+    options' own ``task``."""
+    calls = []
+    spec = DatasetSpec("scenes", ("a", "b"), lambda root, split, **kw: calls.append(kw),
+                       task_option=("multilabel", "contrastive"))
+    spec.validate()
+    spec.build_for("r", "train", task="contrastive")
+    spec.build_for("r", "train", task="multiclass")
+    spec.build_for("r", "train", "contrastive", {"task": "multilabel", "patch_size": 8})
+    DatasetSpec("plain", ("a",), lambda root, split, **kw: calls.append(kw)).build_for("r", "val", task="contrastive")
+    assert calls == [{"task": "contrastive"}, {}, {"task": "multilabel", "patch_size": 8}, {}]
+    with pytest.raises(InvalidSpecError, match="task_option"):
+        DatasetSpec("bad", ("a",), print, task_option="contrastive").validate()
 
 
 def test_detect_modality_fallback_uses_extensions(register_plugin, tmp_path):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import inspect
 import json
 import tempfile
 from pathlib import Path
@@ -202,18 +201,9 @@ def parse_site_modalities(text: str) -> dict[int, set[str]]:
 
 def build_dataset(spec, root: Path, split: str, settings: Settings) -> Dataset:
     """``spec.build(root, split)``; for ``task = "contrastive"`` with ``task="contrastive"`` too when
-    the dataset's builder takes a ``task`` option (the remote-sensing datasets: then a site needs no
-    label files, its pairs are enough)."""
-    if settings.task == "contrastive" and _takes_task_option(spec.build):
-        return spec.build(root, split=split, task="contrastive")
-    return spec.build(root, split=split)
-
-
-def _takes_task_option(build) -> bool:
-    try:
-        return "task" in inspect.signature(build).parameters
-    except (TypeError, ValueError):  # a builtin or C callable without a signature
-        return False
+    the dataset declares that option (``DatasetSpec.task_option``: the remote-sensing datasets; then
+    a site needs no label files, its pairs are enough)."""
+    return spec.build_for(root, split, task=settings.task or None)
 
 
 def load_site(settings: Settings, node_config: dict[str, Any], registry: Registry, split: str) -> Dataset:

@@ -44,6 +44,7 @@ from .grid import Bounds, Grid, intersect, to_crs
 from .handles import open_raster, read_band, warped
 from .layouts.common import IGNORE, PatchDataset, check_split
 from .layouts.scene_folder import SceneFolder, scan
+from .models import SCENE_TASKS as TASKS
 from .pairing import pair_acquisitions
 from .patch_index import Patch, Scene, index_scene, patch_at, patch_key
 from .raster_limits import RasterDataError, RasterLimits, check_file, check_grid, dataset_size
@@ -51,7 +52,6 @@ from .s1 import read_s1
 from .s2 import S2Product, read_s2
 from .stats import band_stats
 
-TASKS = ("multilabel", "segmentation", "contrastive")
 log = logging.getLogger(__name__)
 
 

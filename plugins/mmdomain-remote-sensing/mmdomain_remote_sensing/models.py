@@ -28,6 +28,9 @@ from .bands import BIGEARTHNET19, SCENE_CLASSES, SEN12MS_CLASSES, s2_band_subset
 
 #: Encoders of the plugin that normalise with ``mean``/``std`` options.
 STATS_ENCODERS = ("s2_cnn", "sar_cnn")
+#: the values of each dataset's own ``task=`` option (how it reads its labels; contrastive reads none)
+SCENE_TASKS = ("multilabel", "segmentation", "contrastive")
+SEN12MS_TASKS = ("multiclass", "segmentation", "contrastive")
 
 
 def _model(task: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from mmdomain.registry import lazy
 
 from .bands import S1_POLARISATIONS, S2_BANDS
 from .encoders import SARCNN, MultispectralCNN
-from .models import BIGEARTHNET_MODEL, DEFAULT_MODEL, SEN12MS_MODEL, model_for
+from .models import BIGEARTHNET_MODEL, DEFAULT_MODEL, SCENE_TASKS, SEN12MS_MODEL, SEN12MS_TASKS, model_for
 from .pretrained import TorchGeoResNet
 
 __all__ = ["BIGEARTHNET_MODEL", "DEFAULT_MODEL", "SEN12MS_MODEL", "model_for"]  # re-exported from models
@@ -82,6 +82,7 @@ def register_encoders(register):
 def register_datasets(register):
     register(DatasetSpec("s2s1_scenes", ("s1", "s2"), lazy(f"{__package__}.dataset:SceneFolderDataset"),
                          default_model=DEFAULT_MODEL, describe=lazy(f"{__package__}.dataset:describe"),
+                         task_option=SCENE_TASKS,
                          description="S2 L2A + S1 scene folder, co-registered on the fly, paired in time; "
                                      "options: task=multilabel|segmentation|contrastive, patch_size, max_cloud, "
                                      "time_tolerance_days, s1_units, res, crs, s2_bands (a subset, e.g. "
@@ -91,6 +92,7 @@ def register_datasets(register):
                                      "+ S1 VV/VH, metadata.parquet; 19-class multilabel; S1 absent when unpaired; "
                                      "options: s2_offset (default 0, pre-04.00), s2_dir, s1_dir, metadata, s2_bands"))
     register(DatasetSpec("sen12ms", ("s1", "s2"), lazy(f"{__package__}.layouts.sen12ms:SEN12MS"),
+                         task_option=SEN12MS_TASKS,
                          description="SEN12MS ROI folders: S1 (VV, VH dB), S2 L1C 13 bands (B10 dropped -> 12, "
                                      "DN/10000, TOA), IGBP simplified to 10 classes; options: "
                                      "task=multiclass (majority)|segmentation|contrastive, s2_bands"))

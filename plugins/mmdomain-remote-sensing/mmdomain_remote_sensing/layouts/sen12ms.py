@@ -31,6 +31,7 @@ from mmdomain.data import split_of
 
 from ..bands import S2_ALL_BANDS, SEN12MS_CLASSES, s2_band_subset
 from ..handles import open_raster, read_band
+from ..models import SEN12MS_TASKS
 from ..raster_limits import RasterDataError, RasterLimits
 from ..s1 import open_s1, read_s1
 from ..s2 import S2Product, check_scaling, locate, read_s2
@@ -89,7 +90,7 @@ class SEN12MS(PatchDataset):
                  quantification: float = 10000.0, s2_bands: list[str] | None = None, site: str | None = None,
                  raster_limits: dict[str, int] | None = None):
         check_split(split)
-        if task not in ("multiclass", "segmentation", "contrastive"):
+        if task not in SEN12MS_TASKS:
             raise DataError(f"task must be multiclass, segmentation or contrastive, got {task!r}")
         self.root, self.split, self.task = Path(root), split, task
         self.offset, self.quant = check_scaling(s2_offset, quantification, self.root)
