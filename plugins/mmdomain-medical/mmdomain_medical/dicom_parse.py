@@ -39,7 +39,6 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 
 from mmdomain import limits
 from mmdomain.data import files
-from mmdomain.data.files import check_stat
 
 from .errors import MedicalDataError, library_failure
 
@@ -84,18 +83,21 @@ def not_a_file(path: Path) -> MedicalDataError:
     return MedicalDataError(path, "is a folder, not a file" if path.is_dir() else "no such file")
 
 
+def _ceiling(limit: str | None) -> dict:
+    """``mmdomain.data.files``' ceiling arguments for ``limits.<limit>`` (none without a limit)."""
+    return {"max_bytes": getattr(limits, limit), "ceiling_name": f"mmdomain.limits.{limit}"} if limit else {}
+
+
 def _check_stat(path: Path, st: os.stat_result, limit: str | None) -> None:
     """``mmdomain.data.files.check_stat`` (the rule every plugin's reads share) with the ceiling
     ``limits.<limit>``, raising ``MedicalDataError`` (file names shown as pseudonyms)."""
-    check_stat(path, st, max_bytes=getattr(limits, limit) if limit else None,
-               ceiling_name=f"mmdomain.limits.{limit}" if limit else "", error=MedicalDataError)
+    files.check_stat(path, st, **_ceiling(limit), error=MedicalDataError)
 
 
 def regular_file(path: str | Path, limit: str | None = None) -> os.stat_result:
     """The stat of ``path`` (symlinks followed), without opening it; ``MedicalDataError`` for a
     missing file, a folder, a FIFO, a device, a socket, or one larger than ``limits.<limit>``."""
-    return files.regular_file(path, max_bytes=getattr(limits, limit) if limit else None,
-                              ceiling_name=f"mmdomain.limits.{limit}" if limit else "", error=MedicalDataError)[1]
+    return files.regular_file(path, **_ceiling(limit), error=MedicalDataError)[1]
 
 
 def _open_flags() -> int:
