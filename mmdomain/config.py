@@ -63,6 +63,25 @@ class Component(_Strict):
         return v
 
 
+class BalanceConfig(_Strict):
+    """Remedies for modality imbalance (``mmdomain.models.balance``), off by default.
+
+    ``aux_weight``: each modality's embedding also predicts the target through a unimodal head of
+    its own (training only), adding ``aux_weight`` x the mean of their losses, each over the rows
+    that have the modality. ``modulation``: OGM(-GE) gradient modulation (Peng et al., CVPR 2022):
+    each step, the encoder of the modality whose unimodal score dominates gets its gradient scaled
+    by ``1 - tanh(alpha * (ratio - 1))``; ``ogm-ge`` adds the Gaussian noise of the paper's
+    generalisation enhancement, ``ogm`` does not."""
+
+    aux_weight: float = Field(0.0, ge=0.0, le=100.0, allow_inf_nan=False)
+    modulation: Literal["none", "ogm", "ogm-ge"] = "none"
+    alpha: float = Field(0.5, gt=0.0, le=100.0, allow_inf_nan=False)
+
+    @property
+    def active(self) -> bool:
+        return self.aux_weight > 0 or self.modulation != "none"
+
+
 class ModelConfig(_Strict):
     modalities: list[str] = Field(min_length=1)
     encoders: dict[str, Component]
@@ -72,6 +91,7 @@ class ModelConfig(_Strict):
     modality_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     encode_absent: bool = False  # run encoders on zero-filled rows too (needed by per-sample-gradient DP)
     max_text_length: int = Field(128, ge=1, le=limits.TOKENS)
+    balance: BalanceConfig = Field(default_factory=BalanceConfig)  # modality-imbalance remedies (off)
 
     @field_validator("modalities")
     @classmethod
@@ -96,6 +116,13 @@ class ModelConfig(_Strict):
         extra = [m for m in self.encoders if m not in self.modalities]
         if extra:
             raise ValueError(f"encoders: given for {extra}, which are not in modalities {self.modalities}")
+        return self
+
+    @model_validator(mode="after")
+    def _balance_needs_two_modalities(self) -> "ModelConfig":
+        if self.balance.active and len(self.modalities) < 2:
+            raise ValueError(f"balance: remedies for modality imbalance need two or more modalities; this model "
+                             f"has {self.modalities} (leave aux_weight = 0 and modulation = 'none')")
         return self
 
 
@@ -276,4 +303,5 @@ def single_modality(config: ModelConfig, keep: str) -> ModelConfig:
     data["encoders"] = {keep: data["encoders"][keep]}
     data["tokenizers"] = {k: v for k, v in data["tokenizers"].items() if k == keep}
     data["modality_dropout"] = 0.0
+    data["balance"] = BalanceConfig().model_dump()  # one modality: nothing to balance
     return parse(ModelConfig, data, f"single-modality model ({keep})")

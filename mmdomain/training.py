@@ -81,22 +81,31 @@ def train_one_epoch(model: FusionModel, loader: Iterable[Batch], optimizer: torc
                     device: torch.device, bf16: bool = True, grad_clip: float | None = 1.0,
                     extra_loss: Callable[[nn.Module], Tensor] | None = None, max_steps: int | None = None,
                     progress: bool = False, desc: str = "train") -> dict[str, float]:
-    """One pass over ``loader``; returns mean loss and counts. Raises on a non-finite loss."""
+    """One pass over ``loader``; returns mean loss and counts (and with ``balance.modulation`` each
+    modality's mean modulation coefficient, ``modulation``). Raises on a non-finite loss.
+
+    The model's ``balance.modulation`` scales its encoders' gradients between backward and the
+    step (``FusionModel.modulate_gradients``); ``extra_loss``'s gradient is added after that."""
     model.train()
     total, seen, steps = 0.0, 0, 0
+    coefficients: dict[str, list[float]] = {}
     bar = tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch")
     for batch in bar:
         batch = batch.to(device, non_blocking=True)
         with autocast(device, bf16):
             out = model(batch)
-            loss = model.loss(out, batch)
-            if extra_loss is not None:
-                loss = loss + extra_loss(model)
+            base = model.loss(out, batch)
+            extra = extra_loss(model) if extra_loss is not None else None
+        loss = base if extra is None else base + extra
         if not torch.isfinite(loss):
             raise MMDomainError(f"{desc}: loss became {loss.item()} at step {steps}; lower the learning rate "
                                 "or check the inputs for NaN")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        base.backward()
+        for m, k in model.modulate_gradients(out, batch).items():
+            coefficients.setdefault(m, []).append(float(k))
+        if extra is not None and extra.requires_grad:
+            extra.backward()
         if grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
@@ -107,7 +116,10 @@ def train_one_epoch(model: FusionModel, loader: Iterable[Batch], optimizer: torc
         bar.set_postfix(loss=f"{total / seen:.4f}")
         if max_steps and steps >= max_steps:
             break
-    return {"loss": total / max(seen, 1), "samples": seen, "steps": steps}
+    stats: dict[str, Any] = {"loss": total / max(seen, 1), "samples": seen, "steps": steps}
+    if coefficients:
+        stats["modulation"] = {m: sum(v) / len(v) for m, v in sorted(coefficients.items())}
+    return stats
 
 
 def _drop(batch: Batch, drop: Iterable[str]) -> Batch:
@@ -350,6 +362,8 @@ def fit(config: RunConfig, registry: Registry, *, log: Callable[[str], None] = p
         val = evaluate(model, val_loader, device=device, bf16=t.bf16)
         record = {"epoch": epoch, "split": "val", "train_loss": train_stats["loss"], "seconds":
                   round(time.perf_counter() - start, 3), **{k: v for k, v in val.items()}}
+        if "modulation" in train_stats:  # balance.modulation: each modality's mean coefficient this epoch
+            record["train_modulation"] = train_stats["modulation"]
         metrics_log.write(record)
         result.history.append(record)
         log(f"epoch {epoch}: train loss {train_stats['loss']:.4f}, val loss {val['loss']:.4f}, "

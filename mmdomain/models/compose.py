@@ -23,6 +23,7 @@ from ..data.sample import Batch
 from ..errors import ConfigError, MMDomainError
 from ..fusion.base import modality_dropout
 from ..registry import Registry, Tokenizer
+from . import balance
 from .trainable import apply_policy, is_frozen
 from .weights import load_encoder_weights, started_from
 
@@ -33,6 +34,7 @@ class ModelOutput:
     embeddings: dict[str, Tensor]
     present: dict[str, Tensor]  # after modality dropout
     fused: Tensor
+    aux: dict[str, Tensor] | None = None  # unimodal auxiliary heads' outputs (training only; balance.aux_weight)
 
 
 def _build(kind: str, component: Component, builder, *args, where: str = "", **extra) -> Any:
@@ -138,6 +140,7 @@ class FusionModel(nn.Module):
         self.dims = {m: e.out_dim for m, e in encoders.items()}
         self.fusion = _build("fusion", config.fusion, registry.fusion(config.fusion.name).build, dict(self.dims))
         self.task = _build("task", config.task, task_spec.build, self.fusion.out_dim, dict(self.dims))
+        self.aux_heads = balance.build_heads(config.balance, self.task, self.dims, config.task.name)
 
     # -- inputs -----------------------------------------------------------------------
     def tokenize(self, batch: Batch) -> Batch:
@@ -215,14 +218,33 @@ class FusionModel(nn.Module):
             batch = Batch(batch.inputs, present, batch.target, batch.meta)
         embeddings = self.encode(batch)
         fused = self.fusion(embeddings, present)
-        return ModelOutput(self.task(fused, embeddings, present), embeddings, present, fused)
+        aux = balance.aux_outputs(self.aux_heads, embeddings, present) \
+            if self.training and self.aux_heads is not None else None
+        return ModelOutput(self.task(fused, embeddings, present), embeddings, present, fused, aux)
 
     def loss(self, out: ModelOutput, batch: Batch) -> Tensor:
-        return self.task.loss(out.output, batch.target, out.present)
+        """The task's loss, plus in training ``balance.aux_weight`` x the unimodal heads' (``balance``)."""
+        loss = self.task.loss(out.output, batch.target, out.present)
+        if out.aux is None:
+            return loss
+        aux = balance.aux_sample_losses(self.task, out.aux, batch.target, out.present)
+        return loss + self.config.balance.aux_weight * aux.mean()
 
     def sample_losses(self, out: ModelOutput, batch: Batch) -> Tensor:
-        """Each sample's loss on its own, ``[B]`` (the task's ``sample_losses``)."""
-        return self.task.sample_losses(out.output, batch.target, out.present)
+        """Each sample's loss on its own, ``[B]`` (the task's ``sample_losses``, plus its unimodal
+        heads' term in training); what per-sample-gradient DP calls, so gradient modulation,
+        which couples the samples, is refused here."""
+        balance.check_per_sample(self.config.balance)
+        losses = self.task.sample_losses(out.output, batch.target, out.present)
+        if out.aux is None:
+            return losses
+        aux = balance.aux_sample_losses(self.task, out.aux, batch.target, out.present)
+        return losses + self.config.balance.aux_weight * aux
+
+    def modulate_gradients(self, out: ModelOutput, batch: Batch) -> dict[str, Tensor]:
+        """Between backward and the optimiser step: ``balance.modulation``'s scaling (and noise) of
+        the dominant modality's encoder gradients; the coefficients (empty when off)."""
+        return balance.modulate(self, out, batch)
 
 
 def build_model(config: ModelConfig, registry: Registry, *, load_weights: bool = True) -> FusionModel:

@@ -7,6 +7,9 @@
 - ``loss(output, target, present) -> scalar tensor``
 - ``sample_losses(output, target, present) -> [B]`` (optional): each sample's loss on its own,
   for per-sample-gradient DP (local DP-SGD); a loss normalised over the batch couples samples
+- ``unimodal_head(in_dim) -> nn.Module | None`` (optional): a head mapping one modality's embedding
+  ``[B, in_dim]`` to an output ``sample_losses`` takes, for the unimodal auxiliary losses of
+  ``balance.aux_weight`` (``mmdomain.models.balance``); None (the default): the task has none
 - ``make_metrics() -> torchmetrics.MetricCollection`` (fresh, un-updated)
 - ``metric_inputs(output, target, present) -> (preds, target) | None`` (None: nothing to
   score in these rows, e.g. no pair for retrieval)
@@ -31,6 +34,9 @@ class Task(nn.Module):
 
     def sample_losses(self, output: Any, target: Tensor | None, present: dict[str, Tensor]) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no per-sample loss")
+
+    def unimodal_head(self, in_dim: int) -> nn.Module | None:
+        return None
 
     def make_metrics(self) -> MetricCollection:  # pragma: no cover
         raise NotImplementedError

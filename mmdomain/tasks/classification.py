@@ -68,6 +68,9 @@ class MulticlassTask(Task):
     def sample_losses(self, output: Tensor, target: Tensor | None, present: dict[str, Tensor]) -> Tensor:
         return F.cross_entropy(output.float(), target.long(), label_smoothing=self.label_smoothing, reduction="none")
 
+    def unimodal_head(self, in_dim: int) -> nn.Module:
+        return nn.Linear(in_dim, self.num_classes)
+
     def make_metrics(self) -> MetricCollection:
         from torchmetrics import MetricCollection
         from torchmetrics.classification import (MulticlassAccuracy, MulticlassAUROC, MulticlassCalibrationError,
@@ -124,6 +127,9 @@ class MultilabelTask(Task):
     def sample_losses(self, output: Tensor, target: Tensor | None, present: dict[str, Tensor]) -> Tensor:
         raw, known = self._known_losses(output, target)
         return raw.sum(1) / known.sum(1).clamp(min=1)
+
+    def unimodal_head(self, in_dim: int) -> nn.Module:
+        return nn.Linear(in_dim, self.num_labels)
 
     def make_metrics(self) -> MetricCollection:
         from torchmetrics import MetricCollection
