@@ -90,6 +90,9 @@ class ModelConfig(_Strict):
     task: Component
     modality_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     encode_absent: bool = False  # run encoders on zero-filled rows too (needed by per-sample-gradient DP)
+    # "group": each BatchNorm outside a frozen encoder becomes a GroupNorm (per-sample-gradient DP:
+    # batch statistics mix samples); recorded here so that a checkpoint rebuilds the same layers
+    batch_norm: Literal["batch", "group"] = "batch"
     max_text_length: int = Field(128, ge=1, le=limits.TOKENS)
     balance: BalanceConfig = Field(default_factory=BalanceConfig)  # modality-imbalance remedies (off)
 

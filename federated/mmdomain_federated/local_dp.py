@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader
 from mmdomain.data.sample import Batch
 from mmdomain.errors import ConfigError
 from mmdomain.fusion.base import MissingToken, mask_like
+from mmdomain.models import balance
 from mmdomain.tasks.base import Task
 
 from .budget import local_epsilon, local_steps, plan_local
@@ -79,6 +80,9 @@ def unsupported_layers(model: nn.Module) -> list[str]:
 def check_model(model: nn.Module) -> None:
     if not model.config.encode_absent:
         raise ConfigError("local-dp: the model must be built with encode_absent=True (task.model_config does it)")
+    if model.config.batch_norm != "group":
+        raise ConfigError("local-dp: the model must be built with batch_norm='group' (task.model_config does it)")
+    balance.check_per_sample(model.config.balance)
     if getattr(type(model.task), "sample_losses", Task.sample_losses) is Task.sample_losses:
         raise ConfigError(f"local-dp: task {model.config.task.name!r} has no per-sample loss (sample_losses); "
                           "DP-SGD needs one")

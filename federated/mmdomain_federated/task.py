@@ -56,6 +56,7 @@ def model_config(settings: Settings, registry: Registry) -> ModelConfig:
         data["modality_dropout"] = 0.0  # dropping a modality would only remove pairs
     if settings.local_dp:
         data["encode_absent"] = True  # per-sample gradients need every row through every encoder
+        data["batch_norm"] = "group"  # and no trained layer may mix a batch's samples
         data["modality_dropout"] = 0.0
     for m, policy in settings.encoder_policies().items():
         if m not in data.get("encoders", {}):
@@ -93,21 +94,13 @@ def build_with_report(settings: Settings, registry: Registry) -> tuple[FusionMod
 
 
 def _ready_for_dp_sgd(model: FusionModel) -> None:
-    """DP-SGD cannot train BatchNorm (its batch statistics mix samples): Opacus' own fixer swaps
-    each trained one for a GroupNorm that trains as the BatchNorm would have. A frozen encoder
-    keeps its BatchNorm: it runs in eval mode on its stored statistics (no sample mixing, and
-    pretrained statistics are kept). In-place activations (MONAI's ResNet) break Opacus' backward
-    hooks, so they run out of place. Same on the server and every site: all build with these settings."""
-    from opacus.validators.batch_norm import fix
-
+    """In-place activations (MONAI's ResNet) break Opacus' backward hooks, so they run out of place
+    (BatchNorms are already GroupNorms: the model config's ``batch_norm = "group"``). Same on the
+    server and every site: all build with these settings."""
     frozen = {id(sub) for m in model.frozen for sub in model.encoders[m].modules()}
-    for module in [m for m in model.modules() if id(m) not in frozen]:
-        if getattr(module, "inplace", False) is True:
+    for module in model.modules():
+        if id(module) not in frozen and getattr(module, "inplace", False) is True:
             module.inplace = False
-        for name, child in list(module.named_children()):
-            if isinstance(child, torch.nn.modules.batchnorm._BatchNorm):
-                trained = child.weight is None or child.weight.requires_grad
-                setattr(module, name, fix(child).requires_grad_(trained))
 
 
 def shared_keys(model: FusionModel) -> list[str]:

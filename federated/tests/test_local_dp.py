@@ -5,6 +5,7 @@ from opacus.grad_sample import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from torch.utils.data import Subset
 
+from mmdomain.checkpoint import load_checkpoint, save_checkpoint
 from mmdomain.data.collate import Collate
 from mmdomain.data.sample import Batch
 from mmdomain.training import make_loader
@@ -202,14 +203,18 @@ def test_one_sample_at_a_time_equals_the_hooks(settings_for, registry):
     hooked.cleanup()
 
 
-def test_medical_resnet_defeats_the_hooks_and_still_trains_privately(registry):
+def test_medical_resnet_defeats_the_hooks_and_still_trains_privately(registry, tmp_path):
     """MONAI's ResNet adds its residual in place onto a hooked layer's output (Opacus' hooks
-    fail there); BatchNorm becomes GroupNorm for DP-SGD. The site trains with vmap's per-sample
-    gradients through the ResNet and the BERT text encoder, equal to each sample's alone."""
+    fail there); BatchNorm becomes GroupNorm for DP-SGD, and its checkpoint rebuilds the same
+    layers. The site trains with vmap's per-sample gradients through the ResNet and the BERT text
+    encoder, equal to each sample's alone."""
     s = Settings.from_run_config({"dataset": "medical", "local-dp": True, "max-steps": 1, "batch-size": 4,
                                        "readiness": False})
     model = task.build(s, registry)
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in model.encoders["dicom_image"].modules())
+    again, _ = load_checkpoint(save_checkpoint(model, tmp_path / "model.safetensors", registry), registry)
+    assert again.state_dict().keys() == model.state_dict().keys()  # was: lacked bn running statistics
     site = task.site_folders(task.synthetic_root(registry, "medical", 2, 0, True))[0]
     data = task.load_site(s, {"data-root": str(site)}, registry, "train")
     model.eval()  # no dropout: the two paths see the same network

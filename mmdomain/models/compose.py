@@ -24,6 +24,7 @@ from ..errors import ConfigError, MMDomainError
 from ..fusion.base import modality_dropout
 from ..registry import Registry, Tokenizer
 from . import balance
+from .norms import batch_to_group_norm
 from .trainable import apply_policy, is_frozen
 from .weights import load_encoder_weights, started_from
 
@@ -141,6 +142,9 @@ class FusionModel(nn.Module):
         self.fusion = _build("fusion", config.fusion, registry.fusion(config.fusion.name).build, dict(self.dims))
         self.task = _build("task", config.task, task_spec.build, self.fusion.out_dim, dict(self.dims))
         self.aux_heads = balance.build_heads(config.balance, self.task, self.dims, config.task.name)
+        if config.batch_norm == "group":
+            batch_to_group_norm([e for m, e in self.encoders.items() if m not in self.frozen]
+                                + [self.fusion, self.task, self.aux_heads])
 
     # -- inputs -----------------------------------------------------------------------
     def tokenize(self, batch: Batch) -> Batch:
