@@ -79,6 +79,10 @@ _tv_densenet = _lazy("image_encoders", "TorchvisionDenseNetEncoder")
 #: torchxrayvision's DenseNet-121 chest X-ray weights (its cache folder, a file, or ``weights=``)
 _xrv_densenet = _lazy("image_encoders", "XrvDenseNetEncoder")
 _hf_tokenizer = _lazy("hf_tokenizer", "HFTokenizer")
+#: the image and text towers of one open_clip pair, and its tokenizer, from one local folder (path=)
+_openclip_image = _lazy("openclip_encoders", "OpenClipImageEncoder")
+_openclip_text = _lazy("openclip_encoders", "OpenClipTextEncoder")
+_openclip_tokenizer = _lazy("openclip_encoders", "OpenClipTokenizer")
 
 
 def _wordpiece(**options):
@@ -129,6 +133,16 @@ def register_encoders(register):
                          description="torchxrayvision's DenseNet-121 chest X-ray weights, without torchxrayvision: "
                                      "weights_name= from ~/.torchxrayvision/models_data/, path=, or weights= a state "
                                      "dict; inputs scaled to [-1024, 1024] and resized to 224"))
+    register(EncoderSpec("openclip_image", ("image",), _openclip_image, out_dim=128,
+                         description="open_clip image tower of a local model folder (path=: open_clip_config.json + "
+                                     "open_clip_model.safetensors / open_clip_pytorch_model.bin, the whole pair "
+                                     "checked); grey as RGB, the folder's resize and mean/std inside, projection to "
+                                     "out_dim (project=false: the pair's own space); path_sha256; else tiny random "
+                                     "ViT"))
+    register(EncoderSpec("openclip_text", ("text",), _openclip_text, out_dim=128,
+                         description="open_clip text tower of the same local folder (path=; its tokenizer: "
+                                     "openclip_tokenizer), same weights_sha256 as openclip_image; ids cut / padded to "
+                                     "its context_length; projection to out_dim; else tiny random text transformer"))
 
 
 @hookimpl
@@ -138,6 +152,10 @@ def register_tokenizers(register):
     register(TokenizerSpec("hf_tokenizer", _hf_tokenizer,
                            description="a local Hugging Face model folder's own tokenizer (path=; AutoTokenizer, "
                                        "local files only): the vocabulary and special tokens of bert_text's model"))
+    register(TokenizerSpec("openclip_tokenizer", _openclip_tokenizer,
+                           description="the tokenizer open_clip uses for a local model folder (path=; CLIP's BPE "
+                                       "shipped with open_clip, or the folder's Hugging Face tokenizer, local files "
+                                       "only): the ids of openclip_text's model, end token kept when cut"))
 
 
 @hookimpl

@@ -12,10 +12,8 @@ connections and ``urlopen`` raise.
 from __future__ import annotations
 
 import re
-import socket
 import sys
 import types
-import urllib.request
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -37,17 +35,7 @@ from mmdomain_medical.xrv_weights import (XRV_DENSENET_FILES, convert_xrv_weight
 SIZE = 32
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args[1:] if args else kwargs}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("no_network")  # conftest: any connection attempt fails the test
 
 
 def _randomise_bn(model: nn.Module) -> nn.Module:
