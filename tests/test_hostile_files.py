@@ -20,6 +20,7 @@ from mmdomain import CheckpointError, ConfigError
 from mmdomain.checkpoint import init_from_checkpoint, load_checkpoint, read_header, save_checkpoint
 from mmdomain.config import ModelConfig, load_config, parse
 from mmdomain.testing.bounded import run_bounded
+from mmdomain.testing.fuzz import flip_bits
 from mmdomain.models.compose import FusionModel
 
 MODEL = {
@@ -97,13 +98,9 @@ def _set(field, value):
 
 def _flip(region: str, count: int, seed: int):
     def mutate(raw: bytes) -> bytes:
-        rng = random.Random(seed)
         n = struct.unpack("<Q", raw[:8])[0]
         lo, hi = (8, 8 + n) if region == "header" else (8 + n, len(raw))
-        out = bytearray(raw)
-        for _ in range(count):
-            out[rng.randrange(lo, hi)] ^= 1 << rng.randrange(8)
-        return bytes(out)
+        return flip_bits(raw, random.Random(seed), lo, hi, count)
     return mutate
 
 

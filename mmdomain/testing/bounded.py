@@ -4,7 +4,9 @@
 at the fork plus ``extra_bytes`` (RLIMIT_AS) and arms an alarm; the child runs ``fn()`` with one
 torch thread (when torch is loaded) and pickles back what it returned. A regression that allocates
 what a lying header asks, aborts in a native decoder or blocks on a FIFO then fails the test with
-an ``AssertionError`` instead of stopping pytest. POSIX only (``os.fork``).
+an ``AssertionError`` instead of stopping pytest. ``run_child`` is the same run, returning what
+became of the child (its result, wait status and peak memory) instead of asserting: the fuzz
+suite (``mmdomain.testing.fuzz``) classifies those. POSIX only (``os.fork``).
 """
 
 from __future__ import annotations
@@ -16,13 +18,29 @@ import select
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 
-def run_bounded(fn: Callable[[], Any], *, extra_bytes: int = 1 << 30, timeout: int = 30) -> Any:
+@dataclass(frozen=True)
+class Child:
+    """What became of a forked child (``run_child``): ``result`` is ``("ok", value)``, ``("raised",
+    "Type: message")`` or None (it died or hung: ``status`` says how), ``maxrss`` its peak resident
+    size in bytes."""
+
+    result: tuple[str, Any] | None
+    status: int
+    maxrss: int
+
+    @property
+    def signal(self) -> int:
+        """The signal that ended the child (0 if it exited)."""
+        return os.WTERMSIG(self.status) if os.WIFSIGNALED(self.status) else 0
+
+
+def run_child(fn: Callable[[], Any], *, extra_bytes: int = 1 << 30, timeout: int = 30) -> Child:
     """``fn()`` in a forked child under RLIMIT_AS (its current size + ``extra_bytes``) and an alarm
-    of ``timeout`` seconds; returns what it returned, or raises AssertionError if the child raised,
-    died (an abort, the memory limit) or hung."""
+    of ``timeout`` seconds (killed ``timeout + 10`` s after the fork at the latest)."""
     vm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize"))
     hard = resource.getrlimit(resource.RLIMIT_AS)[1]
     limit = vm + extra_bytes if hard == resource.RLIM_INFINITY else min(vm + extra_bytes, hard)
@@ -56,8 +74,21 @@ def run_bounded(fn: Callable[[], Any], *, extra_bytes: int = 1 << 30, timeout: i
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    _, status = os.waitpid(pid, 0)
-    assert chunks, f"the child died or hung (wait status {status}; SIGABRT is {signal.SIGABRT})"
-    kind, value = pickle.loads(b"".join(chunks))
+    _, status, usage = os.wait4(pid, 0)
+    try:
+        result = pickle.loads(b"".join(chunks)) if chunks else None
+    except Exception:  # noqa: BLE001 - killed half-way through writing it
+        result = None
+    return Child(result, status, usage.ru_maxrss * 1024)
+
+
+def run_bounded(fn: Callable[[], Any], *, extra_bytes: int = 1 << 30, timeout: int = 30) -> Any:
+    """``fn()`` in a forked child under RLIMIT_AS (its current size + ``extra_bytes``) and an alarm
+    of ``timeout`` seconds; returns what it returned, or raises AssertionError if the child raised,
+    died (an abort, the memory limit) or hung."""
+    child = run_child(fn, extra_bytes=extra_bytes, timeout=timeout)
+    assert child.result is not None, \
+        f"the child died or hung (wait status {child.status}; SIGABRT is {signal.SIGABRT})"
+    kind, value = child.result
     assert kind == "ok", value
     return value

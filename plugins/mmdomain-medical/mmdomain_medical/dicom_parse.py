@@ -104,14 +104,30 @@ def _open_flags() -> int:
     return os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
+class _SizedReader(io.BufferedReader):
+    """A regular file opened for pydicom: ``read(n)`` asks for no more than the file holds (its size
+    at the ``fstat``), so a value length a header declares (4 GB in a 3 KB file) is never allocated:
+    Python's buffered ``read(n)`` allocates ``n`` bytes before it reads (issue #17 fuzzing: a
+    truncated SR parsed with ``force=True`` raised MemoryError under a 2 GiB address-space limit)."""
+
+    size = 0
+
+    def read(self, n: int | None = -1, /) -> bytes:
+        if n is not None and n > 65_536:
+            n = min(n, max(self.size - self.tell(), 0))
+        return super().read(n)
+
+
 def open_regular(path: str | Path, limit: str | None = "DICOM_FILE_BYTES") -> BinaryIO:
     """``path`` opened for reading, if it is a regular file within ``limits.<limit>``: opened
     without blocking (``O_NONBLOCK``: a FIFO returns at once) and checked on the open file
-    (``fstat``) before anything is read. The file object is named by the path (pydicom reads
-    deferred values by that name)."""
+    (``fstat``) before anything is read; no read asks for more than the file holds
+    (``_SizedReader``). The file object is named by the path (pydicom reads deferred values by
+    that name)."""
     path = Path(path)
     try:
-        fp = open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK))
+        fp = _SizedReader(io.FileIO(os.fspath(path), "rb",
+                                    opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK)))
     except FileNotFoundError:
         raise not_a_file(path) from None
     except IsADirectoryError:
@@ -119,12 +135,22 @@ def open_regular(path: str | Path, limit: str | None = "DICOM_FILE_BYTES") -> Bi
     except (OSError, ValueError) as exc:
         raise MedicalDataError(path, f"unreadable ({type(exc).__name__})") from None
     try:
-        _check_stat(path, os.fstat(fp.fileno()), limit)
+        st = os.fstat(fp.fileno())
+        _check_stat(path, st, limit)
+        fp.size = st.st_size
         os.set_blocking(fp.fileno(), True)
         return fp
     except BaseException:
         fp.close()
         raise
+
+
+def _reopen(name: str, mode: str = "rb") -> BinaryIO:
+    """How pydicom reopens a file for a deferred value (``Dataset.fileobj_type``): checked and sized
+    as the first open (``open_regular``), not the builtin ``open`` a ``BufferedReader`` gets, whose
+    ``read(n)`` would allocate the value's declared length (issue #17 fuzzing: a JPEG 2000 file's
+    deferred PatientName declared 4 GB: MemoryError under a 2 GiB limit)."""
+    return open_regular(name)
 
 
 def read_regular(path: str | Path, limit: str = "DICOM_FILE_BYTES") -> bytes:
@@ -275,6 +301,7 @@ def _parse_file(path: Path, fp: BinaryIO, stop_before_pixels: bool) -> tuple[Dat
             raise MedicalDataError(path, "not a DICOM file (no preamble, no DICOM attributes)") from None
         _infer_transfer_syntax(ds)
         return ds, -1
+    ds.fileobj_type = _reopen
     if not stop_before_pixels:
         return ds, -1
     pos = fp.tell()

@@ -229,6 +229,8 @@ _TIFF_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 
 
 def _tiff(f, size: int, head: bytes, name) -> None:
     """Every strip / tile of every IFD (classic or BigTIFF, either byte order) ends inside the file."""
+    if len(head) < 8:  # the byte order, magic number and first IFD offset
+        raise _truncated(name, "the TIFF header", 8, size)
     e = "<" if head[:2] == b"II" else ">"
     magic = struct.unpack(e + "H", head[2:4])[0]
     if magic == 42:

@@ -116,8 +116,8 @@ def _read_mtd(root: Path, data_root: Path | None = None, limits: RasterLimits = 
     real = check_file(mtd, data_root or root, what="metadata file", max_bytes=limits.xml_bytes)
     try:
         tree = ET.fromstring(real.read_bytes())
-    except (ET.ParseError, ExpatError, ValueError, UnicodeError, RecursionError) as exc:
-        raise RasterDataError(mtd, f"not valid XML ({exc})") from None
+    except (ET.ParseError, ExpatError, ValueError, UnicodeError, RecursionError, LookupError) as exc:
+        raise RasterDataError(mtd, f"not valid XML ({exc})") from None  # LookupError: an unknown encoding=
     except OSError as exc:
         raise RasterDataError(mtd, f"cannot be read ({type(exc).__name__}: {exc})") from None
     offsets: dict[str, float] = {}
@@ -239,6 +239,10 @@ def open_s2(path: str | Path, *, bands=None, offset: float | None = None, quanti
     missing = [b for b in names if b not in found]
     if missing:
         raise DataError(f"{path}: Sentinel-2 product lacks bands {missing} (found {sorted(found)})")
+    lacking = [b for b in names if offsets is not None and b not in offsets]
+    if lacking:  # an MTD listing the offsets of some bands only
+        raise RasterDataError(path / source if path.is_dir() and source else path,
+                              f"no offset for bands {lacking} (it lists {sorted(offsets or {})})", "BOA_ADD_OFFSET")
     if offsets is None:
         value = S2_BOA_ADD_OFFSET if offset is None else offset
         offsets = {b: value for b in names}
