@@ -1,4 +1,5 @@
-"""Modality-aware aggregation, reply checks, update screening and central-DP noise (numpy only).
+"""Modality-aware aggregation, reply checks, update screening and central-DP noise (numpy; Krum's
+selection is Flower's).
 
 Sites may hold different modality sets. Each parameter belongs to a group and each site's
 parameters of a group are weighted by the one rule in ``groups`` (``groups.weight``):
@@ -16,7 +17,12 @@ within what its readiness report declared (plus the report's noise margin) when 
 its update's norm, per parameter group, within ``outlier-factor`` x the median of the other
 sites' (with 2 sites: the other's); and no single site has more than ``max-site-weight`` of a
 group's average (with >= 3 contributors). ``aggregation = "median" | "trimmed-mean"`` average
-each coordinate robustly instead (unweighted: a forged count buys nothing).
+each coordinate robustly instead (unweighted: a forged count buys nothing); ``"krum"`` (multi-Krum,
+Blanchard et al. 2017, with Flower's selection, ``krum_selection``) averages, per parameter group,
+the ``n - f`` updates closest to their neighbours, unweighted. Per group, not over whole updates:
+sites send different groups (a site without the image modality sends no image encoder), so the
+distance between two whole updates is not defined, and each group's contributors are the
+modality-aware ones.
 
 Central DP (``dp=DPNoise(...)``): each site's whole update (delta from the global model) is
 clipped to L2 norm ``clip``; per parameter the deltas are *summed*, Gaussian noise with std
@@ -39,8 +45,8 @@ from .groups import fusion_from, held, param_group, weight
 #: The readiness report's counts carry Laplace noise of scale 2 (``readiness.readiness``); a true
 #: count lies below the reported one + this margin but with probability 0.5 exp(-30 / 2) ~ 1e-7.
 READINESS_MARGIN = 30
-#: ``aggregation`` values that average each coordinate robustly (unweighted).
-ROBUST = ("median", "trimmed-mean")
+#: ``aggregation`` values that average robustly (unweighted): per coordinate, or (krum) by selection per group.
+ROBUST = ("median", "trimmed-mean", "krum")
 
 
 @dataclass
@@ -254,12 +260,37 @@ def robust_mean(values: np.ndarray, how: str, trim_fraction: float) -> np.ndarra
     return np.sort(values, axis=0)[t:k - t].mean(axis=0)
 
 
+def krum_selection(group: str, sites: list[SiteUpdate], global_weights: dict[str, np.ndarray], byzantine: int
+                   ) -> list[SiteUpdate] | None:
+    """Multi-Krum over ``sites``' updates of ``group``: the ``n - f`` (``f = byzantine``) whose
+    summed squared distance to their ``n - f - 2`` nearest others is smallest (Flower's
+    ``select_multikrum`` on the group's float deltas from the global model). None when the group
+    has ``n <= 2f + 2`` contributors, where Krum's bound does not hold."""
+    from flwr.app import Array, ArrayRecord, RecordDict
+    from flwr.serverapp.strategy.multikrum import select_multikrum
+
+    if len(sites) <= 2 * byzantine + 2:
+        return None
+    keys = sorted(k for k in global_weights if param_group(k) == group and _is_float(global_weights[k]))
+    contents = [RecordDict({"delta": ArrayRecord({"d": Array(np.concatenate(
+        [(u.weights[k].astype(np.float64) - global_weights[k].astype(np.float64)).ravel() for k in keys]))})})
+        for u in sites]
+    chosen = {id(c) for c in select_multikrum(contents, num_malicious_nodes=byzantine,
+                                              num_nodes_to_select=len(sites) - byzantine)}
+    return [u for u, c in zip(sites, contents) if id(c) in chosen]
+
+
 def aggregate(global_weights: dict[str, np.ndarray], updates: list[SiteUpdate], *, plain: bool = False,
               dp: DPNoise | None = None, max_share: float = 1.0, robust: str = "",
-              trim_fraction: float = 0.2) -> tuple[dict[str, np.ndarray], dict[str, list[Any]]]:
+              trim_fraction: float = 0.2, byzantine: int = 1, notes: list[str] | None = None
+              ) -> tuple[dict[str, np.ndarray], dict[str, list[Any]]]:
     """New global weights, and for each group the sites that entered its average. ``max_share``:
     the largest share one site may have in a group's weighted average (``cap_shares``);
-    ``robust``: ``median`` or ``trimmed-mean`` per coordinate over the same sites, unweighted."""
+    ``robust``: ``median`` or ``trimmed-mean`` per coordinate over the same sites, or ``krum``
+    (``krum_selection``, ``byzantine`` = f: the mean of the selected updates; a group with too few
+    contributors for Krum takes the coordinate median), unweighted. ``notes``: what Krum left out."""
+    notes = notes if notes is not None else []
+    selected: dict[str, list[SiteUpdate]] = {}
     if dp is not None:
         scale = {}
         for u in updates:
@@ -274,6 +305,15 @@ def aggregate(global_weights: dict[str, np.ndarray], updates: list[SiteUpdate], 
             new[key] = g
             continue
         used.setdefault(group, [u.site for u, _ in contrib])
+        if robust == "krum" and group not in selected:
+            sites = [u for u, _ in contrib]
+            chosen = krum_selection(group, sites, global_weights, byzantine)
+            if chosen is None:
+                notes.append(f"krum: group {group} has {len(sites)} sites, Krum with f={byzantine} needs "
+                             f"> {2 * byzantine + 2}: coordinate median instead")
+            elif left := [u.site for u in sites if all(u is not c for c in chosen)]:
+                notes.append(f"krum: group {group}: left out site {', '.join(map(str, left))}")
+            selected[group] = chosen or []
         if not _is_float(g):  # integer buffers (e.g. BatchNorm step counters): the median, no one site sets it
             stacked = np.stack([u.weights[key] for u, _ in contrib])
             new[key] = np.floor(np.median(stacked, axis=0)).astype(g.dtype)
@@ -283,9 +323,12 @@ def aggregate(global_weights: dict[str, np.ndarray], updates: list[SiteUpdate], 
             s = sum(scale[id(u)] * (u.weights[key].astype(np.float64) - g64) for u, _ in contrib)
             s = s + dp.rng.normal(0.0, dp.noise_multiplier * dp.clip, size=g.shape)
             new[key] = (g64 + s / len(contrib)).astype(g.dtype)
+        elif robust == "krum" and selected[group]:
+            new[key] = np.mean([u.weights[key].astype(np.float64) for u in selected[group]], axis=0).astype(g.dtype)
         elif robust:
             stacked = np.stack([u.weights[key].astype(np.float64) for u, _ in contrib])
-            new[key] = robust_mean(stacked, robust, trim_fraction).astype(g.dtype)
+            how = "median" if robust == "krum" else robust
+            new[key] = robust_mean(stacked, how, trim_fraction).astype(g.dtype)
         else:
             shares = cap_shares([w for _, w in contrib], max_share)
             avg = sum(s * u.weights[key].astype(np.float64) for (u, _), s in zip(contrib, shares))

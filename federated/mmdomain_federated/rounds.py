@@ -38,6 +38,7 @@ class RoundResult:
     failed: list[tuple[Any, str]] = field(default_factory=list)  # (site, reason): error replies
     refused: list[tuple[int, str]] = field(default_factory=list)  # (site, reason): policy refusals
     used: dict[str, list[Any]] = field(default_factory=dict)  # group -> sites (None under SecAgg+) averaged
+    notes: list[str] = field(default_factory=list)  # what the robust aggregation left out (krum)
     bytes_down: int = 0
     bytes_up: int | None = None  # None under SecAgg+: masked vectors travel as protocol records
     secure: bool = False
@@ -149,6 +150,8 @@ def train_round(grid: Grid, rnd: int, weights: dict[str, np.ndarray], settings: 
                              max_share=settings.max_site_weight, started=started)
         if len(messages) >= settings.min_sites:
             result = _clear(grid, result, messages, settings, strategy)
+    if strategy.server_opt is not None and result.weights is not weights:  # the average is the pseudo-gradient's source
+        result.weights = strategy.server_opt.step(weights, result.weights, result.used)
     if settings.central_dp and result.weights is not weights:
         result.weights = valid_statistics(result.weights, variance_floors(settings, result.used))
     return result
@@ -180,6 +183,7 @@ def _clear(grid: Grid, result: RoundResult, messages: list[Message], settings: S
     agg = strategy.aggregate_modalities(result.round, replies, result.weights, sent)
     result.weights, result.accepted, result.rejected = agg.weights, agg.accepted, agg.rejected
     result.failed, result.refused, result.used, result.capped = agg.failed, agg.refused, agg.used, agg.capped
+    result.notes = agg.notes
     result.answered = {sender(m, sent) for m in replies}
     result.bytes_up = sum(nbytes(m.content.array_records["arrays"]) for m in replies
                           if not m.has_error() and "arrays" in m.content.array_records)

@@ -3,8 +3,10 @@
 ``main`` reads the run config and calls ``run_server``: wait for the sites, start or resume
 the run (``run_state``: checkpoint, accountant, ledger), the readiness report, the training
 rounds (``rounds.train_round``: Flower's FedAvg / FedProx sampling with modality-aware
-aggregation, ``strategy``; SecAgg+ rounds, ``secure``), a checkpoint per round, the final
-federated evaluation, the model and ``summary.json``. Events go to ``server_log``.
+aggregation, ``strategy``, and a server optimiser, ``server_opt``; SecAgg+ rounds, ``secure``), a
+checkpoint per round, with ``checkpoint-metric`` the best model so far (``best.safetensors``,
+``best_model``) and early stopping, the final federated evaluation, the model and
+``summary.json``. Events go to ``server_log``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import math
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,11 +23,12 @@ import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from mmdomain.checkpoint import describe_init, save_checkpoint
+from mmdomain.checkpoint import describe_init, read_header, save_checkpoint
 from mmdomain.plugins import get_registry
 
 from . import task
 from .aggregation import declared_caps
+from .best_model import BestModel, metric_value, scored_round
 from .groups import FUSION_FROM_MULTI, fusion_from
 from mmdomain.jsonout import dumps, write
 from .readiness import held_modalities
@@ -56,15 +60,20 @@ def run_server(grid: Grid, settings: Settings, out_dir: Path, *, registry=None,
         if init:  # what every participant's start took from init-from (the sites build the same)
             write(out_dir / "init-report.json", init)
             slog(f"initialised from {settings.init_from}: " + "; ".join(describe_init(init).splitlines()))
-        strategy = make_strategy(settings)
+        strategy = make_strategy(settings, buffers=[k for k, _ in model.named_buffers()])
         nodes = wait_for_nodes(grid, max(settings.expected_sites, settings.min_sites), settings.round_timeout, slog)
-        run = RunState.open(settings, out_dir, task.get_weights(model), max(len(nodes), settings.min_sites), slog)
+        run = RunState.open(settings, out_dir, task.get_weights(model), max(len(nodes), settings.min_sites), slog,
+                            server_opt=strategy.server_opt, best=BestModel.from_settings(settings))
+        save_best = partial(_save_best, model, run, registry, slog)
+        if run.best is not None and run.best_weights is not None and _best_file_round(out_dir) != run.best.round:
+            save_best()  # a crash between the checkpoint and best.safetensors: written again from the checkpoint
         report = _readiness(grid, nodes, run, slog)
         strategy.caps = declared_caps(report, settings.max_site_samples, tuple(model.modalities))
         source = fusion_from(held_modalities(report)) if report else FUSION_FROM_MULTI
-        stopped, crashed = _train(grid, run, strategy, len(nodes), source, slog, task.frozen_digest(model))
+        stopped, crashed = _train(grid, run, strategy, len(nodes), source, slog, task.frozen_digest(model), save_best)
         if crashed:
             return {"stopped": stopped, "history": run.history, "out_dir": str(out_dir)}
+        _score_last(grid, strategy, run, slog, save_best)
         final = evaluate_round(grid, strategy, run.weights, settings, run.refused, settings.num_server_rounds + 1,
                                "test", log=slog, rejections=run.rejections) if run.history else {}
         return _finish(model, run, final, stopped, registry, slog)
@@ -82,11 +91,14 @@ def _readiness(grid: Grid, nodes: list[int], run: RunState, log: ServerLog) -> d
 
 
 def _train(grid: Grid, run: RunState, strategy: ModalityAware, num_nodes: int, source: str,
-           log: ServerLog, frozen: str) -> tuple[str, bool]:
+           log: ServerLog, frozen: str, save_best: Callable[[], None]) -> tuple[str, bool]:
     """The rounds left; why they stopped, and whether that was the simulated crash. ``frozen``:
-    the digest of the model parts rounds do not carry, for the sites to check."""
+    the digest of the model parts rounds do not carry, for the sites to check; ``save_best``
+    writes ``best.safetensors`` (after the checkpoint that holds a new best)."""
     s = run.settings
     for rnd in range(run.start_round, s.num_server_rounds + 1):
+        if run.best is not None and run.best.exhausted():  # a resumed run that had stopped early
+            return _stop(run.best.stop_reason(), log), False
         if reason := run.budget_stop(rnd):
             return _stop(reason, log), False
         result = train_round(grid, rnd, run.weights, s, strategy, run.refused, source, log, frozen)
@@ -104,11 +116,81 @@ def _train(grid: Grid, run: RunState, strategy: ModalityAware, num_nodes: int, s
                 reason += "; refusals: " + " | ".join(f"site {site}: {r}" for site, r in run.refused.items())
             return reason, False
         record, ledger_rows = _record(grid, strategy, result, run, log)
+        improved = _score(run, record, rnd, result.weights, log)
         run.commit(rnd, result.weights, record, ledger_rows)
         log.round(record)
+        if improved:
+            save_best()
         if s.stop_after_round and rnd == s.stop_after_round and rnd < s.num_server_rounds:
             return _stop(f"stop-after-round {rnd} (simulated crash)", log), True
+        if run.best is not None and run.best.exhausted() and rnd < s.num_server_rounds:
+            return _stop(run.best.stop_reason(), log), False
     return "completed", False
+
+
+def _score(run: RunState, record: dict[str, Any], rnd: int, new_weights: dict[str, np.ndarray],
+           log: ServerLog) -> bool:
+    """Offer the model round ``rnd``'s validation metrics belong to (``best_model.scored_round``:
+    with fused evaluation the one the round started from) as the best; whether it is."""
+    if run.best is None:
+        return False
+    value = metric_value(record, run.best.metric)
+    if value is None:
+        log(f"round {rnd}: no validation metrics (no site evaluated its val split): best model not updated")
+        return False
+    fused = run.settings.fused_eval
+    model_round = scored_round(rnd, fused)
+    return _offer(run, model_round, value, run.weights if fused else new_weights, log)
+
+
+def _offer(run: RunState, model_round: int, value: float, weights: dict[str, np.ndarray], log: ServerLog) -> bool:
+    best = run.best
+    if not run.offer_best(model_round, value, weights):
+        return False
+    initial = " (the initial model)" if model_round == 0 else ""
+    log(f"best model: round {model_round}{initial}, {best.metric} {value:.4g}")
+    return True
+
+
+def _score_last(grid: Grid, strategy: ModalityAware, run: RunState, log: ServerLog,
+                save_best: Callable[[], None]) -> None:
+    """With fused evaluation the last model has not been scored on val (the next round would have):
+    one validation round for it when the best model is tracked."""
+    if run.best is None or not run.settings.fused_eval or not run.history:
+        return
+    last = int(run.history[-1]["round"])
+    if run.best.last_scored is not None and run.best.last_scored >= last:
+        return
+    ev = evaluate_round(grid, strategy, run.weights, run.settings, run.refused, last, "val", log=log,
+                        rejections=run.rejections)
+    value = metric_value({f"eval-{k}": v for k, v in ev["overall"].items()}, run.best.metric)
+    if value is None:
+        log(f"validation of the model of round {last}: no site evaluated its val split")
+        return
+    improved = _offer(run, last, value, run.weights, log)
+    run.commit_best()
+    if improved:
+        save_best()
+
+
+def _best_file_round(out_dir: Path) -> int | None:
+    """The round ``best.safetensors`` in ``out_dir`` records, None without one."""
+    try:
+        return read_header(out_dir / "best.safetensors")["extra"]["federated"]["best"]["round"]
+    except Exception:  # noqa: BLE001 - missing or not this app's: written again
+        return None
+
+
+def _save_best(model, run: RunState, registry, log: ServerLog) -> None:
+    """``best.safetensors`` (+ ``.json``): the best model, in the final model's format, with its
+    round and score (``extra.federated.best``)."""
+    best = run.best
+    task.set_weights(model, run.best_weights)
+    save_checkpoint(model, run.out_dir / "best.safetensors", registry,
+                    extra={"federated": {"rounds": best.round, "dataset": run.settings.dataset,
+                                         "task": model.config.task.name,
+                                         "best": {"round": best.round, "metric": best.metric, "mode": best.mode,
+                                                  "value": best.value}}})
 
 
 def _stop(reason: str, log: ServerLog) -> str:
@@ -131,6 +213,8 @@ def _note(result: RoundResult, run: RunState, log: ServerLog) -> None:
         log(f"round {rnd}: rejected update of site {site}: {reason}")
     for site, what in result.capped:
         log(f"round {rnd}: site {site}: {what}")
+    for note in result.notes:
+        log(f"round {rnd}: {note}")
 
 
 def _record(grid: Grid, strategy: ModalityAware, result: RoundResult, run: RunState,
@@ -169,8 +253,11 @@ def _finish(model, run: RunState, final: dict[str, Any], stopped: str, registry,
         stale = [p.name for p in (out_dir / "model.safetensors", out_dir / "final.npz") if p.exists()]
         log("no round was trained: no model written" + (f" ({', '.join(stale)} in {out_dir} are not from this run)"
                                                           if stale else ""))
+    best = None
+    if run.best is not None:
+        best = run.best.summary("best.safetensors" if run.best_weights is not None else None)
     summary = {"stopped": stopped, "task": model.config.task.name, "rounds": len(run.history), "model": model_file,
-               "history": run.history, "final": final,
+               "best": best, "history": run.history, "final": final,
                "rejections": run.rejections, "refused": {str(k): v for k, v in run.refused.items()},
                "epsilon": run.epsilon, "local-epsilon": _last_local_epsilon(run.history), "out_dir": str(out_dir)}
     write(out_dir / "summary.json", summary)

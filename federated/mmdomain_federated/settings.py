@@ -6,6 +6,7 @@ table's kebab-case names with ``_`` for ``-``. Imports no flwr and no torch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -17,6 +18,12 @@ NOT_IN_APP_CONFIG: dict[str, str] = {}
 
 #: Settings fields that are options of ``task = "contrastive"`` (``mmdomain.tasks.ContrastiveTask``'s own).
 CONTRASTIVE_OPTIONS = ("proj_dim", "temperature")
+#: ``strategy`` values with a server-side optimiser (``server_opt``), and the options each takes.
+SERVER_OPTIMISERS = {"fedadam": ("server_lr", "server_beta1", "server_beta2", "server_tau"),
+                     "fedyogi": ("server_lr", "server_beta1", "server_beta2", "server_tau"),
+                     "fedadagrad": ("server_lr", "server_tau")}
+STRATEGIES = ("fedavg", "fedprox", *SERVER_OPTIMISERS)
+AGGREGATIONS = ("modality", "plain", "median", "trimmed-mean", "krum")
 
 
 @dataclass
@@ -38,10 +45,15 @@ class Settings:
     proj_dim: int = 128  # task=contrastive: the projection each modality's embedding is compared in
     temperature: float = 0.07  # task=contrastive: the initial softmax temperature (it is learned)
     augment: str = "auto"  # view augmentation of local batches: auto (on for task=contrastive) | on | off
-    strategy: str = "fedavg"
+    strategy: str = "fedavg"  # fedavg | fedprox | fedadam | fedyogi | fedadagrad (server optimiser: server_opt.py)
     proximal_mu: float = 0.01
-    aggregation: str = "modality"  # modality | plain | median | trimmed-mean (robust, per coordinate, unweighted)
+    server_lr: float = 0.01  # fedadam / fedyogi / fedadagrad: the server's step size (Flower's eta)
+    server_beta1: float = 0.9  # fedadam / fedyogi: first-moment decay (Flower's beta_1)
+    server_beta2: float = 0.99  # fedadam / fedyogi: second-moment decay (Flower's beta_2)
+    server_tau: float = 1e-3  # fedadam / fedyogi / fedadagrad: adaptivity (added to sqrt(v); Flower's tau)
+    aggregation: str = "modality"  # modality | plain | median | trimmed-mean | krum (robust, unweighted)
     trim_fraction: float = 0.2  # aggregation=trimmed-mean: the share of values dropped at each end (>= 1 with 3+)
+    krum_byzantine: int = 1  # aggregation=krum: f, the attackers tolerated (a group needs > 2f + 2 sites)
     min_sites: int = 2
     expected_sites: int = 0
     round_timeout: float = 600.0
@@ -73,6 +85,9 @@ class Settings:
     out_dir: str = ""
     resume: bool = True
     stop_after_round: int = 0
+    checkpoint_metric: str = ""  # "" = off; a round validation metric (eval-macro_auroc): best.safetensors
+    checkpoint_mode: str = "max"  # max | min: which way checkpoint-metric improves
+    early_stopping_patience: int = 0  # stop after this many scored models without improvement (0 = off)
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> "Settings":
@@ -94,12 +109,20 @@ class Settings:
         if self.central_dp and self.target_epsilon <= 0 and self.noise_multiplier <= 0:  # else: infinite epsilon
             raise ConfigError(f"run config: central-dp needs noise-multiplier > 0 (or target-epsilon to plan it), "
                               f"got {self.noise_multiplier:g}")
-        if self.strategy not in ("fedavg", "fedprox"):
-            raise ConfigError(f"run config: strategy must be fedavg or fedprox, got {self.strategy!r}")
-        if self.aggregation not in ("modality", "plain", "median", "trimmed-mean"):
-            raise ConfigError(f"run config: aggregation must be modality, plain, median or trimmed-mean, "
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"run config: strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        self._validate_server_optimiser()
+        if self.aggregation not in AGGREGATIONS:
+            raise ConfigError(f"run config: aggregation must be one of {', '.join(AGGREGATIONS)}, "
                               f"got {self.aggregation!r}")
-        if self.aggregation in ("median", "trimmed-mean") and (self.central_dp or self.secagg):
+        if self.aggregation == "krum" and self.krum_byzantine < 1:
+            raise ConfigError(f"run config: krum-byzantine (f, the attackers Krum tolerates) must be >= 1, "
+                              f"got {self.krum_byzantine}")
+        if self.aggregation == "krum" and self.min_sites <= 2 * self.krum_byzantine + 2:
+            raise ConfigError(f"run config: aggregation=krum with krum-byzantine={self.krum_byzantine} needs more than "
+                              f"2f + 2 = {2 * self.krum_byzantine + 2} sites per round: set min-sites >= "
+                              f"{2 * self.krum_byzantine + 3} (now {self.min_sites}) or lower krum-byzantine")
+        if self.aggregation in ("median", "trimmed-mean", "krum") and (self.central_dp or self.secagg):
             raise ConfigError(f"run config: aggregation={self.aggregation} needs each site's update in clear and "
                               f"undoes the central-DP sum's sensitivity; it cannot run with "
                               f"{'secagg' if self.secagg else 'central-dp'}")
@@ -137,9 +160,52 @@ class Settings:
             raise ConfigError("run config: target-epsilon plans the noise of local-dp or central-dp; turn one on")
         if self.target_epsilon > 0 and self.local_dp and self.central_dp:
             raise ConfigError("run config: target-epsilon plans one mechanism; choose local-dp or central-dp")
+        self._validate_checkpointing()
         self.encoder_policies()  # a malformed policy fails here, not at the first round
         if self.secagg and self.compress != "none":
             raise ConfigError("run config: compress applies to clear-text updates; SecAgg+ quantises its own")
+
+    def _validate_server_optimiser(self) -> None:
+        takes = SERVER_OPTIMISERS.get(self.strategy, ())
+        defaults = {f.name: f.default for f in fields(self)}
+        stray = [n.replace("_", "-") for n in SERVER_OPTIMISERS["fedadam"]
+                 if n not in takes and getattr(self, n) != defaults[n]]
+        if stray:
+            which = "apply to strategy=fedadam, fedyogi or fedadagrad" if not takes else \
+                f"do not apply to strategy={self.strategy}"
+            raise ConfigError(f"run config: {' and '.join(stray)} {which}")
+        if not takes:
+            return
+        if not (self.server_lr > 0 and math.isfinite(self.server_lr)):
+            raise ConfigError(f"run config: server-lr must be a finite number > 0, got {self.server_lr:g}")
+        if not (self.server_tau > 0 and math.isfinite(self.server_tau)):
+            raise ConfigError(f"run config: server-tau must be a finite number > 0 (it keeps the step finite where "
+                              f"the second moment is 0), got {self.server_tau:g}")
+        for name in ("server_beta1", "server_beta2"):
+            if name in takes and not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"run config: {name.replace('_', '-')} must be in [0, 1), got {getattr(self, name):g}")
+
+    def _validate_checkpointing(self) -> None:
+        metric = self.checkpoint_metric
+        if metric and not (metric.startswith("eval-") and len(metric) > 5 and "/" not in metric):
+            raise ConfigError(f"run config: checkpoint-metric must name an overall validation metric of the rounds "
+                              f"(eval-<name>, e.g. eval-macro_auroc or eval-loss), got {metric!r}")
+        if self.checkpoint_mode not in ("max", "min"):
+            raise ConfigError(f"run config: checkpoint-mode must be max or min, got {self.checkpoint_mode!r}")
+        if metric.endswith("loss") and self.checkpoint_mode == "max":
+            raise ConfigError(f"run config: checkpoint-metric={metric} with checkpoint-mode=max would keep the model "
+                              f"with the highest loss; set checkpoint-mode=min")
+        if self.early_stopping_patience < 0:
+            raise ConfigError(f"run config: early-stopping-patience must be >= 0 (0 = off), "
+                              f"got {self.early_stopping_patience}")
+        if self.early_stopping_patience and not metric:
+            raise ConfigError("run config: early-stopping-patience needs checkpoint-metric (the metric that must "
+                              "improve)")
+
+    @property
+    def server_optimiser(self) -> str:
+        """The server-side optimiser's rule (``server_opt``), '' for fedavg / fedprox."""
+        return self.strategy if self.strategy in SERVER_OPTIMISERS else ""
 
     def encoder_policies(self) -> dict[str, str]:
         """``encoder-train`` as ``{modality: policy}``."""

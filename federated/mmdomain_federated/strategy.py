@@ -1,7 +1,8 @@
-"""Flower's FedAvg / FedProx with modality-aware aggregation.
+"""Flower's FedAvg / FedProx with modality-aware aggregation (and a server optimiser).
 
-The strategies keep Flower's node sampling and train config (FedProx adds ``proximal-mu``);
-their weighting is replaced: train replies are checked against what the server sent
+The strategies keep Flower's node sampling and train config (FedProx adds ``proximal-mu``;
+``fedadam`` / ``fedyogi`` / ``fedadagrad`` sample as FedAvg and carry a ``server_opt.ServerOptimiser``
+that ``rounds.train_round`` applies to the round's average); their weighting is replaced: train replies are checked against what the server sent
 (``train_update``: records, arrays, counts; a bad one is rejected for that site, never raised),
 become ``SiteUpdate``s with counts capped (``aggregation.Caps``), are screened (NaN, outlier
 norm) and averaged per parameter group (``aggregation``), with central-DP noise when on.
@@ -20,6 +21,7 @@ from flwr.serverapp.strategy import FedAvg, FedProx
 
 from .aggregation import ROBUST, BadReply, Caps, DPNoise, SiteUpdate, aggregate, check_update, count, screen
 from .records import arrays_to_numpy, decompress
+from .server_opt import ServerOptimiser
 from .settings import Settings
 
 
@@ -35,6 +37,7 @@ class Aggregation:
     refused: list[tuple[int, str]] = field(default_factory=list)  # (site, reason) policy refusals
     capped: list[tuple[Any, str]] = field(default_factory=list)  # (site, what) counts lowered to the caps
     used: dict[str, list[Any]] = field(default_factory=dict)  # group -> sites in its average
+    notes: list[str] = field(default_factory=list)  # what the robust aggregation left out (krum)
 
 
 def origin(messages: Iterable[Message]) -> dict[str, int]:
@@ -172,6 +175,7 @@ class ModalityAware:
     settings: Settings
     dp_rng: np.random.Generator | None = None
     caps: Caps = Caps()  # make_strategy: max-site-samples; run_server: the readiness report
+    server_opt: ServerOptimiser | None = None  # fedadam / fedyogi / fedadagrad: steps from the average
 
     def aggregate_modalities(self, server_round: int, replies: Iterable[Message],
                              global_weights: dict[str, np.ndarray],
@@ -200,7 +204,8 @@ class ModalityAware:
         if out.accepted:
             out.weights, out.used = aggregate(
                 global_weights, out.accepted, plain=s.aggregation == "plain", dp=dp, max_share=s.max_site_weight,
-                robust=s.aggregation if s.aggregation in ROBUST else "", trim_fraction=s.trim_fraction)
+                robust=s.aggregation if s.aggregation in ROBUST else "", trim_fraction=s.trim_fraction,
+                byzantine=s.krum_byzantine, notes=out.notes)
         return out
 
 
@@ -212,7 +217,9 @@ class ModalityAwareFedProx(ModalityAware, FedProx):
     pass
 
 
-def make_strategy(s: Settings) -> ModalityAware:
+def make_strategy(s: Settings, buffers: Iterable[str] = ()) -> ModalityAware:
+    """The strategy of ``s.strategy``; ``buffers``: the model's buffer names (running statistics),
+    which a server optimiser takes as averaged."""
     kw = dict(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=s.min_sites, min_evaluate_nodes=s.min_sites,
               min_available_nodes=s.min_sites)
     strategy = ModalityAwareFedProx(proximal_mu=s.proximal_mu, **kw) if s.strategy == "fedprox" \
@@ -220,4 +227,5 @@ def make_strategy(s: Settings) -> ModalityAware:
     strategy.settings = s
     strategy.dp_rng = np.random.default_rng(None)  # DP noise must not be reproducible
     strategy.caps = Caps(s.max_site_samples)
+    strategy.server_opt = ServerOptimiser.from_settings(s, buffers)
     return strategy
