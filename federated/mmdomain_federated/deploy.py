@@ -36,31 +36,56 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def make_certificates(folder: Path) -> dict[str, Path]:
-    """CA + SuperLink certificate for 127.0.0.1 / localhost. Returns paths ca, cert, key."""
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def make_certificates(folder: Path, sans: tuple[str, ...] | list[str] = ("127.0.0.1", "localhost"), *,
+                      days: int = 30, ca_key: Path | None = None) -> dict[str, Path]:
+    """A CA and a SuperLink certificate it signs for ``sans`` (IP addresses and DNS names; the
+    first is the subject's common name). Writes ca.crt, server.pem, server.key (0600) to
+    ``folder``; the CA's private key is written only to ``ca_key`` when given (0600; kept apart
+    from the certificates), else discarded. Returns paths ca, cert, key (and ca_key)."""
+    if not sans:
+        raise ValueError("a server certificate needs at least one subject alternative name")
     folder.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
+    start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
+    ca_private = ec.generate_private_key(ec.SECP256R1())
     ca = (x509.CertificateBuilder().subject_name(_name("mmdomain-fed CA")).issuer_name(_name("mmdomain-fed CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=30))
+          .public_key(ca_private.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(start).not_valid_after(end)
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+          .sign(ca_private, hashes.SHA256()))
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(_name("127.0.0.1")).issuer_name(ca.subject)
+    cert = (x509.CertificateBuilder().subject_name(_name(sans[0])).issuer_name(ca.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                        x509.DNSName("localhost")]), critical=False)
+            .not_valid_before(start).not_valid_after(end)
+            .add_extension(x509.SubjectAlternativeName([_san(n) for n in dict.fromkeys(sans)]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .sign(ca_key, hashes.SHA256()))
+            .sign(ca_private, hashes.SHA256()))
     paths = {"ca": folder / "ca.crt", "cert": folder / "server.pem", "key": folder / "server.key"}
     paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-    paths["key"].chmod(0o600)
+    _write_private(paths["key"], key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                   serialization.NoEncryption()))
+    if ca_key is not None:
+        ca_key.parent.mkdir(parents=True, exist_ok=True)
+        _write_private(ca_key, ca_private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))
+        paths["ca_key"] = ca_key
     return paths
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """A private key file, readable by its owner only from the moment it exists."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file that existed keeps its mode through os.open
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def make_site_keys(folder: Path, name: str) -> tuple[Path, Path]:
@@ -68,9 +93,8 @@ def make_site_keys(folder: Path, name: str) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP384R1())
     priv, pub = folder / f"{name}.key", folder / f"{name}.key.pub"
-    priv.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                       serialization.NoEncryption()))
-    priv.chmod(0o600)
+    _write_private(priv, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                           serialization.NoEncryption()))
     pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                   serialization.PublicFormat.OpenSSH) + b" " + name.encode() + b"\n")
     return priv, pub

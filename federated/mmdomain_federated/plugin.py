@@ -1,6 +1,6 @@
 """mmdomain plugin: adds ``mmdomain fed run`` (local simulation), ``mmdomain fed deploy``,
 ``mmdomain fed compare`` (federated vs local-only over seeds), ``mmdomain fed policy init|check``
-(a site's policy file) and ``mmdomain demo``."""
+(a site's policy file), ``mmdomain fed provision`` (startup kits for a consortium) and ``mmdomain demo``."""
 
 from __future__ import annotations
 
@@ -117,6 +117,56 @@ def fed_policy_check(file: Path) -> None:
     click.echo(report(result, file), nl=False, err=not result.ok)
     if not result.ok:
         raise SystemExit(2)
+
+
+@fed.command("provision")
+@click.argument("consortium", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@click.option("-o", "--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the kits (one per participant, plus ca-private/ with the CA's key).")
+@click.option("--force", is_flag=True, help="Replace an existing kits folder (a fresh CA and fresh keys: every kit "
+                                            "must be sent again) / overwrite an existing --template file.")
+@click.option("--template", is_flag=True, help="Write a commented example consortium file to CONSORTIUM instead.")
+@click.option("--add-key", nargs=2, metavar="SITE PUBLIC_KEY", default=None,
+              help="Add a site-provided public key to the coordinator's kit in --out (CONSORTIUM is not read).")
+def fed_provision(consortium: Path | None, out: Path | None, force: bool, template: bool,
+                  add_key: tuple[str, str] | None) -> None:
+    """Write one startup kit per participant from CONSORTIUM (a TOML file naming the coordinator and
+    the sites): the coordinator's (CA certificate, server certificate and key, the sites' public
+    keys, SuperLink start/stop and site registration scripts, the researchers' Flower connection)
+    and each site's (CA certificate, its own key pair or a slot for one, connection settings, a
+    policy file, SuperNode + warm SuperExec start/stop scripts). The CA's private key goes to
+    OUT/ca-private/, in no kit. Nothing is written unless every kit is: an existing OUT is kept
+    unless --force.
+
+    \b
+    mmdomain fed provision --template consortium.toml
+    mmdomain fed provision consortium.toml -o kits/
+    mmdomain fed provision --add-key hospital-c hospital-c.key.pub -o kits/"""
+    from mmdomain.errors import ConfigError
+
+    from . import provision
+
+    if consortium is None and not add_key:
+        raise click.UsageError("CONSORTIUM (the consortium file) is required")
+    try:
+        if template:
+            provision.write_template(consortium, force=force)
+            click.echo(f"wrote {consortium}; edit it, then: mmdomain fed provision {consortium} -o kits/")
+            return
+        if out is None:
+            raise click.UsageError("-o / --out KITS is required (the folder the kits go to)")
+        if add_key:
+            fp = provision.add_site_key(out, add_key[0], Path(add_key[1]))
+            click.echo(f"{add_key[0]}: public key added ({fp}); run register-sites.sh on the coordinator")
+            return
+        kits = provision.write_kits(provision.read_consortium(consortium), out, force=force)
+    except (ConfigError, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
+    for name in sorted(p.name for p in kits.iterdir() if p.is_dir()):
+        click.echo(f"{kits / name}/" + ("  (the CA's private key: keep it offline, send it to no one)"
+                                         if name == provision.CA_PRIVATE else ""))
 
 
 @hookimpl

@@ -198,7 +198,7 @@ def check_data(data: dict[str, Any], lines: dict[str, int] | None = None, warn: 
 
 def _value(spec: Key, value: Any) -> tuple[str, Any]:
     """(error, parsed value) for one key; error is "" when the value is acceptable."""
-    got = _describe(value)
+    got = describe_value(value)
     if spec.kind == "bool":
         if isinstance(value, bool):
             return "", value
@@ -222,7 +222,7 @@ def _value(spec: Key, value: Any) -> tuple[str, Any]:
         return f"must be a list of plugin names such as {example}, got {got}", None
     bad = [v for v in value if not isinstance(v, str) or not v.strip()]
     if bad:
-        return f"must hold plugin names (non-empty strings), got {', '.join(_describe(v) for v in bad)}", None
+        return f"must hold plugin names (non-empty strings), got {', '.join(describe_value(v) for v in bad)}", None
     if not value:
         return ("is empty: every dataset comes from a plugin, so every job would be refused (leave the key out to "
                 "allow any installed plugin, or name the plugins jobs may use)"), None
@@ -267,19 +267,30 @@ def _suggest(key: str) -> str:
         return (f"{key!r} is a run-config key (what a job asks for); the site's limit on it is "
                 f"{RUN_CONFIG_KEYS[name]!r}")
 
-    def score(known: str) -> float:  # word order ignored too: require-secagg ~ secagg-required
-        plain = difflib.SequenceMatcher(None, name, known).ratio()
+    return closest_key(name, KNOWN)
+
+
+def closest_key(name: str, known) -> str:
+    """"did you mean ...?" for the known key nearest ``name`` (word order ignored too:
+    require-secagg ~ secagg-required), else the list of known keys."""
+    known = list(known)
+
+    def score(candidate: str) -> float:
+        plain = difflib.SequenceMatcher(None, name, candidate).ratio()
         bag = difflib.SequenceMatcher(None, " ".join(sorted(name.split("-"))),
-                                      " ".join(sorted(known.split("-")))).ratio()
+                                      " ".join(sorted(candidate.split("-")))).ratio()
         return max(plain, bag)
 
-    best = max(KNOWN, key=score)
-    if score(best) >= 0.6:
+    best = max(known, key=score) if known else None
+    if best is not None and score(best) >= 0.6:
         return f"did you mean {best!r}?"
-    return "known keys: " + ", ".join(KNOWN)
+    return "known keys: " + ", ".join(known)
 
 
-def _describe(value: Any) -> str:
+def describe_value(value: Any) -> str:
+    """A TOML value as an error message names it ("the string 'x'", "a table", "int 3")."""
+    if value is None:
+        return "nothing"
     if isinstance(value, str):
         return f"the string {value!r}"
     if isinstance(value, bool):
