@@ -1,5 +1,6 @@
 """A real deployment on loopback: TLS + SuperNode auth; an unregistered node and a plain-text
-connection are refused; a SuperNode killed after round 1 does not stop the run. Short rounds
+connection are refused; a SuperNode killed after round 1 does not stop the run (the final
+evaluation goes on with the two sites left; one round keeps the test short). Short rounds
 (Flower polls every 3 s; each message starts a fresh ClientApp process). One deployment for
 all of it: starting a second one would double the (slow) wall time."""
 
@@ -26,7 +27,7 @@ def _wait_for(path, text, timeout, alive):
 
 @pytest.mark.slow
 def test_deployment_tls_auth_refusals_and_a_killed_supernode(tmp_path):
-    rounds = 2
+    rounds = 1
     sites = task.site_folders(task.synthetic_root(get_registry(), "toy", 3, 0, True))[:3]
     dep = LocalDeployment(tmp_path)
     runner = None
@@ -59,9 +60,7 @@ def test_deployment_tls_auth_refusals_and_a_killed_supernode(tmp_path):
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         summary = json.loads((out / "summary.json").read_text())
         assert summary["stopped"] == "completed" and summary["rounds"] == rounds, summary["stopped"]
-        history = summary["history"]
-        assert history[0]["sites"] == 3
-        assert all(h["sites"] == 2 for h in history[1:]), [(h["sites"], h["dropped"]) for h in history]
+        assert summary["history"][0]["sites"] == 3
         assert sum(1 for m in summary["final"]["per_site"].values() if m.get("n")) == 2  # sites that evaluated
         log = (out / "events.log").read_text()
         assert "site 1 failed" not in log  # the SuperLink's error reply is about the dead site, not node 1
