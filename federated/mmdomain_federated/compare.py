@@ -36,7 +36,7 @@ def run_compare(*, dataset: str, seeds: list[int], out: Path, sites: int, rounds
                                                                      "local-epochs": local_epochs, "device": "auto"})
         test = pooled_test(settings, registry, sites)
         clock.step(f"seed {seed}: local-only fusion model at each site ({rounds * local_epochs} epochs)")
-        local, local_preds = local_only(settings, registry, sites, rounds * local_epochs, test, log,
+        local, local_preds, _ = local_only(settings, registry, sites, rounds * local_epochs, test, log,
                                         single_modality_models=False)
         clock.step(f"seed {seed}: federated, {rounds} rounds ({engine})")
         fed, model = federated(settings, registry, sites, engine, 0.0, test, out / f"seed-{seed}" / "federated",

@@ -83,7 +83,7 @@ def _domain(registry, dataset: str, out: Path, plan: dict[str, Any], device: str
     test = pooled_test(settings, registry, sites)
     epochs = rounds * plan["local_epochs"]
     clock.step(f"{dataset}: local-only training at each site ({epochs} epochs each)")
-    local, local_preds = local_only(settings, registry, sites, epochs, test, log)
+    local, local_preds, fusion_vs_single = local_only(settings, registry, sites, epochs, test, log)
     clock.step(f"{dataset}: federated, {rounds} rounds ({engine})")
     runs = out / "runs" / dataset
     fed, fed_model = federated(settings, registry, sites, engine, gpus, test, runs / "federated", dp=False,
@@ -98,7 +98,7 @@ def _domain(registry, dataset: str, out: Path, plan: dict[str, Any], device: str
     log(f"  {dataset}: federated {metric} {fed['overall'].get(metric, float('nan')):.3f}; private ({describe(private)}) "
         f"{private['overall'].get(metric, float('nan')):.3f} ({private['minus_federated']:+.3f})")
     return {"metric": metric, "test_samples": len(test), "readiness": readiness, "local": local,
-            "federated": fed, "private": private, "versus_local": versus}
+            "federated": fed, "private": private, "versus_local": versus, "fusion_vs_single": fusion_vs_single}
 
 
 def _pretrain(registry, dataset: str, settings, out: Path, plan: dict[str, Any], clock: Clock,

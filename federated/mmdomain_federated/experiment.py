@@ -15,11 +15,12 @@ from typing import Any, Callable
 
 import click
 import torch
-from torch.utils.data import ConcatDataset
+from torch.utils.data import ConcatDataset, Subset
 
 from mmdomain.bootstrap import paired_bootstrap, predictions
 from mmdomain.checkpoint import load_checkpoint
 from mmdomain.config import single_modality
+from mmdomain.data.availability import present_modalities
 from mmdomain.errors import MMDomainError
 from mmdomain.models import build_model
 from mmdomain.training import make_loader, select_device
@@ -88,8 +89,9 @@ def local_only(settings: Settings, registry, sites: int, epochs: int, test, log:
                single_modality_models: bool = True):
     """Each site alone: the fusion model and (unless told not to, or for a contrastive task, which
     needs two modalities) one model per single modality, evaluated on the pooled test set. Returns
-    the metrics and every model's test predictions (for the bootstrap), keyed ``site-<i>`` (fusion)
-    or ``site-<i> <variant>``."""
+    the metrics, every model's test predictions (for the bootstrap), keyed ``site-<i>`` (fusion)
+    or ``site-<i> <variant>``, and per site the fusion model against its best single-modality
+    model on the test rows that hold every modality (``fusion_vs_single``; empty without them)."""
     base = task.model_config(settings, registry)
     variants = {"fusion": base}
     if single_modality_models and registry.task(base.task.name).kind != "contrastive":  # one modality: no pairs
@@ -97,8 +99,11 @@ def local_only(settings: Settings, registry, sites: int, epochs: int, test, log:
     local_settings = Settings.from_run_config({**settings.as_run_config(), "local-epochs": epochs})
     out: dict[str, Any] = {name: {} for name in variants}
     preds: dict[str, Any] = {}
+    full = full_rows(test, base.modalities) if len(variants) > 1 else None
+    margins: dict[str, Any] = {}
     for i in range(sites):
         data = task.load_site(settings, site(i, sites), registry, "train")
+        on_full: dict[str, Any] = {}
         for name, cfg in variants.items():
             torch.manual_seed(settings.seed)
             model = build_model(cfg, registry)
@@ -108,7 +113,35 @@ def local_only(settings: Settings, registry, sites: int, epochs: int, test, log:
             preds[f"site-{i}" if name == "fusion" else f"site-{i} {name}"] = pooled_predictions(model, test, settings)
             metric = main_metric(result["overall"])
             log(f"  site-{i} {name:<22} pooled test {metric} {result['overall'].get(metric, float('nan')):.3f}")
-    return out, preds
+            if full is not None:
+                on_full[name] = (pooled_predictions(model, full, settings), model.task)
+        if full is not None and (margin := _fusion_vs_single(on_full, metric, settings.seed)):
+            margins[f"site-{i}"] = margin
+            log(f"  site-{i} fusion - best single modality ({margin['best_single']}) on the {margin['rows']} "
+                f"full-availability test rows: {margin['margin']:+.3f} [{margin['interval'][0]:+.3f}, "
+                f"{margin['interval'][1]:+.3f}]")
+    return out, preds, margins
+
+
+def full_rows(test, modalities) -> Subset | None:
+    """The rows of ``test`` holding every one of ``modalities`` (None when there are none)."""
+    keep = [i for i in range(len(test)) if present_modalities(test, i) >= set(modalities)]
+    return Subset(test, keep) if keep else None
+
+
+def _fusion_vs_single(on_full: dict[str, Any], metric: str, seed: int) -> dict[str, Any] | None:
+    """Paired bootstrap of the fusion model minus its best single-modality model on the same
+    full-availability rows (None for a task not scored row by row)."""
+    if any(p is None for p, _ in on_full.values()):
+        return None
+    (fusion, target), fusion_task = on_full.pop("fusion")
+    singles = {name: p[0] for name, (p, _) in on_full.items()}
+    try:
+        result = paired_bootstrap(fusion_task, metric, fusion, singles, target, resamples=BOOTSTRAP_RESAMPLES,
+                                  seed=seed)
+    except MMDomainError:  # the metric is undefined on these few rows (e.g. a label never positive)
+        return None
+    return {**result, "best_single": max(result["others"], key=result["others"].get)}
 
 
 def versus_local(model, metric: str, fed, local: dict[str, Any], seed: int, log: Log) -> dict[str, Any] | None:

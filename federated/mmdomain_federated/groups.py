@@ -1,7 +1,7 @@
 """Parameter groups and the one modality-aware weighting rule (no flwr, no torch).
 
 Each state_dict key belongs to a group (``param_group``): ``encoder:<m>`` (the encoder of
-modality ``m``), ``fusion`` or ``task``. A site trains and sends the groups of what it holds
+modality ``m``, and its unimodal auxiliary head), ``fusion`` or ``task``. A site trains and sends the groups of what it holds
 (``trained_groups``): an encoder per modality it has samples of, fusion and task when it has
 samples at all.
 
@@ -36,9 +36,11 @@ def encoder_group(modality: str) -> str:
 
 
 def param_group(name: str) -> str:
-    """``encoder:<modality>``, ``fusion`` or ``task`` for a state_dict key."""
+    """``encoder:<modality>``, ``fusion`` or ``task`` for a state_dict key. A modality's unimodal
+    auxiliary head (``aux_heads.<modality>``, ``balance.aux_weight``) goes with its encoder: only
+    the sites holding the modality train it."""
     head = name.split(".", 2)
-    if head[0] == "encoders" and len(head) > 1:
+    if head[0] in ("encoders", "aux_heads") and len(head) > 1:
         return encoder_group(head[1])
     if head[0] == "fusion":
         return GROUP_FUSION

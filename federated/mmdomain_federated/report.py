@@ -59,6 +59,11 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         rows += [{"dataset": dataset, "model": label, "site": "all", "metric": k, "value": v} for k, v in extra.items()]
         rows += [{"dataset": dataset, "model": label, "site": f"node {site}", "metric": "epsilon", "value": e}
                  for site, e in sorted(p["epsilon_per_site"].items())]  # each site's own accountant
+        for site, m in (r.get("fusion_vs_single") or {}).items():
+            for k, value in (("margin", m["margin"]), ("interval_low", m["interval"][0]),
+                             ("interval_high", m["interval"][1])):
+                rows.append({"dataset": dataset, "model": "local fusion", "site": site,
+                             "metric": f"bootstrap {k} vs best single modality {m['metric']}", "value": value})
         v = r.get("versus_local")
         if v:
             for k, value in (("margin", v["margin"]), ("interval_low", v["interval"][0]),
@@ -191,6 +196,7 @@ def markdown(results: dict[str, Any], plan: dict[str, Any], seconds: float) -> s
                       f"{v['interval'][1]:+.3f}]; federated beats every local-only model in "
                       f"{v['beats_all_share']:.0%} of resamples. This covers test-set sampling only; "
                       "`mmdomain fed compare --seeds ...` repeats the training with other seeds."]
+        lines += _fusion_lines(r.get("fusion_vs_single") or {})
         lines.append("")
         lines += ["Availability patterns at each site:", ""]
         for site, rd in r["readiness"].items():
@@ -198,6 +204,21 @@ def markdown(results: dict[str, Any], plan: dict[str, Any], seconds: float) -> s
         lines.append("")
     lines += ["![comparison](comparison.png)", "", "![rounds](rounds.png)", ""]
     return "\n".join(lines)
+
+
+def _fusion_lines(margins: dict[str, Any]) -> list[str]:
+    """Each site's local fusion model against its best single-modality model (issue #14)."""
+    if not margins:
+        return []
+    some = next(iter(margins.values()))
+    wins = sum(m["margin"] >= 0 for m in margins.values())
+    lines = ["", f"Local fusion against each site's best single-modality model, on the {some['rows']} pooled test "
+             f"rows holding every modality (paired bootstrap, {some['resamples']} resamples, {some['level']:.0%} "
+             f"interval): fusion is at least as good at {wins} of {len(margins)} sites.", ""]
+    for site, m in margins.items():
+        lines.append(f"- {site}: fusion {m['reference']:.3f}, {m['best_single']} {m['others'][m['best_single']]:.3f}: "
+                     f"margin {m['margin']:+.3f} [{m['interval'][0]:+.3f}, {m['interval'][1]:+.3f}]")
+    return lines
 
 
 def _mechanism(mode: str) -> str:

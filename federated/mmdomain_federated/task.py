@@ -39,6 +39,8 @@ def model_config(settings: Settings, registry: Registry) -> ModelConfig:
     """The dataset's default model (fusion overridable; with ``task = "contrastive"`` its task
     swapped for cross-modal contrastive pretraining, without modality dropout: the encoders, fusion
     and tokenizers stay the default model's, so a supervised run's ``init-from`` loads them).
+    The default model's modality-balance remedies (``balance``) are dropped for contrastive
+    pretraining (no target) and for local DP-SGD (gradient modulation couples the samples).
     Tokenizers must not need fitting: a vocabulary fitted on one site's texts would leak its
     words and differ between sites."""
     spec = registry.dataset(settings.dataset)
@@ -54,9 +56,11 @@ def model_config(settings: Settings, registry: Registry) -> ModelConfig:
         data["task"] = {"name": "contrastive",
                         "options": {"proj_dim": settings.proj_dim, "temperature": settings.temperature}}
         data["modality_dropout"] = 0.0  # dropping a modality would only remove pairs
+        data.pop("balance", None)  # no target for a modality to predict alone
     if settings.local_dp:
         data["encode_absent"] = True  # per-sample gradients need every row through every encoder
         data["batch_norm"] = "group"  # and no trained layer may mix a batch's samples
+        data.pop("balance", None)  # modulation couples the batch's samples; aux heads: not measured with DP
         data["modality_dropout"] = 0.0
     for m, policy in settings.encoder_policies().items():
         if m not in data.get("encoders", {}):

@@ -20,6 +20,7 @@ def test_param_groups():
     assert param_group("encoders.img.conv.weight") == "encoder:img"
     assert param_group("fusion.proj.weight") == "fusion"
     assert param_group("task.head.bias") == "task"
+    assert param_group("aux_heads.img.weight") == "encoder:img"  # a unimodal head goes with its encoder
 
 
 def test_encoder_averaged_only_over_sites_holding_its_modality_weighted_by_modality_counts():

@@ -44,6 +44,15 @@ def test_demo_quick_writes_a_consistent_report(tmp_path):
     best_local = max(m["overall"][metric] for m in metrics["local"]["fusion"].values())
     assert v["metric"] == metric and v["margin"] == pytest.approx(fed - best_local, abs=1e-6)
     assert f"margin {v['margin']:+.3f}" in summary and f"{v['beats_all_share']:.0%} of resamples" in summary
+    # each site's fusion model against its best single-modality model, on the same full-availability rows
+    fvs = metrics["fusion_vs_single"]
+    assert sorted(fvs) == ["site-0", "site-1", "site-2"]
+    for site, m in fvs.items():
+        assert m["metric"] == metric and set(m["others"]) == {"toy_image only", "toy_note only"}
+        assert m["margin"] == pytest.approx(m["reference"] - max(m["others"].values()), abs=1e-6)
+        assert m["interval"][0] <= m["margin"] <= m["interval"][1] and 0 < m["rows"] <= metrics["test_samples"]
+        assert (f"- {site}: fusion {m['reference']:.3f}, {m['best_single']} {m['others'][m['best_single']]:.3f}: "
+                f"margin {m['margin']:+.3f}") in summary
 
     # the private arm: local DP-SGD at every site, within the target, on the pretrained encoders, frozen
     p = metrics["private"]

@@ -10,10 +10,11 @@ modalities sample ``i`` has, answered from an index (no decoding, resizing or sc
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from typing import Any, Iterable, Protocol, runtime_checkable
 
-from torch.utils.data import Subset
+from torch.utils.data import ConcatDataset, Subset
 
 NO_MODALITY = "none"
 
@@ -52,6 +53,9 @@ def present_modalities(dataset: Any, i: int) -> frozenset[str]:
         return frozenset(dataset.available(i))
     if isinstance(dataset, Subset):  # torch's Subset: ask the dataset underneath
         return present_modalities(dataset.dataset, int(dataset.indices[i]))
+    if isinstance(dataset, ConcatDataset):  # ... and ConcatDataset: the part that holds row i
+        part = bisect.bisect_right(dataset.cumulative_sizes, i)
+        return present_modalities(dataset.datasets[part], i - (dataset.cumulative_sizes[part - 1] if part else 0))
     return frozenset(m for m, v in dataset[i].inputs.items() if v is not None)
 
 

@@ -24,6 +24,9 @@ DEFAULT_MODEL = {
     "task": {"name": "multilabel", "options": {"num_labels": len(CHEXPERT_LABELS), "labels": list(CHEXPERT_LABELS)}},
     "modality_dropout": 0.1,
     "max_text_length": 64,
+    # fusion beats its best single modality at the demo's hospitals with these (issue #14;
+    # bench/fusion_balance.py: alpha chosen on a held-out generator seed)
+    "balance": {"aux_weight": 1.0, "modulation": "ogm-ge", "alpha": 4.0},
 }
 
 
