@@ -493,6 +493,8 @@ def _coordinator_kit(consortium: Consortium, kit: Path, final: Path) -> None:
              "# the researchers' Flower connection, with this kit's own path",
              f'cat > "$FLWR_HOME/config.toml" <<EOF\n{connection_toml(c, "$KIT/ca.crt")}EOF',
              'refuse_if_running superlink',
+             "# the ServerApp names sites by the names register-sites.sh recorded (site_names)",
+             'export MMDOMAIN_SITE_NAMES="$KIT/state/site-nodes.json"',
              f'start_process superlink "$BIN/{_python()}" {" ".join(split)} \\\n    {" ".join(flags)}',
              f"wait_for_port superlink {c.address} {c.fleet_port}",
              f"wait_for_port superlink {c.control_address} {c.control_port}",

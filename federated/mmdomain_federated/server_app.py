@@ -36,6 +36,7 @@ from .rounds import (RoundResult, evaluate_round, local_epsilon, local_ledger_ro
                      train_round, wait_for_nodes)
 from .run_state import RunState
 from .server_log import ServerLog
+from .site_names import SiteNames
 from .settings import Settings
 from .strategy import ModalityAware, make_strategy, site_seconds
 
@@ -55,7 +56,7 @@ def run_server(grid: Grid, settings: Settings, out_dir: Path, *, registry=None,
     """The whole federated run; returns (and writes ``summary.json``) what happened. Events go to
     ``events.log``, to ``log`` and, with ``echo``, to stdout."""
     registry = registry or get_registry()
-    with ServerLog(out_dir, echo=echo, callback=log) as slog:
+    with ServerLog(out_dir, echo=echo, callback=log, names=SiteNames.from_env(log or print)) as slog:
         model, init = task.build_with_report(settings, registry)
         if init:  # what every participant's start took from init-from (the sites build the same)
             write(out_dir / "init-report.json", init)
@@ -260,6 +261,7 @@ def _finish(model, run: RunState, final: dict[str, Any], stopped: str, registry,
                "best": best, "history": run.history, "final": final,
                "rejections": run.rejections, "refused": {str(k): v for k, v in run.refused.items()},
                "epsilon": run.epsilon, "local-epsilon": _last_local_epsilon(run.history), "out_dir": str(out_dir)}
+    summary = log.names.summary(summary)  # per-site entries by consortium name, when sites were registered so
     write(out_dir / "summary.json", summary)
     overall = final.get("overall", {})
     if bad := sorted(k for k, v in overall.items() if isinstance(v, float) and not math.isfinite(v)):

@@ -1,5 +1,6 @@
 """The server's event log: each line goes to ``events.log`` in the run folder (time-stamped,
-appended across restarts), to an optional callback and, with ``echo``, to stdout."""
+appended across restarts), to an optional callback and, with ``echo``, to stdout; registered sites
+are named (``site_names``)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,21 @@ from typing import Any, Callable
 
 from mmdomain.jsonout import dumps
 
+from .site_names import SiteNames
+
 
 class ServerLog:
     """Call it with a line. A context manager: the file is closed on exit."""
 
-    def __init__(self, out_dir: Path, *, echo: bool = True, callback: Callable[[str], None] | None = None):
+    def __init__(self, out_dir: Path, *, echo: bool = True, callback: Callable[[str], None] | None = None,
+                 names: SiteNames | None = None):
         out_dir.mkdir(parents=True, exist_ok=True)
         self.echo, self.callback = echo, callback
+        self.names = names or SiteNames()
         self.events = (out_dir / "events.log").open("a")
 
     def __call__(self, line: str) -> None:
+        line = self.names.text(line)  # site 4711 -> site hospital-a (node 4711), when registered by name
         stamp = time.strftime("%H:%M:%S")
         if self.echo:
             print(f"[mmdomain-fed {stamp}] {line}", flush=True)

@@ -201,6 +201,7 @@ def test_scripts_parse_and_use_only_their_kit_and_the_environment(kits):
     start = (kits / "coordinator" / "start-superlink.sh").read_text()
     assert "--fleet-address 127.0.0.10:9092" in start and "--host 127.0.0.1 --port 9093" in start
     assert "--enable-supernode-auth" in start and "--health-server-address 127.0.0.1:9098" in start
+    assert 'export MMDOMAIN_SITE_NAMES="$KIT/state/site-nodes.json"' in start  # the ServerApp names sites (site_names)
     assert 'mmdomain_federated.provision register "$KIT"' in (kits / "coordinator" / "register-sites.sh").read_text()
     site = (kits / "hospital-a" / "start-site.sh").read_text()
     for part in ("--superlink 127.0.0.10:9092", '--root-certificates "$KIT/ca.crt"',
