@@ -306,7 +306,15 @@ def read_manifest(path: str | Path):
 
     path = Path(path)
     try:
-        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype=str, keep_default_na=False)
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+            # invalid UTF-8 in a string column: found here, not at a cell's first use (issue #17 fuzzing)
+            table.validate(full=True)
+            df = table.to_pandas()
+        else:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as exc:  # noqa: BLE001
         raise MedicalDataError(path, f"manifest unreadable ({type(exc).__name__})") from None
     if "path" not in df.columns and "report" not in df.columns and "report_path" not in df.columns:
