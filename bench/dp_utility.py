@@ -37,7 +37,7 @@ from harness import RESULTS  # noqa: E402
 
 from mmdomain.bootstrap import paired_bootstrap  # noqa: E402
 from mmdomain.checkpoint import load_checkpoint  # noqa: E402
-from mmdomain.config import DataConfig, ModelConfig, RunConfig, TrainConfig, parse  # noqa: E402
+from mmdomain.config import DataConfig, ModelConfig, RunConfig, TrainConfig, contrastive_variant, parse  # noqa: E402
 from mmdomain.plugins import get_registry  # noqa: E402
 from mmdomain.training import fit  # noqa: E402
 from mmdomain_federated import task  # noqa: E402
@@ -57,8 +57,7 @@ def pretrain(registry, dataset: str, public_site: Path, out: Path, epochs: int, 
     model = json.loads(json.dumps(registry.dataset(dataset).default_model))
     model.pop("balance", None)  # the figures in bench/README were measured without modality-balance remedies
     if kind == "contrastive":
-        model["task"] = {"name": "contrastive", "options": {"proj_dim": 64}}
-        model["modality_dropout"] = 0.0
+        model = contrastive_variant(model, proj_dim=64)
     config = RunConfig(data=DataConfig(dataset=dataset, root=public_site),
                        model=parse(ModelConfig, model), train=TrainConfig(epochs=epochs, batch_size=batch,
                                                                           out_dir=out, progress=False))

@@ -57,7 +57,7 @@ from harness import RESULTS, machine  # noqa: E402
 
 from mmdomain.bootstrap import paired_bootstrap, predictions  # noqa: E402
 from mmdomain.checkpoint import describe_init, init_from_checkpoint, save_checkpoint  # noqa: E402
-from mmdomain.config import AugmentConfig, ModelConfig, parse  # noqa: E402
+from mmdomain.config import AugmentConfig, ModelConfig, contrastive_variant, parse  # noqa: E402
 from mmdomain.models.compose import build_model  # noqa: E402
 from mmdomain.plugins import get_registry  # noqa: E402
 from mmdomain.training import evaluate, make_loader, run_augment, seed_everything, train_one_epoch  # noqa: E402
@@ -140,8 +140,8 @@ def one_seed(registry, dataset: str, seed: int, args, work: Path, log: Callable[
 
     # -- self-supervised pretraining on every train pair (no labels) ---------------------------------
     t0 = time.perf_counter()
-    pre_cfg = default_model(registry, dataset, dropout=0.0, task={
-        "name": "contrastive", "options": {"proj_dim": args.proj_dim, "temperature": args.temperature}})
+    pre_cfg = parse(ModelConfig, contrastive_variant(default_model(registry, dataset).model_dump(mode="json"),
+                                                     proj_dim=args.proj_dim, temperature=args.temperature))
     pair = list(pre_cfg.modalities)
     pre_steps = steps_for(len(train_ds), args.pretrain_batch, args.pretrain_epochs, 1)
     pre_model, _, _ = train(pre_cfg, registry, train_ds, steps=pre_steps, batch=args.pretrain_batch,

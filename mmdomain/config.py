@@ -8,6 +8,7 @@ full, and size options beyond ``mmdomain.limits`` before anything is allocated.
 
 from __future__ import annotations
 
+import copy
 import re
 import reprlib
 import tomllib
@@ -297,6 +298,18 @@ def load_config(path: str | Path) -> RunConfig:
         if comp.weights and not Path(comp.weights).is_absolute():
             comp.weights = str((path.parent / comp.weights).resolve())
     return config
+
+
+def contrastive_variant(data: dict[str, Any], **options: Any) -> dict[str, Any]:
+    """A model-config dict (``ModelConfig``-shaped) with its task swapped for cross-modal
+    contrastive pretraining (``options``: its proj_dim, temperature): no modality dropout (it would
+    only remove pairs) and no modality-balance remedies (no target for a modality to predict alone).
+    Encoders, fusion and tokenizers stay, so a supervised run's init-from loads them."""
+    out = copy.deepcopy(data)
+    out["task"] = {"name": "contrastive", "options": dict(options)}
+    out["modality_dropout"] = 0.0
+    out.pop("balance", None)
+    return out
 
 
 def single_modality(config: ModelConfig, keep: str) -> ModelConfig:

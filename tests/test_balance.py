@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from mmdomain import ModalitySpec, hookimpl
 from mmdomain.checkpoint import load_checkpoint, save_checkpoint
-from mmdomain.config import ModelConfig, parse, single_modality
+from mmdomain.config import ModelConfig, contrastive_variant, parse, single_modality
 from mmdomain.data.sample import Batch
 from mmdomain.errors import ConfigError
 from mmdomain.models import balance, build_model
@@ -298,3 +298,15 @@ def test_configs_and_checkpoints_from_before_balance_load_unchanged(reg, tmp_pat
     back, _ = load_checkpoint(path, reg)
     assert back.config.balance.aux_weight == 0.5
     torch.testing.assert_close(back.aux_heads["text"].weight, with_heads.aux_heads["text"].weight)
+
+
+def test_the_contrastive_variant_of_a_balanced_model_builds(reg):
+    """Pretraining swaps the task for contrastive, which has no target: the balance remedies go with
+    the modality dropout (config.contrastive_variant: the one rule the demo, fed run and the
+    benchmarks use)."""
+    data = _config(balance={"aux_weight": 1.0, "modulation": "ogm-ge"}, modality_dropout=0.2).model_dump(mode="json")
+    variant = contrastive_variant(data, proj_dim=16)
+    assert data["balance"]["aux_weight"] == 1.0  # the original is untouched
+    model = build_model(parse(ModelConfig, variant), reg)
+    assert model.config.task.name == "contrastive" and not model.config.balance.active
+    assert model.config.modality_dropout == 0.0 and model.aux_heads is None

@@ -106,7 +106,7 @@ def _pretrain(registry, dataset: str, settings, out: Path, plan: dict[str, Any],
     """Contrastive pretraining of the federated model's encoders on a public synthetic site (the
     same generator, another seed; the pairs only, no label is used), locally with the core's
     ``fit``. None when the model has no modality pair to contrast."""
-    from mmdomain.config import DataConfig, ModelConfig, RunConfig, TrainConfig, parse
+    from mmdomain.config import DataConfig, ModelConfig, RunConfig, TrainConfig, contrastive_variant, parse
     from mmdomain.data import availability_counts
     from mmdomain.training import fit
 
@@ -124,9 +124,8 @@ def _pretrain(registry, dataset: str, settings, out: Path, plan: dict[str, Any],
     pairs = availability_counts(registry.dataset(dataset).build(folder, split="train"),
                                 model["modalities"])[1].get("+".join(model["modalities"]), 0)
     log(f"  public site: {pairs} train pairs ({' + '.join(model['modalities'])})")
-    model["task"] = {"name": "contrastive", "options": {"proj_dim": 64}}
-    model["modality_dropout"] = 0.0
-    config = RunConfig(data=DataConfig(dataset=dataset, root=folder), model=parse(ModelConfig, model),
+    config = RunConfig(data=DataConfig(dataset=dataset, root=folder),
+                       model=parse(ModelConfig, contrastive_variant(model, proj_dim=64)),
                        train=TrainConfig(epochs=epochs, batch_size=32, seed=plan["seed"], device=settings.device,
                                          out_dir=out / "runs" / dataset / "pretrain", progress=False))
     result = fit(config, registry, log=lambda line: log("    " + line) if line.startswith("epoch") else None)

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from mmdomain.checkpoint import init_from_checkpoint
-from mmdomain.config import ModelConfig, parse
+from mmdomain.config import ModelConfig, contrastive_variant, parse
 from mmdomain.data import availability_counts, present_modalities
 from mmdomain.data.augment import view_augment
 from mmdomain.errors import ConfigError, DataError
@@ -53,10 +53,7 @@ def model_config(settings: Settings, registry: Registry) -> ModelConfig:
         if len(data.get("modalities", [])) != 2:
             raise ConfigError(f"run config: task=contrastive pairs two modalities; the {spec.name!r} model has "
                               f"{sorted(data.get('modalities', []))}")
-        data["task"] = {"name": "contrastive",
-                        "options": {"proj_dim": settings.proj_dim, "temperature": settings.temperature}}
-        data["modality_dropout"] = 0.0  # dropping a modality would only remove pairs
-        data.pop("balance", None)  # no target for a modality to predict alone
+        data = contrastive_variant(data, proj_dim=settings.proj_dim, temperature=settings.temperature)
     if settings.local_dp:
         data["encode_absent"] = True  # per-sample gradients need every row through every encoder
         data["batch_norm"] = "group"  # and no trained layer may mix a batch's samples
