@@ -5,8 +5,10 @@ For each seed, fresh synthetic sites are written and each site trains the fusion
 for as many epochs as the federation has rounds x local epochs; then the federation trains (no
 DP). All are scored on the pooled test set of all sites, with a paired bootstrap of that test set
 (federated minus the best local-only model). Seeds vary both the data and the training, which
-the bootstrap cannot; the summary counts the seeds in which federated wins. The steps are
-``experiment``'s, shared with ``mmdomain demo``.
+the bootstrap cannot; the summary counts the seeds in which federated wins. Every model is also
+scored on each site's own test set (``cross_site``): per seed the matrix, and each model's worst
+site and spread over the sites, local-only against global. The steps are ``experiment``'s,
+shared with ``mmdomain demo``.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Any, Callable
 
 import click
 
-from .experiment import (Clock, federated, local_only, main_metric, pooled_predictions, pooled_test, synthetic_sites,
-                         versus_local)
+from .cross_site import CrossSite, describe, local_vs_global, score_text
+from .experiment import (Clock, federated, local_only, main_metric, pooled_predictions, pooled_test, site_tests,
+                         synthetic_sites, versus_local)
 from mmdomain.jsonout import dumps
 
 
@@ -34,21 +37,25 @@ def run_compare(*, dataset: str, seeds: list[int], out: Path, sites: int, rounds
         settings = synthetic_sites(registry, dataset, out / f"seed-{seed}" / "data", sites=sites, seed=seed,
                                    quick=quick, clock=clock, config={"num-server-rounds": rounds,
                                                                      "local-epochs": local_epochs, "device": "auto"})
-        test = pooled_test(settings, registry, sites)
+        tests = site_tests(settings, registry, sites)
+        test = pooled_test(settings, registry, sites, tests)
+        cross = CrossSite(tests, settings)
         clock.step(f"seed {seed}: local-only fusion model at each site ({rounds * local_epochs} epochs)")
         local, local_preds, _ = local_only(settings, registry, sites, rounds * local_epochs, test, log,
-                                        single_modality_models=False)
+                                        single_modality_models=False, cross=cross)
         clock.step(f"seed {seed}: federated, {rounds} rounds ({engine})")
         fed, model = federated(settings, registry, sites, engine, 0.0, test, out / f"seed-{seed}" / "federated",
-                               dp=False, noise=0.0, clip=0.0, max_epsilon=0.0, log=log)
+                               dp=False, noise=0.0, clip=0.0, max_epsilon=0.0, log=log, cross=cross)
         metric = main_metric(fed["overall"])
+        matrix = cross.matrix(metric)
         versus = versus_local(model, metric, pooled_predictions(model, test, settings), local_preds, seed, log)
         per_site = {site: m["overall"][metric] for site, m in local["fusion"].items()}
         runs.append({"seed": seed, "metric": metric, "test_samples": len(test), "federated": fed["overall"][metric],
                      "local": per_site, "margin": fed["overall"][metric] - max(per_site.values()),
-                     "bootstrap": versus})
+                     "bootstrap": versus, "cross_site": matrix, "cross_site_summary": local_vs_global(matrix)})
         log(f"  seed {seed}: federated {metric} {runs[-1]['federated']:.3f}; local-only "
             + ", ".join(f"{k} {v:.3f}" for k, v in per_site.items()))
+        log(f"  seed {seed}: cross-site {metric}: {describe(matrix)}")
     margins = [r["margin"] for r in runs]
     result = {"dataset": dataset, "sites": sites, "rounds": rounds, "local_epochs": local_epochs, "engine": engine,
               "quick": quick, "runs": runs, "wins": sum(m > 0 for m in margins), "seeds": len(runs),
@@ -77,7 +84,28 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", f"Federated beats every site's local-only fusion model in {result['wins']} of {result['seeds']} "
               f"seeds; margin over the best of them: mean {result['mean_margin']:+.3f}, "
               f"min {result['min_margin']:+.3f}, max {result['max_margin']:+.3f}.", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + _cross_site_lines(result["runs"], metric))
+
+
+def _cross_site_lines(runs: list[dict[str, Any]], metric: str) -> list[str]:
+    """Per seed: the global model's worst site and spread over the sites' own test sets, next to
+    the local-only models' (their mean worst-site score and mean spread, and their lowest cell)."""
+    runs = [r for r in runs if r.get("cross_site_summary")]
+    if not runs:
+        return []
+    lines = [f"Cross-site: each model on every site's own test set ({metric}); worst site and spread "
+             "(max - min) over the sites.", "",
+             "| seed | global worst site | global spread | local-only worst (mean) | local-only spread (mean) | "
+             "lowest local-only cell |", "|---|---|---|---|---|---|"]
+    for r in runs:
+        s = r["cross_site_summary"]
+        g = s["global"] or {}
+        low = s.get("local_lowest")
+        cells = [f"{g.get('worst_site') or '-'} {score_text(g.get('worst'))}", score_text(g.get("spread")),
+                 score_text(s.get("local_worst_mean")), score_text(s.get("local_spread_mean")),
+                 f"{low['model']} on {low['site']} {low['score']:.3f}" if low else "-"]
+        lines.append(f"| {r['seed']} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _seeds(ctx, param, text: str) -> list[int]:

@@ -8,7 +8,8 @@ in Flower's simulation, and compare on the pooled test set. Then the private arm
 are pretrained self-supervised (contrastive, on unlabelled pairs) on a separate public synthetic
 site (the same generator, another seed), frozen, and the rest trained federated to a target
 epsilon with local DP-SGD (record-level, at every site: the mode that suits a few sites; central
-DP, site-level, with ``--privacy central``). Writes a report folder (``report``: metrics
+DP, site-level, with ``--privacy central``). Each site's local fusion model and both federated
+models are also scored on every site's own test set (``cross_site``). Writes a report folder (``report``: metrics
 JSON/CSV, PNG plots, a Markdown summary) and prints its path last. The steps it shares with
 ``mmdomain fed compare`` are in ``experiment``.
 
@@ -26,8 +27,10 @@ from typing import Any, Callable
 import click
 
 from . import task
+from .cross_site import GLOBAL, CrossSite
+from .cross_site import describe as describe_cross_site
 from .experiment import (BOOTSTRAP_RESAMPLES, Clock, federated, local_only, main_metric, pooled_predictions,
-                         pooled_test, run_flower, site, site_options, synthetic_sites, versus_local)
+                         pooled_test, run_flower, site, site_options, site_tests, synthetic_sites, versus_local)
 from .report import describe, write_report
 
 PUBLIC_SEED_OFFSET = 1000  # the public site's generator seed: the demo's seed + this
@@ -80,25 +83,31 @@ def _domain(registry, dataset: str, out: Path, plan: dict[str, Any], device: str
                                                     "target-delta": plan["target_delta"]})
     clock.step(f"{dataset}: readiness report")
     readiness = _readiness(settings, registry, sites, log)
-    test = pooled_test(settings, registry, sites)
+    tests = site_tests(settings, registry, sites)
+    test = pooled_test(settings, registry, sites, tests)
+    cross = CrossSite(tests, settings)
     epochs = rounds * plan["local_epochs"]
     clock.step(f"{dataset}: local-only training at each site ({epochs} epochs each)")
-    local, local_preds, fusion_vs_single = local_only(settings, registry, sites, epochs, test, log)
+    local, local_preds, fusion_vs_single = local_only(settings, registry, sites, epochs, test, log, cross=cross)
     clock.step(f"{dataset}: federated, {rounds} rounds ({engine})")
     runs = out / "runs" / dataset
     fed, fed_model = federated(settings, registry, sites, engine, gpus, test, runs / "federated", dp=False,
-                               noise=0.0, clip=0.0, max_epsilon=0.0, log=log)
+                               noise=0.0, clip=0.0, max_epsilon=0.0, log=log, cross=cross)
     metric = main_metric(fed["overall"])
     fed_preds = pooled_predictions(fed_model, test, settings)
     versus = versus_local(fed_model, metric, fed_preds, local_preds, seed, log)
     pretrained = _pretrain(registry, dataset, settings, out, plan, clock, log)
-    private = _private(registry, dataset, settings, plan, pretrained, test, runs / "private", gpus, clock, log)
+    private = _private(registry, dataset, settings, plan, pretrained, test, runs / "private", gpus, clock, log,
+                       cross)
+    matrix = cross.matrix(metric)
+    log(f"  {dataset} cross-site {metric}: {describe_cross_site(matrix)}")
     private["minus_federated"] = private["overall"].get(metric, float("nan")) - fed["overall"].get(metric, float("nan"))
     private["versus_federated"] = _versus_federated(fed_model, metric, private.pop("_preds"), fed_preds, seed)
     log(f"  {dataset}: federated {metric} {fed['overall'].get(metric, float('nan')):.3f}; private ({describe(private)}) "
         f"{private['overall'].get(metric, float('nan')):.3f} ({private['minus_federated']:+.3f})")
     return {"metric": metric, "test_samples": len(test), "readiness": readiness, "local": local,
-            "federated": fed, "private": private, "versus_local": versus, "fusion_vs_single": fusion_vs_single}
+            "federated": fed, "private": private, "versus_local": versus, "fusion_vs_single": fusion_vs_single,
+            "cross_site": matrix}
 
 
 def _pretrain(registry, dataset: str, settings, out: Path, plan: dict[str, Any], clock: Clock,
@@ -134,9 +143,10 @@ def _pretrain(registry, dataset: str, settings, out: Path, plan: dict[str, Any],
 
 
 def _private(registry, dataset: str, settings, plan: dict[str, Any], pretrained: dict[str, Any] | None, test,
-             out_dir: Path, gpus: float, clock: Clock, log) -> dict[str, Any]:
+             out_dir: Path, gpus: float, clock: Clock, log, cross: CrossSite) -> dict[str, Any]:
     """The federated private arm at ``target-epsilon`` (noise planned for the whole training, each
-    site from its own size): local DP-SGD or central DP, encoders frozen from ``pretrained``."""
+    site from its own size): local DP-SGD or central DP, encoders frozen from ``pretrained``; also
+    scored on every site's own test set (``cross``, row ``global + <mode> DP``)."""
     from mmdomain.checkpoint import load_checkpoint
 
     mode, eps, delta, clip = plan["privacy"], plan["target_epsilon"], plan["target_delta"], plan["clip"]
@@ -151,6 +161,7 @@ def _private(registry, dataset: str, settings, plan: dict[str, Any], pretrained:
     summary = run_flower(plan["engine"], plan["sites"], config, out_dir, gpus, log)
     model, _ = load_checkpoint(out_dir / "model.safetensors", registry)
     result = task.evaluate_site(model, test, settings)
+    cross.add(f"{GLOBAL} + {mode} DP", model, pooled=result)
     per_site = summary.get("local-epsilon") or {}
     spent = max(per_site.values(), default=0.0) if mode == "local" else (summary.get("epsilon") or 0.0)
     return {"mode": mode, "mechanism": PRIVACY_MODES[mode], "overall": result["overall"],

@@ -26,6 +26,7 @@ from mmdomain.models import build_model
 from mmdomain.training import make_loader, select_device
 
 from . import task
+from .cross_site import GLOBAL, CrossSite, local_name
 from .settings import Settings
 
 BOOTSTRAP_RESAMPLES = 1000
@@ -70,8 +71,14 @@ def site(i: int, sites: int) -> dict[str, Any]:
     return {"partition-id": i, "num-partitions": sites}
 
 
-def pooled_test(settings: Settings, registry, sites: int):
-    return ConcatDataset([task.load_site(settings, site(i, sites), registry, "test") for i in range(sites)])
+def site_tests(settings: Settings, registry, sites: int) -> dict[str, Any]:
+    """Each site's own test set, keyed ``site-<i>`` (the cross-site matrix's columns)."""
+    return {f"site-{i}": task.load_site(settings, site(i, sites), registry, "test") for i in range(sites)}
+
+
+def pooled_test(settings: Settings, registry, sites: int, tests: dict[str, Any] | None = None):
+    """The union of every site's test set (of ``tests``, ``site_tests``' result, when given)."""
+    return ConcatDataset(list((tests if tests is not None else site_tests(settings, registry, sites)).values()))
 
 
 def pooled_predictions(model, test, settings: Settings):
@@ -86,12 +93,14 @@ def pooled_predictions(model, test, settings: Settings):
 
 
 def local_only(settings: Settings, registry, sites: int, epochs: int, test, log: Log, *,
-               single_modality_models: bool = True):
+               single_modality_models: bool = True, cross: CrossSite | None = None):
     """Each site alone: the fusion model and (unless told not to, or for a contrastive task, which
     needs two modalities) one model per single modality, evaluated on the pooled test set. Returns
     the metrics, every model's test predictions (for the bootstrap), keyed ``site-<i>`` (fusion)
     or ``site-<i> <variant>``, and per site the fusion model against its best single-modality
-    model on the test rows that hold every modality (``fusion_vs_single``; empty without them)."""
+    model on the test rows that hold every modality (``fusion_vs_single``; empty without them).
+    With ``cross`` each fusion model is also scored on every site's own test set there (row
+    ``local site-<i>``; its pooled cell is the pooled result above), before it is dropped."""
     base = task.model_config(settings, registry)
     variants = {"fusion": base}
     if single_modality_models and registry.task(base.task.name).kind != "contrastive":  # one modality: no pairs
@@ -110,6 +119,8 @@ def local_only(settings: Settings, registry, sites: int, epochs: int, test, log:
             task.train_site(model, data, local_settings, seed=settings.seed)
             result = task.evaluate_site(model, test, settings)
             out[name][f"site-{i}"] = {"overall": result["overall"], "by_pattern": result["by_pattern"]}
+            if cross is not None and name == "fusion":
+                cross.add(local_name(f"site-{i}"), model, pooled=result)
             preds[f"site-{i}" if name == "fusion" else f"site-{i} {name}"] = pooled_predictions(model, test, settings)
             metric = main_metric(result["overall"])
             log(f"  site-{i} {name:<22} pooled test {metric} {result['overall'].get(metric, float('nan')):.3f}")
@@ -207,13 +218,17 @@ def _trained(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def federated(settings: Settings, registry, sites: int, engine: str, gpus: float, test, out_dir: Path, *, dp: bool,
-              noise: float, clip: float, max_epsilon: float, log: Log) -> tuple[dict[str, Any], Any]:
-    """A federated run (central DP with ``dp``) scored on the pooled test set; its result and model."""
+              noise: float, clip: float, max_epsilon: float, log: Log,
+              cross: CrossSite | None = None) -> tuple[dict[str, Any], Any]:
+    """A federated run (central DP with ``dp``) scored on the pooled test set; its result and model.
+    With ``cross`` the model is also scored on every site's own test set there (row ``global``)."""
     run_config = {**settings.as_run_config(), "central-dp": dp, "noise-multiplier": noise, "clip-norm": clip,
                   "max-epsilon": max_epsilon if dp else 0.0, "resume": False}
     summary = run_flower(engine, sites, run_config, out_dir, gpus, log)
     model, _ = load_checkpoint(out_dir / "model.safetensors", registry)
     result = task.evaluate_site(model, test, settings)
+    if cross is not None:
+        cross.add(GLOBAL, model, pooled=result)
     return {"overall": result["overall"], "by_pattern": result["by_pattern"], "history": summary.get("history", []),
             "epsilon": summary.get("epsilon"), "stopped": summary.get("stopped"), "rounds": summary.get("rounds"),
             "delta": settings.target_delta if dp else None, "noise_multiplier": noise if dp else None,

@@ -1,7 +1,8 @@
-"""The demo's report: metric rows (``metrics.csv``), plots (``comparison.png``, ``rounds.png``),
-the Markdown summary (``summary.md``) and ``metrics.json``, written by ``write_report``. The
-private arm (``results[dataset]["private"]``) is shown with its mode, the epsilon it spent, delta
-and its difference to the non-private federated model."""
+"""The demo's report: metric rows (``metrics.csv``), plots (``comparison.png``, ``rounds.png``,
+``cross_site.png``), the Markdown summary (``summary.md``) and ``metrics.json``, written by
+``write_report``. The private arm (``results[dataset]["private"]``) is shown with its mode, the
+epsilon it spent, delta and its difference to the non-private federated model; the cross-site
+matrix (``results[dataset]["cross_site"]``, ``cross_site.summarise``) as tables and a heatmap."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from mmdomain.jsonout import dumps
+
+from .cross_site import describe as describe_cross_site
+from .cross_site import score_text
+from .task import SUPPRESS_BELOW
 
 
 def write_report(results: dict[str, Any], plan: dict[str, Any], out: Path, started: float) -> Path:
@@ -70,6 +75,31 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                              ("interval_high", v["interval"][1]), ("beats_all_share", v["beats_all_share"])):
                 rows.append({"dataset": dataset, "model": "federated fusion", "site": "all",
                              "metric": f"bootstrap {k} vs best local {v['metric']}", "value": value})
+        if r.get("cross_site"):
+            rows += cross_site_rows(dataset, r["cross_site"])
+    return rows
+
+
+def cross_site_rows(dataset: str, matrix: dict[str, Any]) -> list[dict[str, Any]]:
+    """The matrix as rows: model ``cross-site <name>``, site = the test set's column (``site-<i>``
+    or ``pooled``), the metric overall and per pattern (``<pattern>/<metric>``); per model the worst
+    site's score (site = that site), the spread and the mean over the sites (site ``sites``)."""
+    metric, rows = matrix["metric"], []
+
+    def add(model: str, site: str, name: str, value: float | None) -> None:
+        if value is not None:
+            rows.append({"dataset": dataset, "model": f"cross-site {model}", "site": site, "metric": name,
+                         "value": value})
+    for model, m in matrix["models"].items():
+        for column, value in m["scores"].items():
+            add(model, column, metric, value)
+        for pattern, pm in m["by_pattern"].items():
+            for column, value in pm["scores"].items():
+                add(model, column, f"{pattern}/{metric}", value)
+        if m["worst_site"] is not None:
+            add(model, m["worst_site"], f"worst site {metric}", m["worst"])
+        add(model, "sites", f"spread {metric}", m["spread"])
+        add(model, "sites", f"mean {metric}", m["mean"])
     return rows
 
 
@@ -89,7 +119,49 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
         paths.append(out / name)
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
+    crossed = {dataset: r["cross_site"] for dataset, r in results.items() if r.get("cross_site")}
+    if crossed:
+        rows = max(len(m["models"]) for m in crossed.values())
+        cols = max(len(m["columns"]) for m in crossed.values())
+        fig, axes = plt.subplots(1, len(crossed), figsize=((1.3 * cols + 4.5) * len(crossed), 0.6 * rows + 2.0),
+                                 squeeze=False)
+        for ax, (dataset, matrix) in zip(axes[0], crossed.items()):
+            _cross_site(fig, ax, dataset, matrix)
+        fig.tight_layout()
+        paths.append(out / "cross_site.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
     return paths
+
+
+def _cross_site(fig, ax, dataset: str, matrix: dict[str, Any]) -> None:
+    """Heatmap: models x (each site's own test set, pooled), the score in each cell, the worst
+    site's cell framed; each row labelled with its spread over the sites."""
+    import matplotlib.patches
+    import numpy as np
+
+    names, columns = list(matrix["models"]), matrix["columns"]
+    values = np.array([[np.nan if (v := matrix["models"][n]["scores"][c]) is None else v for c in columns]
+                       for n in names], dtype=float)
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto")
+    fig.colorbar(image, ax=ax, label=f"test {matrix['metric']}")
+    finite = values[np.isfinite(values)]
+    middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+    for i, n in enumerate(names):
+        for j, c in enumerate(columns):
+            ax.text(j, i, score_text(None if np.isnan(values[i, j]) else values[i, j]), ha="center", va="center",
+                    fontsize=8, color="white" if np.isfinite(values[i, j]) and values[i, j] < middle else "black")
+        worst = matrix["models"][n]["worst_site"]
+        if worst is not None:
+            ax.add_patch(matplotlib.patches.Rectangle((columns.index(worst) - 0.5, i - 0.5), 1, 1, fill=False,
+                                                      edgecolor="red", linewidth=2))
+    ax.axvline(len(columns) - 1.5, color="white", linewidth=3)  # the sites | pooled
+    ax.set_xticks(range(len(columns)), [f"{c}\ntest" for c in columns], fontsize=8)
+    ax.set_yticks(range(len(names)), [f"{n}\n(spread {score_text(matrix['models'][n]['spread'])})" for n in names],
+                  fontsize=8)
+    ax.set_xlabel("test set")
+    ax.set_ylabel("model")
+    ax.set_title(f"{dataset}: cross-site {matrix['metric']} (red: worst site)")
 
 
 def _comparison(ax, dataset: str, r: dict[str, Any]) -> None:
@@ -198,12 +270,45 @@ def markdown(results: dict[str, Any], plan: dict[str, Any], seconds: float) -> s
                       "`mmdomain fed compare --seeds ...` repeats the training with other seeds."]
         lines += _fusion_lines(r.get("fusion_vs_single") or {})
         lines.append("")
+        if r.get("cross_site"):
+            lines += cross_site_lines(r["cross_site"])
         lines += ["Availability patterns at each site:", ""]
         for site, rd in r["readiness"].items():
             lines.append(f"- {site}: {rd['samples']} samples, " + ", ".join(f"{p} {c}" for p, c in rd["patterns"].items()))
         lines.append("")
     lines += ["![comparison](comparison.png)", "", "![rounds](rounds.png)", ""]
+    if any(r.get("cross_site") for r in results.values()):
+        lines += ["![cross-site](cross_site.png)", ""]
     return "\n".join(lines)
+
+
+def cross_site_lines(matrix: dict[str, Any]) -> list[str]:
+    """The matrix as Markdown: models x (each site's own test set, pooled) with the worst site,
+    the spread and the mean over the sites; then the same per availability pattern."""
+    metric, columns = matrix["metric"], matrix["columns"]
+    lines = [f"Cross-site: each model on every site's own test set and on the pooled one ({metric}); worst "
+             "site, spread (max - min) and mean over the sites:", "",
+             "| model | " + " | ".join(columns) + " | worst site | spread | mean over sites |",
+             "|---|" + "---|" * (len(columns) + 3)]
+    for name, m in matrix["models"].items():
+        lines.append(f"| {name} | " + " | ".join(score_text(m["scores"][c]) for c in columns)
+                     + f" | {_worst(m)} | {score_text(m['spread'])} | "
+                     f"{score_text(m['mean'])} |")
+    lines += ["", f"{describe_cross_site(matrix)}.", ""]
+    patterns = [(name, p, pm) for name, m in matrix["models"].items() for p, pm in m["by_pattern"].items()]
+    if patterns:
+        lines += [f"Per availability pattern (a cell of fewer than {SUPPRESS_BELOW} rows left out):", "",
+                  "| model | pattern | " + " | ".join(columns) + " | worst site | spread |",
+                  "|---|---|" + "---|" * (len(columns) + 2)]
+        for name, p, pm in patterns:
+            lines.append(f"| {name} | {p} | " + " | ".join(score_text(pm["scores"].get(c)) for c in columns)
+                         + f" | {_worst(pm)} | {score_text(pm['spread'])} |")
+        lines.append("")
+    return lines
+
+
+def _worst(m: dict[str, Any]) -> str:
+    return f"{m['worst_site']} {score_text(m['worst'])}" if m["worst_site"] is not None else "-"
 
 
 def _fusion_lines(margins: dict[str, Any]) -> list[str]:

@@ -25,10 +25,25 @@ def test_compare_over_two_seeds_reports_consistent_margins(tmp_path):
         assert b["margin"] == pytest.approx(r["margin"], abs=1e-6)  # same predictions, same metric
         assert b["interval"][0] <= b["interval"][1] and 0 <= b["beats_all_share"] <= 1
         assert b["resamples"] + b["undefined_resamples"] == 1000
+        cross = r["cross_site"]  # every model on every site's own test set; pooled = the scores above
+        assert list(cross["models"]) == ["local site-0", "local site-1", "local site-2", "global"]
+        assert cross["models"]["global"]["scores"]["pooled"] == r["federated"]
+        assert {s: cross["models"][f"local {s}"]["scores"]["pooled"] for s in r["local"]} == r["local"]
+        on_sites = {n: [m["scores"][s] for s in cross["sites"]] for n, m in cross["models"].items()}
+        for name, m in cross["models"].items():
+            assert m["worst"] == min(on_sites[name]) and m["spread"] == pytest.approx(max(on_sites[name]) - m["worst"])
+        summary = r["cross_site_summary"]
+        assert summary["global"]["worst"] == cross["models"]["global"]["worst"]
+        assert summary["local_spread_mean"] == pytest.approx(
+            sum(max(on_sites[f"local {s}"]) - min(on_sites[f"local {s}"]) for s in r["local"]) / 3)
+        assert (f"seed {r['seed']}: cross-site {r['metric']}: global worst {summary['global']['worst_site']} "
+                f"{summary['global']['worst']:.3f}") in result.output
     assert report["wins"] == sum(r["margin"] > 0 for r in report["runs"])
     md = (tmp_path / "compare.md").read_text()
     assert f"in {report['wins']} of 2 seeds" in md
     assert f"{report['runs'][0]['federated']:.3f}" in md
+    g = report["runs"][1]["cross_site_summary"]["global"]
+    assert f"| 4 | {g['worst_site']} {g['worst']:.3f} | {g['spread']:.3f} |" in md
     assert (tmp_path / "seed-4" / "federated" / "model.safetensors").is_file()
 
 

@@ -1,6 +1,6 @@
 """`mmdomain demo` end to end (quick, toy domain): prints the report path last, the report's
-numbers are the metrics files' numbers, and the private arm is local DP-SGD within its target
-epsilon on encoders that stayed as pretrained."""
+numbers are the metrics files' numbers (the cross-site matrix among them), and the private arm is
+local DP-SGD within its target epsilon on encoders that stayed as pretrained."""
 
 import csv
 import json
@@ -26,9 +26,9 @@ def test_demo_quick_writes_a_consistent_report(tmp_path):
     last = proc.stdout.strip().splitlines()[-1]
     report = tmp_path / "report"
     assert last == f"report: {report}"
-    for name in ("metrics.json", "metrics.csv", "summary.md", "comparison.png", "rounds.png"):
+    for name in ("metrics.json", "metrics.csv", "summary.md", "comparison.png", "rounds.png", "cross_site.png"):
         assert (report / name).is_file(), name
-    for png in ("comparison.png", "rounds.png"):
+    for png in ("comparison.png", "rounds.png", "cross_site.png"):
         data = (report / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     metrics = json.loads((report / "metrics.json").read_text())["results"]["toy"]
@@ -53,6 +53,29 @@ def test_demo_quick_writes_a_consistent_report(tmp_path):
         assert m["interval"][0] <= m["margin"] <= m["interval"][1] and 0 < m["rows"] <= metrics["test_samples"]
         assert (f"- {site}: fusion {m['reference']:.3f}, {m['best_single']} {m['others'][m['best_single']]:.3f}: "
                 f"margin {m['margin']:+.3f}") in summary
+
+    # cross-site: each site's local fusion model and the federated one on every site's own test set and pooled
+    cross, sites = metrics["cross_site"], ["site-0", "site-1", "site-2"]
+    assert cross["metric"] == metric and cross["columns"] == [*sites, "pooled"]
+    assert list(cross["models"]) == [f"local {s}" for s in sites] + ["global", "global + local DP"]
+    for s in sites:  # the pooled column is the pooled score the report gives the same model
+        assert cross["models"][f"local {s}"]["scores"]["pooled"] == metrics["local"]["fusion"][s]["overall"][metric]
+    assert cross["models"]["global"]["scores"]["pooled"] == fed
+    assert cross["models"]["global + local DP"]["scores"]["pooled"] == metrics["private"]["overall"][metric]
+    for name, m in cross["models"].items():
+        on_sites = [m["scores"][s] for s in sites]
+        assert None not in on_sites and m["n"]["pooled"] == sum(m["n"][s] for s in sites)
+        assert m["worst"] == min(on_sites) == m["scores"][m["worst_site"]] and all(m["worst"] <= v for v in on_sites)
+        assert m["spread"] == pytest.approx(max(on_sites) - min(on_sites))
+        assert (f"| {name} | " + " | ".join(f"{m['scores'][c]:.3f}" for c in cross["columns"])
+                + f" | {m['worst_site']} {m['worst']:.3f} | {m['spread']:.3f} |") in summary
+        assert m["by_pattern"] and all(n >= 5 for pm in m["by_pattern"].values() for n in pm["n"].values())
+    g = cross["models"]["global"]
+    assert f"toy cross-site {metric}: global worst {g['worst_site']} {g['worst']:.3f}, spread" in proc.stdout
+    # the server's final evaluation (summary.json's final.per_site, by node id; in-process site i is node 101 + i)
+    # already scores the global model on each site's own test set: the same numbers
+    final = json.loads((tmp_path / "runs" / "toy" / "federated" / "summary.json").read_text())["final"]["per_site"]
+    assert [final[str(101 + i)][metric] for i in range(3)] == pytest.approx([g["scores"][s] for s in sites], abs=1e-6)
 
     # the private arm: local DP-SGD at every site, within the target, on the pretrained encoders, frozen
     p = metrics["private"]
@@ -91,6 +114,10 @@ def test_demo_quick_writes_a_consistent_report(tmp_path):
         rows = list(csv.DictReader(f))
     row = next(r for r in rows if r["model"] == "federated fusion" and r["metric"] == metric)
     assert float(row["value"]) == pytest.approx(fed)
+    cells = {(r["model"], r["site"]): float(r["value"]) for r in rows if r["metric"] == metric}
+    assert cells["cross-site global", "pooled"] == pytest.approx(fed)
+    assert [cells["cross-site local site-1", s] for s in sites] == pytest.approx(
+        [cross["models"]["local site-1"]["scores"][s] for s in sites])
     row = next(r for r in rows if r["metric"] == f"bootstrap margin vs best local {metric}")
     assert float(row["value"]) == pytest.approx(v["margin"])
     private = {(r["site"], r["metric"]): float(r["value"]) for r in rows if r["model"] == "federated fusion + local DP"}
