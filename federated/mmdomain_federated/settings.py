@@ -56,6 +56,7 @@ class Settings:
     krum_byzantine: int = 1  # aggregation=krum: f, the attackers tolerated (a group needs > 2f + 2 sites)
     min_sites: int = 2
     expected_sites: int = 0
+    fraction_train: float = 1.0  # client sampling: the share of live sites a round trains (at least min-sites)
     round_timeout: float = 600.0
     seed: int = 0
     device: str = "auto"
@@ -160,6 +161,7 @@ class Settings:
             raise ConfigError("run config: target-epsilon plans the noise of local-dp or central-dp; turn one on")
         if self.target_epsilon > 0 and self.local_dp and self.central_dp:
             raise ConfigError("run config: target-epsilon plans one mechanism; choose local-dp or central-dp")
+        self._validate_sampling()
         self._validate_checkpointing()
         self.encoder_policies()  # a malformed policy fails here, not at the first round
         if self.secagg and self.compress != "none":
@@ -184,6 +186,16 @@ class Settings:
         for name in ("server_beta1", "server_beta2"):
             if name in takes and not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"run config: {name.replace('_', '-')} must be in [0, 1), got {getattr(self, name):g}")
+
+    def _validate_sampling(self) -> None:
+        if not (0 < self.fraction_train <= 1) or not math.isfinite(self.fraction_train):
+            raise ConfigError(f"run config: fraction-train is the share of sites a round trains, in (0, 1], got "
+                              f"{self.fraction_train:g}")
+        if self.fraction_train < 1 and (self.central_dp or self.secagg):
+            raise ConfigError("run config: fraction-train < 1 samples sites without the Poisson sampling a "
+                              "privacy amplification would need, and SecAgg+ rounds mask over every site: use it "
+                              f"without {'secagg' if self.secagg else 'central-dp'} (local-dp is unaffected: a "
+                              "site that is not sampled spends nothing)")
 
     def _validate_checkpointing(self) -> None:
         metric = self.checkpoint_metric

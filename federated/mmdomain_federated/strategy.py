@@ -220,8 +220,8 @@ class ModalityAwareFedProx(ModalityAware, FedProx):
 def make_strategy(s: Settings, buffers: Iterable[str] = ()) -> ModalityAware:
     """The strategy of ``s.strategy``; ``buffers``: the model's buffer names (running statistics),
     which a server optimiser takes as averaged."""
-    kw = dict(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=s.min_sites, min_evaluate_nodes=s.min_sites,
-              min_available_nodes=s.min_sites)
+    kw = dict(fraction_train=s.fraction_train, fraction_evaluate=1.0, min_train_nodes=s.min_sites,
+              min_evaluate_nodes=s.min_sites, min_available_nodes=s.min_sites)  # every site evaluates
     strategy = ModalityAwareFedProx(proximal_mu=s.proximal_mu, **kw) if s.strategy == "fedprox" \
         else ModalityAwareFedAvg(**kw)
     strategy.settings = s
