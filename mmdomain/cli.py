@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from . import tracking
 from .errors import MMDomainError
 
 
@@ -153,8 +154,11 @@ def detect(path: Path) -> None:
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (overrides train.out_dir).")
 @click.option("--epochs", type=int, help="Override train.epochs.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def train(config_path: Path, out: Path | None, epochs: int | None, no_progress: bool) -> None:
-    """Train a fusion model; writes model.safetensors and metrics.jsonl."""
+@tracking.options(tracking.TRAIN_EXPERIMENT)
+def train(config_path: Path, out: Path | None, epochs: int | None, no_progress: bool, track: bool,
+          tracking_uri: str | None, experiment: str) -> None:
+    """Train a fusion model; writes model.safetensors and metrics.jsonl, then (unless --no-track)
+    logs the run to MLflow (OUT/mlruns by default)."""
     from .config import load_config
     from .plugins import get_registry
     from .training import fit
@@ -168,6 +172,9 @@ def train(config_path: Path, out: Path | None, epochs: int | None, no_progress: 
         config.train.progress = False
     result = fit(config, get_registry(), log=click.echo)
     click.echo(f"checkpoint: {result.checkpoint}")
+    if track:  # after the outputs are written: a tracking failure loses nothing
+        tracked = tracking.log_training_run(result.checkpoint.parent, uri=tracking_uri, experiment=experiment)
+        click.echo(f"tracked: {tracked}")
 
 
 @cli.command()

@@ -16,7 +16,7 @@ from mmdomain.registry import LazyCallable, lazy
 
 # Imported where they are used (a task's metrics, an encoder's construction, a dataset read, a command run).
 HEAVY = ("torchmetrics", "torchvision", "monai", "transformers", "torchgeo", "rasterio", "opacus", "flwr",
-         "pydicom", "timm", "pandas", "pyarrow")
+         "pydicom", "timm", "pandas", "pyarrow", "mlflow")
 
 _PROBE = f"""
 import json, sys

@@ -19,7 +19,10 @@ from typing import Any, Callable
 
 import click
 
+from mmdomain.tracking import options as tracking_options
+
 from .cross_site import CrossSite, describe, local_vs_global, score_text
+from .tracking import COMPARE_EXPERIMENT
 from .experiment import (Clock, federated, local_only, main_metric, pooled_predictions, pooled_test, site_tests,
                          synthetic_sites, versus_local)
 from mmdomain.jsonout import dumps
@@ -129,9 +132,11 @@ def _seeds(ctx, param, text: str) -> list[int]:
               help="The Flower apps called in-process, or Flower's Ray simulation.")
 @click.option("--quick", is_flag=True, help="The generators' small quick sites.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default: a new temp folder).")
+@tracking_options(COMPARE_EXPERIMENT)
 def compare(dataset: str, seeds: list[int], sites: int, rounds: int, local_epochs: int, engine: str, quick: bool,
-            out: Path | None) -> None:
-    """Federated vs each site's local-only model over several seeds, with a paired bootstrap."""
+            out: Path | None, track: bool, tracking_uri: str | None, experiment: str) -> None:
+    """Federated vs each site's local-only model over several seeds, with a paired bootstrap; unless
+    --no-track, then logged to MLflow (one run, a nested run per seed; OUT/mlruns by default)."""
     import tempfile
 
     from mmdomain.errors import MMDomainError
@@ -141,6 +146,10 @@ def compare(dataset: str, seeds: list[int], sites: int, rounds: int, local_epoch
     if sites < 2:
         raise MMDomainError("--sites must be at least 2 for a federated run")
     out = (out or Path(tempfile.mkdtemp(prefix="mmdomain-compare-"))).resolve()
-    run_compare(dataset=dataset, seeds=seeds, out=out, sites=sites, rounds=rounds, local_epochs=local_epochs,
-                engine=engine, quick=quick)
+    result = run_compare(dataset=dataset, seeds=seeds, out=out, sites=sites, rounds=rounds, local_epochs=local_epochs,
+                         engine=engine, quick=quick)
+    if track:  # compare.json / compare.md are written: a tracking failure loses nothing
+        from .tracking import log_compare
+
+        click.echo(f"tracked: {log_compare(result, out, uri=tracking_uri, experiment=experiment)}")
     click.echo(f"\nreport: {out / 'compare.md'}")

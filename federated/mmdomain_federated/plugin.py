@@ -10,6 +10,9 @@ from pathlib import Path
 import click
 
 from mmdomain import hookimpl
+from mmdomain.tracking import options as tracking_options
+
+from .tracking import FED_EXPERIMENT
 
 
 PATH_KEYS = ("init-from", "data-root")  # run-config keys holding a local path, resolved where the command runs
@@ -46,14 +49,20 @@ def fed() -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (checkpoints, ledger).")
 @click.option("--gpus-per-site", default=0.0, show_default=True, help="Fractional GPU per virtual client.")
 @click.option("--set", "sets", multiple=True, help="Run-config override KEY=VALUE (repeatable).")
+@tracking_options(FED_EXPERIMENT)
 def fed_run(sites: int, rounds: int, dataset: str | None, out: Path | None, gpus_per_site: float,
-            sets: tuple[str, ...]) -> None:
-    """Run the federated app in Flower's local simulation."""
+            sets: tuple[str, ...], track: bool, tracking_uri: str | None, experiment: str) -> None:
+    """Run the federated app in Flower's local simulation; unless --no-track, then log the run
+    folder to MLflow (OUT/mlruns by default; without --out the run folder is a new temp folder)."""
+    import tempfile
+
     from .simulate import run_simulation
 
     config = {"num-server-rounds": rounds, **_parse_kv(sets)}
     if dataset:
         config["dataset"] = dataset
+    if track and not out and not config.get("out-dir"):  # the run folder must be known to log it
+        out = Path(tempfile.mkdtemp(prefix="mmdomain-fed-run-"))
     if out:
         config["out-dir"] = str(out.resolve())
     result = run_simulation(sites, config, num_gpus=gpus_per_site)
@@ -61,6 +70,14 @@ def fed_run(sites: int, rounds: int, dataset: str | None, out: Path | None, gpus
     if result.returncode:
         click.echo(result.stderr, err=True)
         raise SystemExit(result.returncode)
+    if track:  # the run's outputs are written: a tracking failure loses nothing
+        run_dir = Path(config["out-dir"])
+        if (run_dir / "summary.json").exists():
+            from .tracking import log_fed_run
+
+            click.echo(f"tracked: {log_fed_run(run_dir, uri=tracking_uri, experiment=experiment, config=config)}")
+        else:
+            click.echo(f"not tracked: {run_dir} holds no summary.json (the run stopped before its end)", err=True)
     if out and (out / "summary.json").exists():
         summary = json.loads((out / "summary.json").read_text())
         if not summary.get("rounds"):  # nothing trained, no model written: not a success
