@@ -61,8 +61,17 @@ def test_availability_counts_use_the_index_not_the_samples():
     sub = torch.utils.data.Subset(ds, [2, 0])
     assert [present_modalities(sub, i) for i in range(2)] == [{"b"}, {"a", "b"}]
     assert ds.built == 0
-    plain = torch.utils.data.ConcatDataset([ds])  # no protocol: falls back on building the sample
-    assert present_modalities(plain, 1) == {"a"} and ds.built == 1
+    both = torch.utils.data.ConcatDataset([ds, sub])  # ... and through ConcatDataset's parts
+    assert [present_modalities(both, i) for i in (1, 5, 6)] == [{"a"}, {"b"}, {"a", "b"}] and ds.built == 0
+
+    class Plain(torch.utils.data.Dataset):  # no protocol: falls back on building the sample
+        def __len__(self):
+            return len(ds)
+
+        def __getitem__(self, i):
+            return ds[i]
+
+    assert present_modalities(Plain(), 1) == {"a"} and ds.built == 1
     assert availability_counts(ds, ["a"])[1] == {"a": 3, "none": 2}  # patterns over the asked modalities
 
 

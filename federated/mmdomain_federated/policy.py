@@ -437,10 +437,15 @@ TEMPLATE_POLICY = SitePolicy(min_noise_multiplier=0.8, require_dp=True, require_
 
 
 def write_template(path: str | Path, force: bool = False) -> Path:
+    return write_new(path, template(), force)
+
+
+def write_new(path: str | Path, text: str, force: bool = False) -> Path:
+    """``text`` to ``path``, which must not exist unless ``force`` (the template commands)."""
     path = Path(path)
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists; use --force to overwrite it")
-    path.write_text(template(), encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     return path
 
 

@@ -49,7 +49,7 @@ from typing import Any
 from mmdomain import jsonout
 from mmdomain.errors import ConfigError
 
-from .policy import closest_key, describe_value
+from .policy import closest_key, describe_value, write_new
 
 KEY_MODES = ("generate", "site-provided")
 CA_PRIVATE = "ca-private"  # the folder (beside the kits, in none of them) holding the CA's key
@@ -805,11 +805,7 @@ def template() -> str:
 
 
 def write_template(path: str | Path, force: bool = False) -> Path:
-    path = Path(path)
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} exists; use --force to overwrite it")
-    path.write_text(template(), encoding="utf-8")
-    return path
+    return write_new(path, template(), force)
 
 
 def main(argv: list[str] | None = None) -> None:
