@@ -1,4 +1,5 @@
-"""mmdomain plugin: adds ``mmdomain fed run`` (local simulation), ``mmdomain fed deploy``,
+"""mmdomain plugin: adds ``mmdomain fed run`` (local simulation), ``mmdomain fed evaluate`` (a
+checkpoint scored on every site, nothing trained), ``mmdomain fed deploy``,
 ``mmdomain fed compare`` (federated vs local-only over seeds), ``mmdomain fed policy init|check``
 (a site's policy file), ``mmdomain fed provision`` (startup kits for a consortium) and ``mmdomain demo``."""
 
@@ -84,6 +85,48 @@ def fed_run(sites: int, rounds: int, dataset: str | None, out: Path | None, gpus
             click.echo(f"stopped: {summary['stopped']}; no round was trained, no model written", err=True)
             raise SystemExit(1)
         click.echo(f"stopped: {summary['stopped']}; final: {summary['final'].get('overall')}")
+
+
+@fed.command("evaluate")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A model.safetensors (any mmdomain checkpoint: train, fed run, best.safetensors).")
+@click.option("--sites", default=3, show_default=True, help="Simulated sites (one virtual client per CPU).")
+@click.option("--dataset", default=None, help="Dataset name (any installed plugin's).")
+@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True,
+              help="The split each site scores.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (summary.json, events.log).")
+@click.option("--set", "sets", multiple=True, help="Run-config override KEY=VALUE (repeatable).")
+def fed_evaluate(checkpoint: Path, sites: int, dataset: str | None, split: str, out: Path | None,
+                 sets: tuple[str, ...]) -> None:
+    """Evaluation only: send the model of CHECKPOINT to every site (Flower's local simulation) and
+    collect each site's metrics on its own split; nothing is trained. Every participant rebuilds the
+    model from the checkpoint file itself."""
+    from mmdomain.checkpoint import read_header
+    from mmdomain.errors import CheckpointError
+
+    from .simulate import run_simulation
+
+    try:
+        read_header(checkpoint)  # a clear error before any process starts
+    except (CheckpointError, OSError) as exc:
+        raise click.ClickException(f"--checkpoint: {exc}") from None
+    config = {**_parse_kv(sets), "evaluate-only": True, "evaluate-split": split, "init-from": str(checkpoint.resolve()),
+              "resume": False}
+    if dataset:
+        config["dataset"] = dataset
+    if out:
+        config["out-dir"] = str(out.resolve())
+    result = run_simulation(sites, config)
+    click.echo(result.stdout)
+    if result.returncode:
+        click.echo(result.stderr, err=True)
+        raise SystemExit(result.returncode)
+    if out and (out / "summary.json").exists():
+        final = json.loads((out / "summary.json").read_text())["final"]
+        click.echo(f"{split}: {final.get('overall')}")
+        for site, m in sorted(final.get("per_site", {}).items()):
+            click.echo(f"  site {site}: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(m.items())
+                                                      if isinstance(v, float) and "/" not in k))  # per pattern: summary.json
 
 
 @fed.command("deploy")

@@ -63,6 +63,8 @@ def run_server(grid: Grid, settings: Settings, out_dir: Path, *, registry=None,
             slog(f"initialised from {settings.init_from}: " + "; ".join(describe_init(init).splitlines()))
         strategy = make_strategy(settings, buffers=[k for k, _ in model.named_buffers()])
         nodes = wait_for_nodes(grid, max(settings.expected_sites, settings.min_sites), settings.round_timeout, slog)
+        if settings.evaluate_only:
+            return _evaluate_only(grid, model, strategy, settings, out_dir, slog)
         run = RunState.open(settings, out_dir, task.get_weights(model), max(len(nodes), settings.min_sites), slog,
                             server_opt=strategy.server_opt, best=BestModel.from_settings(settings))
         save_best = partial(_save_best, model, run, registry, slog)
@@ -78,6 +80,32 @@ def run_server(grid: Grid, settings: Settings, out_dir: Path, *, registry=None,
         final = evaluate_round(grid, strategy, run.weights, settings, run.refused, settings.num_server_rounds + 1,
                                "test", log=slog, rejections=run.rejections) if run.history else {}
         return _finish(model, run, final, stopped, registry, slog)
+
+
+def _evaluate_only(grid: Grid, model, strategy: ModalityAware, settings: Settings, out_dir: Path,
+                   log: ServerLog) -> dict[str, Any]:
+    """``evaluate-only`` (``mmdomain fed evaluate``): the init-from checkpoint's model, which every
+    participant rebuilt from the file itself, sent to every site to score its ``evaluate-split``;
+    nothing trained, no model written, no privacy spent (only metrics come back)."""
+    import hashlib
+
+    log(f"evaluate-only: {Path(settings.init_from).name} on every site's {settings.evaluate_split} split")
+    refused: dict[int, str] = {}
+    rejections: list[dict[str, Any]] = []
+    final = evaluate_round(grid, strategy, task.get_weights(model), settings, refused, 1, settings.evaluate_split,
+                           log=log, rejections=rejections)
+    with open(settings.init_from, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    summary = {"stopped": "evaluate-only", "task": model.config.task.name, "rounds": 0, "model": None,
+               "evaluated": {"checkpoint": Path(settings.init_from).name, "sha256": digest,
+                             "split": settings.evaluate_split},
+               "history": [], "final": final, "rejections": rejections,
+               "refused": {str(k): v for k, v in refused.items()}, "epsilon": None, "local-epsilon": {},
+               "out_dir": str(out_dir)}
+    summary = log.names.summary(summary)
+    write(out_dir / "summary.json", summary)
+    log(f"finished (evaluate-only); {settings.evaluate_split} metrics {dumps(final.get('overall', {}))}; out {out_dir}")
+    return summary
 
 
 def _readiness(grid: Grid, nodes: list[int], run: RunState, log: ServerLog) -> dict[str, Any]:

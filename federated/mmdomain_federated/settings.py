@@ -77,6 +77,8 @@ class Settings:
     target_epsilon: float = 0.0  # > 0: the DP noise is planned to spend at most this over the whole training
     encoder_train: str = ""  # per-encoder train policy, "m=none;m2=last:1" (mmdomain.models.trainable)
     init_from: str = ""  # a checkpoint every participant starts from (its frozen parts never travel)
+    evaluate_only: bool = False  # no training: init-from's own model, whole, evaluated on every site (fed evaluate)
+    evaluate_split: str = "test"  # evaluate-only: the split each site scores (test | val)
     secagg: bool = False
     secagg_shares: float = 1.0  # fraction of the round's sites each one shares its mask secrets with
     secagg_threshold: float = 0.67  # fraction of those shares needed to unmask a dropped site
@@ -162,6 +164,11 @@ class Settings:
         if self.target_epsilon > 0 and self.local_dp and self.central_dp:
             raise ConfigError("run config: target-epsilon plans one mechanism; choose local-dp or central-dp")
         self._validate_sampling()
+        if self.evaluate_only and not self.init_from:
+            raise ConfigError("run config: evaluate-only evaluates the model of init-from; name a checkpoint "
+                              "(mmdomain fed evaluate --checkpoint M)")
+        if self.evaluate_split not in ("test", "val"):
+            raise ConfigError(f"run config: evaluate-split must be test or val, got {self.evaluate_split!r}")
         self._validate_checkpointing()
         self.encoder_policies()  # a malformed policy fails here, not at the first round
         if self.secagg and self.compress != "none":

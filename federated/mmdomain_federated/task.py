@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from mmdomain.checkpoint import init_from_checkpoint
+from mmdomain.checkpoint import init_from_checkpoint, load_checkpoint
 from mmdomain.config import ModelConfig, contrastive_variant, parse
 from mmdomain.data import availability_counts, present_modalities
 from mmdomain.data.augment import view_augment
@@ -81,8 +81,12 @@ def build(settings: Settings, registry: Registry) -> FusionModel:
 def build_with_report(settings: Settings, registry: Registry) -> tuple[FusionModel, dict[str, Any] | None]:
     """``build``, and with ``init-from`` the report of what the checkpoint gave each module
     (``mmdomain.checkpoint.init_from_checkpoint``; e.g. a contrastive checkpoint's projection heads
-    are counted unused in it), else None. A task local DP-SGD cannot train (no per-sample loss, as
+    are counted unused in it), else None. With ``evaluate-only`` the init-from checkpoint's own model,
+    rebuilt from the file (``load_checkpoint``), on every participant. A task local DP-SGD cannot train (no per-sample loss, as
     contrastive) is refused here, before any round, with local DP's own ``ConfigError``."""
+    if settings.evaluate_only:  # the checkpoint's own model, whole: what every participant evaluates
+        model, _ = load_checkpoint(settings.init_from, registry)
+        return model, None
     torch.manual_seed(settings.seed)
     model = build_model(model_config(settings, registry), registry)
     report = init_from_checkpoint(model, settings.init_from) if settings.init_from else None
