@@ -84,6 +84,7 @@ class PluginManager:
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self._registry: Registry | None = None
+        self._command_groups: list[Any] = []  # the click groups add_commands already filled
         if builtins:
             for modname in BUILTIN_MODULES:
                 module = importlib.import_module(modname)
@@ -170,7 +171,11 @@ class PluginManager:
         A command name already taken is refused like a duplicate spec: the plugin that
         asked second fails (reported by ``plugins list``, fatal in strict mode) and
         none of its commands are added. What each plugin added is in ``PluginInfo.commands``.
+        The same group given again is left as it is (its commands are this manager's already).
         """
+        if any(g is group for g in self._command_groups):
+            return
+        self._command_groups.append(group)
         for impl in self.pm.hook.register_commands.get_hookimpls():  # trylast (built-ins) first
             info = self.infos.setdefault(impl.plugin_name, PluginInfo(impl.plugin_name, "?", "?"))
             proxy = _CommandRecorder(group)

@@ -176,6 +176,26 @@ def test_installed_commands_are_listed_per_plugin(tmp_path):
         assert infos["federated"]["registered"]["command"] == ["demo", "fed"]
 
 
+def test_adding_the_commands_to_the_same_group_twice_keeps_every_plugin(mm_manager):
+    """Test modules that each import the CLI call mmdomain.cli._add_plugin_commands(); the second call
+    once failed every installed plugin with commands ('already added') and dropped its datasets."""
+    import click
+
+    group = click.Group("cli")
+    before = {i.name: i.status for i in mm_manager.plugins()}
+    datasets = set(mm_manager.registry._entries["dataset"])
+    mm_manager.add_commands(group)
+    commands = dict(group.commands)
+    mm_manager.add_commands(group)
+    assert {i.name: i.status for i in mm_manager.plugins()} == before
+    assert dict(group.commands) == commands and "local-demo" in commands
+    mm_manager._registry = None  # collected again from the plugins still registered
+    assert set(mm_manager.registry._entries["dataset"]) == datasets
+    other = click.Group("other")
+    mm_manager.add_commands(other)  # another group gets them all
+    assert set(other.commands) == set(commands)
+
+
 class EveryKind:
     """A third-party plugin contributing through each remaining ``register_*`` hook."""
 
