@@ -61,7 +61,7 @@ from mmdomain.models.compose import build_model  # noqa: E402
 from mmdomain.plugins import get_registry  # noqa: E402
 from mmdomain.training import evaluate, make_loader  # noqa: E402
 from mmdomain_federated import task  # noqa: E402
-from mmdomain_federated.experiment import Clock, site, site_options, synthetic_sites  # noqa: E402
+from mmdomain_federated.experiment import Clock, full_rows, site, site_options, synthetic_sites  # noqa: E402
 from mmdomain_federated.settings import Settings  # noqa: E402
 
 DATASET, METRIC = "medical", "macro_auroc"
@@ -76,12 +76,6 @@ def arm_configs(base: ModelConfig, arms: list[str], alpha: float) -> dict[str, M
     out = {arm: parse(ModelConfig, {**base.model_dump(), "balance": balance[arm]}, arm) for arm in arms}
     out.update({f"{m} only": single_modality(base, m) for m in base.modalities})
     return out
-
-
-def full_rows(data: InMemory, modalities: list[str]) -> InMemory:
-    """The rows holding every one of ``modalities``."""
-    data.samples = [s for s in data.samples if all(s.inputs.get(m) is not None for m in modalities)]
-    return data
 
 
 def recording(model) -> list[dict[str, float]]:

@@ -87,15 +87,14 @@ def _evaluate_only(grid: Grid, model, strategy: ModalityAware, settings: Setting
     """``evaluate-only`` (``mmdomain fed evaluate``): the init-from checkpoint's model, which every
     participant rebuilt from the file itself, sent to every site to score its ``evaluate-split``;
     nothing trained, no model written, no privacy spent (only metrics come back)."""
-    import hashlib
+    from mmdomain.models.weights import sha256_of
 
     log(f"evaluate-only: {Path(settings.init_from).name} on every site's {settings.evaluate_split} split")
     refused: dict[int, str] = {}
     rejections: list[dict[str, Any]] = []
     final = evaluate_round(grid, strategy, task.get_weights(model), settings, refused, 1, settings.evaluate_split,
                            log=log, rejections=rejections)
-    with open(settings.init_from, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    digest = sha256_of(settings.init_from)
     summary = {"stopped": "evaluate-only", "task": model.config.task.name, "rounds": 0, "model": None,
                "evaluated": {"checkpoint": Path(settings.init_from).name, "sha256": digest,
                              "split": settings.evaluate_split},

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmdomain import ConfigError
-from mmdomain.models.weights import check_digest, read_state_dict
+from mmdomain.models.weights import check_digest, read_state_dict, sha256_of
 
 from .pretrained import TOKENIZER_FILES, compare_keys, describe_mismatch, folder_digest, freeze_batchnorm_stats, \
     register_opacus_rules
@@ -107,11 +107,7 @@ def _sha256(path: Path) -> str:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _DIGESTS[key] = h.hexdigest()
+        _DIGESTS[key] = sha256_of(path)
     return _DIGESTS[key]
 
 
@@ -302,6 +298,18 @@ def load_pair(path: str | Path, where: str, path_sha256: str | None = None
     return model, oc.get_model_preprocess_cfg(model), file, digest
 
 
+def pair_or_tiny(tower: nn.Module, path: str | None, where: str, path_sha256: str | None, **tiny: int
+                 ) -> tuple[nn.Module, dict[str, Any]]:
+    """The folder's pair (``load_pair``; ``tower.weights_source`` / ``weights_sha256`` set to its
+    file and digest), or without ``path`` a tiny random one (``_tiny(**tiny)``, both None)."""
+    tower.weights_source, tower.weights_sha256 = None, None
+    if not path:
+        return _tiny(**tiny)
+    model, pre, file, digest = load_pair(path, where, path_sha256)
+    tower.weights_source, tower.weights_sha256 = str(file), digest
+    return model, pre
+
+
 def _tiny(vocab_size: int = 49408, pad_id: int = 0) -> tuple[nn.Module, dict[str, Any]]:
     oc = _open_clip()
     from dataclasses import asdict
@@ -412,13 +420,7 @@ class OpenClipImageEncoder(nn.Module):
         self.in_channels = modality.channels or 1
         if self.in_channels not in (1, 3):
             raise ConfigError(f"{where}: takes 1 (grey) or 3 (RGB) channels, {modality.name!r} has {self.in_channels}")
-        self.weights_source: str | None = None
-        self.weights_sha256: str | None = None
-        if path:
-            model, pre, file, digest = load_pair(path, where, path_sha256)
-            self.weights_source, self.weights_sha256 = str(file), digest
-        else:
-            model, pre = _tiny(vocab_size=8)  # (its text tower is dropped)
+        model, pre = pair_or_tiny(self, path, where, path_sha256, vocab_size=8)  # (a tiny pair's text: dropped)
         self.visual = model.visual
         del model
         size = pre.get("size", getattr(self.visual, "image_size", 224))
@@ -504,13 +506,7 @@ class OpenClipTextEncoder(nn.Module):
                  path_sha256: str | None = None, project: bool = True):
         super().__init__()
         where = self.encoder_name
-        self.weights_source: str | None = None
-        self.weights_sha256: str | None = None
-        if path:
-            model, _, file, digest = load_pair(path, where, path_sha256)
-            self.weights_source, self.weights_sha256 = str(file), digest
-        else:
-            model, _ = _tiny(vocab_size, pad_id)
+        model, _ = pair_or_tiny(self, path, where, path_sha256, vocab_size=vocab_size, pad_id=pad_id)
         self.text = model.text
         del model
         oc = _open_clip()
