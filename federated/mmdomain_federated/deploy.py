@@ -114,9 +114,10 @@ class Processes:
         self.logs, self.env, self.procs = logs, env, {}
         logs.mkdir(parents=True, exist_ok=True)
 
-    def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
+    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        """``env``: variables added to this one process's environment."""
         log = (self.logs / f"{name}.log").open("w")
-        proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        proc = subprocess.Popen(cmd, env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 cwd=str(self.logs))
         self.procs[name] = proc
         return proc
@@ -198,7 +199,8 @@ class LocalDeployment:
             time.sleep(1)
 
     def start_supernode(self, name: str, private_key: Path | None, node_config: dict[str, Any], *,
-                        insecure: bool = False, retries: int | None = None, warm: bool = True) -> subprocess.Popen:
+                        insecure: bool = False, retries: int | None = None, warm: bool = True,
+                        env: dict[str, str] | None = None) -> subprocess.Popen:
         """``warm``: the SuperNode runs with ``--isolation process`` and this site's ClientApps are
         started by ``warm_exec`` (forked from preloaded imports) instead of a fresh interpreter each.
         An invalid ``policy-file`` raises ``policy.PolicyFileError`` (every problem) before any process starts."""
@@ -216,16 +218,18 @@ class LocalDeployment:
             cmd += ["--max-retries", str(retries), "--max-wait-time", "20"]
         if warm:
             cmd += ["--isolation", "process"]
-        node = self.procs.start(name, cmd)
+        node = self.procs.start(name, cmd, env)
         if warm:  # the Runtime API stays on loopback, plain as in Flower's own subprocess mode
             self.procs.start(f"{name}-exec", [sys.executable, "-m", "mmdomain_federated.warm_exec",
                                               "--runtime-api-address", f"127.0.0.1:{runtime_port}", "--insecure",
                                               "--parent-pid", str(node.pid),
-                                              *(["--policy-file", str(policy_file)] if policy_file else [])])
+                                              *(["--policy-file", str(policy_file)] if policy_file else [])],
+                             env)
         return node
 
-    def run_app(self, run_config: dict[str, Any], timeout: float = 900) -> subprocess.CompletedProcess:
-        return self.flwr("run", str(APP_DIR), "deploy", "--stream", "--run-config", run_config_arg(run_config),
+    def run_app(self, run_config: dict[str, Any], timeout: float = 900,
+                app: Path = APP_DIR) -> subprocess.CompletedProcess:
+        return self.flwr("run", str(app), "deploy", "--stream", "--run-config", run_config_arg(run_config),
                          timeout=timeout)
 
     def close(self) -> None:

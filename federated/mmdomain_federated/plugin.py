@@ -179,6 +179,21 @@ def fed_policy_check(file: Path) -> None:
         raise SystemExit(2)
 
 
+@fed.command("app-hash")
+@click.argument("app", type=click.Path(file_okay=False, exists=True, path_type=Path), required=False)
+def fed_app_hash(app: Path | None) -> None:
+    """Print the sha256 of the Flower app bundle (FAB) that `flwr run APP` ships: the value a site
+    lists in its policy's approved-apps after reviewing APP (default: this installation's
+    federated app)."""
+    from .simulate import APP_DIR
+    from .site_guard import app_hash
+
+    try:
+        click.echo(app_hash(app or APP_DIR))
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @fed.command("provision")
 @click.argument("consortium", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @click.option("-o", "--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,

@@ -8,6 +8,12 @@ run config cannot weaken. A job asking for less is refused by the site with a cl
     secagg-required = false      # refuse jobs without SecAgg+
     allowed-plugins = ["example", "medical"]   # plugins whose components the job may use
     max-rounds = 100
+    approved-apps = ["e995a48c..."]          # FAB sha256 of the app versions this site runs
+
+``approved-apps`` and the rest of the policy are enforced by code the site installed: the site's
+warm SuperExec (``warm_exec``) runs ``site_guard`` in each ClientApp process after Flower pulled the
+task and before any code of the job's app is imported, so a job cannot bypass the policy by
+shipping an app whose own check passes (``mmdomain fed app-hash`` prints an app folder's hash).
 
 ``mmdomain fed policy init FILE`` writes a documented template (``template()``), ``mmdomain fed
 policy check FILE`` validates one (``check_file``). ``load_policy`` applies the same validation
@@ -48,6 +54,7 @@ class SitePolicy:
     secagg_required: bool = False
     allowed_plugins: tuple[str, ...] | None = None
     max_rounds: int = 0  # 0 = no limit
+    approved_apps: tuple[str, ...] | None = None  # FAB sha256 hex digests; None = any app
 
     @property
     def dp_required(self) -> bool:
@@ -108,6 +115,12 @@ KEYS = (
         "the most rounds (num-server-rounds) a job may run; 0 = no limit. Each round spends privacy: under local "
         "DP the epsilon grows with rounds x local-epochs, which a noise minimum alone does not bound.",
         "50", "100"),
+    Key("approved-apps", "apps",
+        "the app versions this site runs, each as the sha256 of its Flower app bundle (FAB): `mmdomain fed app-hash "
+        "APP_FOLDER` prints it for the copy the site reviewed, `flwr run` ships the same bytes from an identical "
+        "folder. Any other app is refused by this site's executor before its code is imported. Absent = any app "
+        "(the rest of this policy is still checked by the site's executor).",
+        '["e995a48c37a81047e87bdcb14f6aa5c4a2eb9aa3b101ac76adc92a07440e5bb3"]', None),
 )
 KNOWN = {k.name: k for k in KEYS}
 assert {k.attr for k in KEYS} == {f.name for f in fields(SitePolicy)}, "every SitePolicy field has a Key"
@@ -119,7 +132,8 @@ RUN_CONFIG_KEYS = {"noise-multiplier": "min-noise-multiplier", "local-noise-mult
                    "dp": "require-dp"}
 
 _TYPE_DOC = {"number": "number >= 0 (float or integer)", "bool": "true or false", "count": "integer >= 0",
-             "plugins": "list of plugin names (strings)"}
+             "plugins": "list of plugin names (strings)",
+             "apps": "list of FAB sha256 digests (64 hex digits, optionally 'sha256:' before them)"}
 
 
 @dataclass
@@ -216,6 +230,8 @@ def _value(spec: Key, value: Any) -> tuple[str, Any]:
             limit = "0 = no minimum" if spec.name == "min-noise-multiplier" else "0 = no limit"
             return f"must be >= 0 ({limit}), got {got}", None
         return "", float(value) if spec.kind == "number" else int(value)
+    if spec.kind == "apps":
+        return _app_hashes(value, got)
     # plugins
     if not isinstance(value, list):
         example = f'[{value!r}]'.replace("'", '"') if isinstance(value, str) else spec.example
@@ -227,6 +243,29 @@ def _value(spec: Key, value: Any) -> tuple[str, Any]:
         return ("is empty: every dataset comes from a plugin, so every job would be refused (leave the key out to "
                 "allow any installed plugin, or name the plugins jobs may use)"), None
     return "", tuple(dict.fromkeys(v.strip() for v in value))
+
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _app_hashes(value: Any, got: str) -> tuple[str, Any]:
+    if not isinstance(value, list):
+        return (f"must be a list of app hashes such as [\"{'0' * 64}\"] (mmdomain fed app-hash APP_FOLDER prints "
+                f"one), got {got}"), None
+    digests, bad = [], []
+    for v in value:
+        text = v.strip().lower().removeprefix("sha256:") if isinstance(v, str) else None
+        if text is None or not _HEX64.match(text):
+            bad.append(describe_value(v))
+        else:
+            digests.append(text)
+    if bad:
+        return (f"must hold sha256 digests of 64 hex digits (mmdomain fed app-hash APP_FOLDER prints one), got "
+                f"{', '.join(bad)}"), None
+    if not digests:
+        return ("is empty: every app would be refused (leave the key out to run any app, or list the hashes of the "
+                "app versions this site approved)"), None
+    return "", tuple(dict.fromkeys(digests))
 
 
 def _contradictions(policy: SitePolicy, written: dict[str, Any]) -> list[str]:
@@ -364,7 +403,10 @@ def describe(policy: SitePolicy) -> list[str]:
              f"secure aggregation (SecAgg+): {'required' if p.secagg_required else 'not required'}",
              "plugins: " + (f"{', '.join(p.allowed_plugins)} (and mmdomain's built-ins)" if p.allowed_plugins
                             else "any installed plugin"),
-             f"rounds: {f'at most {p.max_rounds}' if p.max_rounds else 'no limit'}"]
+             f"rounds: {f'at most {p.max_rounds}' if p.max_rounds else 'no limit'}",
+             "apps: " + (f"only {', '.join(h[:12] + '...' for h in p.approved_apps)} (FAB sha256, checked by this "
+                         "site's executor before the app's code runs)" if p.approved_apps
+                         else "any app the coordinator ships (this policy is still checked by this site's executor)")]
     if p.dp_required and not p.require_local_dp:
         lines.append("note: central-DP noise is added by the server; this site checks the job's declared noise and "
                      "clip but cannot verify them (require-local-dp = true for noise this site adds itself)")
@@ -386,7 +428,7 @@ def report(check: PolicyCheck, path: str | Path) -> str:
 def _default_doc(spec: Key) -> str:
     value = getattr(SitePolicy(), spec.attr)
     if value is None:
-        return "absent (any installed plugin)"
+        return "absent (any app)" if spec.kind == "apps" else "absent (any installed plugin)"
     if isinstance(value, bool):
         return str(value).lower()
     if spec.kind in ("number", "count") and not value:
@@ -394,10 +436,12 @@ def _default_doc(spec: Key) -> str:
     return str(value)
 
 
-def template() -> str:
+def template(approved_apps: list[str] | tuple[str, ...] | None = None) -> str:
     """A documented policy file: every key with its meaning, type, default and an example. As
-    written it is a strict policy for a hospital (``TEMPLATE_POLICY``)."""
+    written it is a strict policy for a hospital (``TEMPLATE_POLICY``); ``approved_apps`` (the
+    provisioning kits: the app the consortium was provisioned with) is written as set."""
     plugins = sorted(installed_plugins() - {"federated"})
+    here = _installed_app_hash()
     out = [
         "# mmdomain site policy (TOML). The run config of a job cannot weaken it: a job asking for less is",
         "# refused by this site, and the coordinator is told what the policy requires and what the job asked.",
@@ -423,13 +467,29 @@ def template() -> str:
         out.append(line)
         out.append(f"#   type: {_TYPE_DOC[spec.kind]}; default: {_default_doc(spec)}; example: {spec.name} = "
                    f"{spec.example}")
-        if spec.template is None:
+        if spec.kind == "apps" and approved_apps:
+            out.append("#   set by mmdomain fed provision to the app the consortium was provisioned with; compare it with "
+                       "your reviewed copy")
+            out.append(f"{spec.name} = [{', '.join(chr(34) + h + chr(34) for h in approved_apps)}]")
+        elif spec.template is None:
             if spec.kind == "plugins" and plugins:
                 out.append(f"#   installed here: {', '.join(plugins)}")
+            if spec.kind == "apps" and here:
+                out.append(f"#   the federated app installed here: {here}")
             out.append(f"# {spec.name} = {spec.example}")
         else:
             out.append(f"{spec.name} = {spec.template}")
     return "\n".join(out) + "\n"
+
+
+def _installed_app_hash() -> str | None:
+    try:
+        from .simulate import APP_DIR
+        from .site_guard import app_hash
+
+        return app_hash(APP_DIR)
+    except Exception:  # noqa: BLE001 - a hint in a comment only
+        return None
 
 
 #: The policy the template sets (a test checks the template loads as this).

@@ -19,7 +19,8 @@ CA's key and goes in no kit):
 - site: ``ca.crt``, its own key pair ``<site>.key`` / ``<site>.key.pub`` (``key = "generate"``; with
   ``key = "site-provided"`` a slot: the site makes the pair and sends the public half, which
   ``add_site_key`` / ``--add-key`` adds to the coordinator's kit), ``connection.toml``,
-  ``policy.toml`` (``policy.write_template``, or a policy file the consortium names),
+  ``policy.toml`` (``policy.template``, approving the app as installed here; or a policy file
+  the consortium names),
   ``start-site.sh`` / ``stop-site.sh`` (SuperNode + warm SuperExec, as ``deploy.LocalDeployment``
   starts them).
 
@@ -510,10 +511,12 @@ def _coordinator_kit(consortium: Consortium, kit: Path, final: Path) -> None:
 
 
 def _site_kit(site: Site, c: Coordinator, kit: Path) -> None:
-    from .policy import write_template
+    from .policy import template
+    from .simulate import APP_DIR
+    from .site_guard import app_hash
 
-    if site.policy is None:
-        write_template(kit / "policy.toml")
+    if site.policy is None:  # the strict template, approving the app as installed here
+        (kit / "policy.toml").write_text(template(approved_apps=[app_hash(APP_DIR)]), encoding="utf-8")
     else:
         shutil.copyfile(site.policy, kit / "policy.toml")
     key = f"{site.name}.key"
@@ -688,7 +691,9 @@ Files
   ca.crt            the consortium's CA certificate: the SuperNode checks the coordinator with it
 {keys}  connection.toml   this site's settings: coordinator {c.fleet}, data folder, ports
   policy.toml       this site's policy: what a job must meet here (edit it; check it with
-                    `mmdomain fed policy check policy.toml`)
+                    `mmdomain fed policy check policy.toml`). Its approved-apps is the app the
+                    consortium was provisioned with: compare it with `mmdomain fed app-hash APP`
+                    for the copy you reviewed; any other app is refused here before its code runs
   start-site.sh     starts the SuperNode (TLS, authenticated with {key}) and the warm SuperExec beside it;
                     logs in logs/, PIDs in run/, Runtime API {_join(site.local_address, site.runtime_port)}
                     (loopback), health on {_join(site.local_address, site.health_port)}

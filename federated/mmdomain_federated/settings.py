@@ -246,10 +246,17 @@ class Settings:
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
 
 
+_BOOL_WORDS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
 def _cast(key: str, value: Any, typ: type) -> Any:
     try:
-        if typ is bool and isinstance(value, str):
-            return value.lower() in ("1", "true", "yes")
+        if typ is bool and isinstance(value, str):  # "perhaps" is not false: a site's policy reads these
+            if value.strip().lower() not in _BOOL_WORDS:
+                raise ValueError(value)
+            return _BOOL_WORDS[value.strip().lower()]
+        if typ is bool and not isinstance(value, (bool, int)):
+            raise ValueError(value)
         return typ(value)
     except (TypeError, ValueError):
         raise ConfigError(f"run config: {key}={value!r} is not a {typ.__name__}") from None

@@ -16,6 +16,10 @@ process, so no state leaks between messages; only the start-up cost is gone.
 the site's policy is validated before anything starts (``policy.check_file``, the rule
 ``load_policy`` applies at every message); an invalid file stops the executor with every problem
 listed and exit status 2, so a misspelt key is found when the site starts, not when a job arrives.
+Each ClientApp process then runs the site's gate (``site_guard``) on that file before the job's app
+is unpacked: an app not in ``approved-apps``, or a run config the policy refuses, gets the site's
+refusal and none of the job's code runs (without ``--policy-file``: the SuperNode's node-config
+``policy-file``).
 """
 
 from __future__ import annotations
@@ -28,10 +32,13 @@ from typing import Any
 PRELOAD = ["mmdomain_federated.warm_preload"]
 
 
-def _run_clientapp(argv: list[str]) -> None:
+def _run_clientapp(argv: list[str], policy_file: str | None = None) -> None:
     sys.argv = ["flwr-clientapp", *argv]
     from flwr.supernode.cli import flwr_clientapp
 
+    from .site_guard import install
+
+    install(policy_file)  # the site's own check, before the job's app is unpacked or imported
     flwr_clientapp()
 
 
@@ -39,9 +46,10 @@ class WarmForkExecutor:
     """Flower's executor protocol (``launch``, ``reconcile``, ``close``, capacity hooks) for
     ClientApp tasks, forking each from the preloaded fork server."""
 
-    def __init__(self, preload: list[str] | None = None):
+    def __init__(self, preload: list[str] | None = None, policy_file: str | None = None):
         from flwr.supercore.constant import TaskType
 
+        self.policy_file = policy_file
         self.task_type = TaskType.CLIENT_APP
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload(list(preload or PRELOAD))
@@ -70,7 +78,8 @@ class WarmForkExecutor:
             argv += ["--root-certificates", spec.root_certificates_path]
         if spec.parent_pid is not None:
             argv += ["--parent-pid", str(spec.parent_pid)]
-        proc = self.ctx.Process(target=_run_clientapp, args=(argv,), name=f"clientapp-{spec.task_id}")
+        proc = self.ctx.Process(target=_run_clientapp, args=(argv, self.policy_file),
+                                name=f"clientapp-{spec.task_id}")
         proc.start()
         self.children.append(proc)
         return LaunchResult.accepted()
@@ -131,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     import flwr.supercore.superexec.run_superexec as superexec_loop
     from flwr.supercore.cli import flower_superexec
 
-    executor = WarmForkExecutor()
+    executor = WarmForkExecutor(policy_file=policy_file)
     superexec_loop.get_executor = lambda *args, **kwargs: executor  # the loop's only executor hook
     sys.argv = ["flower-superexec", *argv]
     flower_superexec()

@@ -6,6 +6,6 @@ from flwr.supernode.cli import flwr_clientapp  # noqa: F401
 
 from mmdomain.plugins import get_registry
 
-from . import client_app  # noqa: F401
+from . import client_app, site_guard  # noqa: F401
 
 get_registry()  # plugins discovered and imported (monai, pydicom, rasterio...) once

@@ -82,6 +82,9 @@ def test_check_lists_every_problem_readably_and_exits_2(tmp_path):  # < 0.5 s
     (b"max-rounds = true\n", "max-rounds (line 1): must be a whole number, got true"),
     (b'allowed-plugins = "example"\n', 'must be a list of plugin names such as ["example"]'),
     (b"[policy]\nrequire-dp = true\n", "unknown table [policy] (line 1)"),
+    (b"approved-apps = []\n", "approved-apps (line 1): is empty: every app would be refused"),
+    (b'approved-apps = "' + b"a" * 64 + b'"\n', "approved-apps (line 1): must be a list of app hashes"),
+    (b'approved-apps = ["e995a48c"]\n', "must hold sha256 digests of 64 hex digits (mmdomain fed app-hash"),
     (None, "the file cannot be read (FileNotFoundError"),
 ])
 def test_check_refuses_what_cannot_be_a_policy(tmp_path, content, message):  # < 0.1 s each

@@ -21,6 +21,7 @@ import ssl
 import stat
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,8 @@ from mmdomain_federated import provision
 from mmdomain_federated.deploy import free_port, make_site_keys
 from mmdomain_federated.plugin import fed
 from mmdomain_federated.policy import TEMPLATE_POLICY, load_policy
+from mmdomain_federated.simulate import APP_DIR
+from mmdomain_federated.site_guard import app_hash
 from mmdomain_federated.split_superlink import FleetOnly
 
 SITES = ("hospital-a", "hospital-b", "hospital-c")
@@ -220,8 +223,9 @@ def test_a_site_script_refuses_to_start_without_its_key(kits):
 
 
 def test_policy_files_load(kits, tmp_path):
+    approved = (app_hash(APP_DIR),)  # the app as installed where the kits were written
     for name in SITES:
-        assert load_policy(kits / name / "policy.toml") == TEMPLATE_POLICY
+        assert load_policy(kits / name / "policy.toml") == replace(TEMPLATE_POLICY, approved_apps=approved)
     own = tmp_path / "b-policy.toml"
     own.write_text("require-dp = true\nmin-noise-multiplier = 1.5\n")
     text = CONSORTIUM.replace('data-root = "/srv/hospital-b/data"', 'policy = "b-policy.toml"')

@@ -35,10 +35,18 @@ def test_the_app_config_parses_to_the_defaults():
 @pytest.mark.parametrize("config, message", [({"strategy": "fedsgd"}, "strategy"), ({"nope": 1}, "unknown key"),
                                              ({"secagg": True, "compress": "bf16"}, "compress"),
                                              ({"augment": "sideways"}, "augment must be auto, on or off"),
-                                             ({"batch-size": "many"}, "is not a int")])
+                                             ({"batch-size": "many"}, "is not a int"),
+                                             # a site's policy reads these: "perhaps" must not mean false
+                                             ({"local-dp": "perhaps"}, "local-dp='perhaps' is not a bool"),
+                                             ({"secagg": 0.5}, "is not a bool")])
 def test_bad_run_configs_are_refused(config, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_run_config(config)
+
+
+def test_booleans_read_as_written():
+    for text, value in (("true", True), ("Yes", True), ("1", True), ("false", False), ("no", False), ("0", False)):
+        assert Settings.from_run_config({"local-dp": text}).local_dp is value
 
 
 def test_private_runs_train_with_large_poisson_batches_by_default():
