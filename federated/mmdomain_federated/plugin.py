@@ -194,6 +194,36 @@ def fed_app_hash(app: Path | None) -> None:
         raise click.ClickException(str(exc)) from None
 
 
+@fed.command("results")
+@click.argument("run", required=False)
+@click.option("--dir", "base", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The results folder (default: $MMDOMAIN_RESULTS_DIR, which a coordinator kit's "
+                   "start-superlink.sh sets to its results/).")
+@click.option("--copy-to", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Copy RUN's folder into this folder.")
+def fed_results(run: str | None, base: Path | None, copy_to: Path | None) -> None:
+    """List the runs on this coordinator, or show RUN (a folder name under --dir, or a path): how it
+    ended, each site's final metrics by name, refusals, dropped sites, its files. (Flower 1.42's
+    `flwr pull` needs an enterprise SuperLink.)"""
+    from .results import copy_run, describe_run, list_runs, results_dir
+
+    base = base or results_dir()
+    if run is None:
+        if base is None:
+            raise click.ClickException("no results folder: give --dir (a coordinator kit's results/) or set "
+                                       "MMDOMAIN_RESULTS_DIR")
+        lines = list_runs(base)
+        click.echo("\n".join(lines) if lines else f"no runs in {base}")
+        return
+    folder = Path(run) if base is None or Path(run).is_absolute() or not (base / run).exists() else base / run
+    try:
+        click.echo("\n".join(describe_run(folder)))
+        if copy_to is not None:
+            click.echo(f"copied to {copy_run(folder, copy_to)}")
+    except (FileNotFoundError, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @fed.command("provision")
 @click.argument("consortium", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @click.option("-o", "--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,

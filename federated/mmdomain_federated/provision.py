@@ -490,12 +490,15 @@ def _coordinator_kit(consortium: Consortium, kit: Path, final: Path) -> None:
              str(c.control_port), "--database", '"$KIT/state/superlink.db"', "--health-server-address",
              _join(c.control_address, c.health_port)]
     start = [_HEADER, _env_lines("$KIT/flwr-home"), _PROCS,
-             'mkdir -p "$KIT/logs" "$KIT/state" "$KIT/run" "$FLWR_HOME"',
+             'mkdir -p "$KIT/logs" "$KIT/state" "$KIT/run" "$KIT/results" "$FLWR_HOME"',
              "# the researchers' Flower connection, with this kit's own path",
              f'cat > "$FLWR_HOME/config.toml" <<EOF\n{connection_toml(c, "$KIT/ca.crt")}EOF',
              'refuse_if_running superlink',
              "# the ServerApp names sites by the names register-sites.sh recorded (site_names)",
              'export MMDOMAIN_SITE_NAMES="$KIT/state/site-nodes.json"',
+             "# a run without out-dir writes results/run-<run id> (a relative out-dir: inside results/); "
+             "`mmdomain fed results --dir results`",
+             'export MMDOMAIN_RESULTS_DIR="$KIT/results"',
              f'start_process superlink "$BIN/{_python()}" {" ".join(split)} \\\n    {" ".join(flags)}',
              f"wait_for_port superlink {c.address} {c.fleet_port}",
              f"wait_for_port superlink {c.control_address} {c.control_port}",
@@ -503,6 +506,11 @@ def _coordinator_kit(consortium: Consortium, kit: Path, final: Path) -> None:
              f'(researchers); log $KIT/logs/superlink.log"']
     _script(kit / "start-superlink.sh", start)
     _script(kit / "stop.sh", [_HEADER, _PROCS, "stop_process superlink"])
+    _script(kit / "health.sh", [
+        _HEADER, _env_lines("$KIT/flwr-home"), _PROCS,
+        "# exit 0 when the SuperLink runs and its health service answers SERVING",
+        'running superlink || { echo "superlink: not running"; exit 1; }',
+        f'exec "$BIN/{_python()}" -m mmdomain_federated.health {_join(c.control_address, c.health_port)}'])
     _script(kit / "register-sites.sh", [
         _HEADER, _env_lines("$KIT/flwr-home"),
         "# registers each site's public key (site-keys/) under its name; node id -> name in state/site-nodes.json",
@@ -553,6 +561,12 @@ def _site_kit(site: Site, c: Coordinator, kit: Path) -> None:
         f'echo "{site.name}: SuperNode -> {c.fleet}, warm SuperExec started; logs in $KIT/logs, health on '
         f'{_join(site.local_address, site.health_port)}"'])
     _script(kit / "stop-site.sh", [_HEADER, _PROCS, "stop_process warm-exec", "stop_process supernode"])
+    _script(kit / "health.sh", [
+        _HEADER, _env_lines("$KIT/flwr-home"), _PROCS,
+        "# exit 0 when the SuperNode answers SERVING and the warm SuperExec beside it runs",
+        'running warm-exec || { echo "warm-exec: not running"; exit 1; }',
+        'echo "warm-exec: running (PID $(cat "$KIT/run/warm-exec.pid"))"',
+        f'exec "$BIN/{_python()}" -m mmdomain_federated.health {_join(site.local_address, site.health_port)}'])
     (kit / "README.txt").write_text(_site_readme(site, c))
 
 
@@ -609,14 +623,30 @@ wait_for_port() {  # NAME HOST PORT: until HOST:PORT accepts, or NAME's process 
   done
   echo "$1 did not open $2:$3 within 60 s; see $KIT/logs/$1.log" >&2; exit 1
 }
-stop_process() {  # NAME: SIGTERM to its process group, SIGKILL after 15 s
-  local pid i
+tree() {  # PID and its descendants, whichever session they moved to (the SuperLink's ServerApps have their own)
+  local child
+  echo "$1"
+  for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do tree "$child"; done
+}
+stop_process() {  # NAME: SIGTERM to its process group and every descendant, SIGKILL after 15 s
+  local pid pids p i alive
   if ! running "$1"; then echo "$1 not running"; rm -f "$KIT/run/$1.pid"; return 0; fi
   pid="$(cat "$KIT/run/$1.pid")"
-  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
-  for i in $(seq 1 75); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-  if kill -0 "$pid" 2>/dev/null; then kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid"; fi
+  pids="$(tree "$pid" | tr '\n' ' ')"
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  for p in $pids; do kill -TERM "$p" 2>/dev/null || true; done
+  for i in $(seq 1 75); do
+    alive=""
+    for p in $pids; do if kill -0 "$p" 2>/dev/null; then alive="$alive $p"; fi; done
+    [ -z "$alive" ] && break
+    sleep 0.2
+  done
   rm -f "$KIT/run/$1.pid"
+  if [ -n "$alive" ]; then
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    for p in $alive; do kill -KILL "$p" 2>/dev/null || true; done
+    echo "$1 killed (PIDs$alive): SIGTERM did not stop them within 15 s"; return 0
+  fi
   echo "$1 stopped (PID $pid)"
 }'''
 
@@ -656,8 +686,10 @@ Files
                       {_join(c.control_address, c.health_port)}; log logs/superlink.log, PID run/superlink.pid,
                       state state/superlink.db
   stop.sh             stops it (by that PID)
+  health.sh           exit 0 when it runs and its health service answers SERVING
   register-sites.sh   registers every site's public key under its name (run once, SuperLink up);
                       node id -> site name in state/site-nodes.json
+  results/            each run's folder (summary.json, events.log, model): `mmdomain fed results --dir results`
   flwr-home/          FLWR_HOME for researchers: config.toml holds the connection {c.name!r}
                       (rewritten with this kit's path by start-superlink.sh)
 
@@ -698,6 +730,7 @@ Files
                     logs in logs/, PIDs in run/, Runtime API {_join(site.local_address, site.runtime_port)}
                     (loopback), health on {_join(site.local_address, site.health_port)}
   stop-site.sh      stops both (by those PIDs)
+  health.sh         exit 0 when the SuperNode answers SERVING and the warm SuperExec runs
 
 Data: {site.data_root} {'(relative to this kit)' if not site.data_root.startswith('/') else ''}
 

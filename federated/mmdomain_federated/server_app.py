@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -37,6 +36,7 @@ from .rounds import (RoundResult, evaluate_round, local_epsilon, local_ledger_ro
 from .run_state import RunState
 from .server_log import ServerLog
 from .site_names import SiteNames
+from .results import run_folder
 from .settings import Settings
 from .strategy import ModalityAware, make_strategy, site_seconds
 
@@ -46,9 +46,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     settings = Settings.from_run_config(context.run_config)
-    out = Path(settings.out_dir) if settings.out_dir else \
-        Path(tempfile.gettempdir()) / "mmdomain-fed" / f"run-{context.run_id}"
-    run_server(grid, settings, out)
+    run_server(grid, settings, run_folder(settings.out_dir, context.run_id))
 
 
 def run_server(grid: Grid, settings: Settings, out_dir: Path, *, registry=None,

@@ -36,7 +36,7 @@ class ServerLog:
     def round(self, record: dict[str, Any]) -> None:
         """A finished round's record (strict JSON after ``round N: ``), floats shortened."""
         self(f"round {record['round']}: " + dumps({k: (round(v, 4) if isinstance(v, float) else v)
-                                                   for k, v in record.items()}))
+                                                   for k, v in self.names.record(record).items()}))
 
     def readiness(self, report: dict[str, Any]) -> None:
         from .readiness import train_entry

@@ -4,7 +4,8 @@
 node id Flower gives at registration with the site's name in ``state/site-nodes.json``; the kit's
 ``start-superlink.sh`` points ``MMDOMAIN_SITE_NAMES`` at that file, so the ServerApp the SuperLink
 starts reads it. The server's event log then says ``site hospital-a (node 4711)`` where it said
-``site 4711`` (the readiness lines too), and ``summary.json`` keys its per-site entries by name and
+``site 4711`` (the readiness lines too; a round's line keys its per-site entries by name), and
+``summary.json`` keys its per-site entries (history included) by name and
 holds the mapping (``site-names``). ``readiness.json`` and the checkpoints keep node ids: the server
 reads them back by node id (count caps, resume). Without the file (simulation, ``fed deploy``, a site
 registered by hand) sites keep their node ids.
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 ENV = "MMDOMAIN_SITE_NAMES"
+PER_SITE_KEYS = ("per-site", "local-epsilon", "dropped-sites")  # a round record's entries keyed by site
 _SITE = re.compile(r"\bsite (\d+)\b")
 
 
@@ -64,6 +66,12 @@ class SiteNames:
             return per_site
         return {self.label(k): v for k, v in per_site.items()}
 
+    def record(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A round's record with its per-site entries keyed by name."""
+        if not self.names:
+            return record
+        return {**record, **{k: self.keyed(record[k]) for k in PER_SITE_KEYS if k in record}}
+
     def summary(self, summary: dict[str, Any]) -> dict[str, Any]:
         """``summary.json`` with its per-site entries keyed by name, and ``site-names`` (node id -> name)."""
         if not self.names:
@@ -75,6 +83,5 @@ class SiteNames:
         for key in ("refused", "local-epsilon"):
             out[key] = self.keyed(out.get(key))
         out["rejections"] = [{**r, "site": self.label(r.get("site"))} for r in out.get("rejections") or []]
-        out["history"] = [{**h, **{k: self.keyed(h[k]) for k in ("local-epsilon", "dropped-sites") if k in h}}
-                          for h in out.get("history") or []]
+        out["history"] = [self.record(h) for h in out.get("history") or []]
         return out

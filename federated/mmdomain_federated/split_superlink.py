@@ -19,6 +19,9 @@ listeners on that one application:
 
 Everything after ``--`` is ``flower-superlink``'s own arguments. SIGTERM / SIGINT stop both
 listeners (the loopback one in the main thread owns Flower's lifespan: its SuperExec, state).
+Open connections get ``GRACE_SECONDS`` to finish, then are closed: a ``flwr run --stream`` client
+holds its log stream open for as long as the run goes on, and uvicorn's default (wait for every
+connection, however long) made SIGTERM hang while one was connected.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import time
 #: The path prefix of the Fleet API (``flwr.superlink.routers.fleet.router``); the 1.42 SuperNode
 #: calls nothing else (``flwr.supernode.fleet_http_client``).
 FLEET_PREFIX = "/v1/fleet/"
+GRACE_SECONDS = 3  # uvicorn's timeout_graceful_shutdown: then streaming connections are cut
 
 
 class FleetOnly:
@@ -91,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     log_config = get_uvicorn_log_config(console_handler.level)
     tls = {"ssl_keyfile": config.ssl_keyfile, "ssl_certfile": config.ssl_certfile}
     public = uvicorn.Server(uvicorn.Config(FleetOnly(app), host=args.fleet_address[0], port=args.fleet_address[1],
-                                           lifespan="off", access_log=True, log_config=log_config, workers=1, **tls))
+                                           lifespan="off", access_log=True, log_config=log_config, workers=1,
+                                           timeout_graceful_shutdown=GRACE_SECONDS, **tls))
     thread = threading.Thread(target=public.run, name="fleet-public-listener", daemon=True)
     thread.start()  # not the main thread: no signal handlers of its own; stopped below
     while thread.is_alive() and not public.started:
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"cannot listen on {args.fleet_address[0]}:{args.fleet_address[1]} (the Fleet API's address)")
     try:
         uvicorn.run(app=app, host=config.host, port=config.port, reload=False, access_log=True,
-                    log_config=log_config, workers=1, **tls)
+                    log_config=log_config, workers=1, timeout_graceful_shutdown=GRACE_SECONDS, **tls)
     finally:
         public.should_exit = True
         thread.join(timeout=10)

@@ -88,8 +88,10 @@ def test_each_kit_holds_what_its_owner_needs(kits):
     assert set(_files(kits / "ca-private")) == {"ca.key", "README.txt"}
     assert set(_files(kits / "coordinator")) == {
         "README.txt", "ca.crt", "server.pem", "server.key", "sites.json", "flwr-home/config.toml",
-        "site-keys/hospital-a.pub", "site-keys/hospital-b.pub", "start-superlink.sh", "stop.sh", "register-sites.sh"}
-    site_files = {"README.txt", "ca.crt", "connection.toml", "policy.toml", "start-site.sh", "stop-site.sh"}
+        "site-keys/hospital-a.pub", "site-keys/hospital-b.pub", "start-superlink.sh", "stop.sh", "register-sites.sh",
+        "health.sh"}
+    site_files = {"README.txt", "ca.crt", "connection.toml", "policy.toml", "start-site.sh", "stop-site.sh",
+                  "health.sh"}
     for name in ("hospital-a", "hospital-b"):
         assert set(_files(kits / name)) == site_files | {f"{name}.key", f"{name}.key.pub"}
     assert set(_files(kits / "hospital-c")) == site_files  # site-provided: a slot, no key

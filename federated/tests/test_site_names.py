@@ -14,11 +14,13 @@ def test_log_lines_and_summary_name_registered_sites_only():
         "round 2: site hospital-a (node 101) failed; site 1010 and site 103 too"
     summary = {"final": {"per_site": {"101": {"n": 3}, "103": {"n": 4}}}, "refused": {"102": "policy"},
                "rejections": [{"round": 1, "site": 102, "reason": "nan"}], "local-epsilon": {"101": 2.0},
-               "history": [{"round": 1, "dropped-sites": {"102": "failed"}, "local-epsilon": {"101": 1.0}}]}
+               "history": [{"round": 1, "dropped-sites": {"102": "failed"}, "local-epsilon": {"101": 1.0},
+                            "per-site": {"101": {"eval-n": 3}}}]}
     out = names.summary(summary)
     assert out["final"]["per_site"] == {"hospital-a": {"n": 3}, "103": {"n": 4}}
     assert out["refused"] == {"hospital-b": "policy"} and out["rejections"][0]["site"] == "hospital-b"
     assert out["history"][0]["dropped-sites"] == {"hospital-b": "failed"}
+    assert out["history"][0]["per-site"] == {"hospital-a": {"eval-n": 3}}
     assert out["site-names"] == {"101": "hospital-a", "102": "hospital-b"}
     assert SiteNames().summary(summary) is summary and SiteNames().text("site 101") == "site 101"
 
@@ -44,5 +46,8 @@ def test_a_run_names_its_sites_from_the_registration_file(settings_for, tmp_path
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
     assert sorted(summary["final"]["per_site"]) == ["hospital-a", "hospital-b"]
     assert summary["site-names"] == {"101": "hospital-a", "102": "hospital-b"}
+    assert sorted(summary["history"][0]["per-site"]) == ["hospital-a", "hospital-b"]
     log = (out / "events.log").read_text()
+    round_line = json.loads(next(line for line in log.splitlines() if " round 1: {" in line).split("round 1: ", 1)[1])
+    assert sorted(round_line["per-site"]) == ["hospital-a", "hospital-b"]  # the round's line names them too
     assert "site hospital-a (node 101)" in log and "site 101" not in log.replace("(node 101)", "")
