@@ -34,7 +34,7 @@ from .readiness import held_modalities
 from .rounds import (RoundResult, evaluate_round, local_epsilon, local_ledger_rows, readiness_round, round_record,
                      train_round, wait_for_nodes)
 from .run_state import RunState
-from .server_log import ServerLog
+from .server_log import ServerLog, metrics_brief
 from .site_names import SiteNames
 from .results import run_folder
 from .settings import Settings
@@ -101,7 +101,8 @@ def _evaluate_only(grid: Grid, model, strategy: ModalityAware, settings: Setting
                "out_dir": str(out_dir)}
     summary = log.names.summary(summary)
     write(out_dir / "summary.json", summary)
-    log(f"finished (evaluate-only); {settings.evaluate_split} metrics {dumps(final.get('overall', {}))}; out {out_dir}")
+    log(f"finished (evaluate-only); {settings.evaluate_split} metrics {dumps(final.get('overall', {}))}; out {out_dir}",
+        f"finished (evaluate-only): {settings.evaluate_split} {metrics_brief(final.get('overall', {}))}; out {out_dir}")
     return summary
 
 
@@ -144,7 +145,7 @@ def _train(grid: Grid, run: RunState, strategy: ModalityAware, num_nodes: int, s
         record, ledger_rows = _record(grid, strategy, result, run, log)
         improved = _score(run, record, rnd, result.weights, log)
         run.commit(rnd, result.weights, record, ledger_rows)
-        log.round(record)
+        log.round(record, s.num_server_rounds)
         if improved:
             save_best()
         if s.stop_after_round and rnd == s.stop_after_round and rnd < s.num_server_rounds:
@@ -291,7 +292,8 @@ def _finish(model, run: RunState, final: dict[str, Any], stopped: str, registry,
     overall = final.get("overall", {})
     if bad := sorted(k for k, v in overall.items() if isinstance(v, float) and not math.isfinite(v)):
         log(f"final test metrics not finite (written as null): {', '.join(bad)}")
-    log(f"finished ({stopped}); final test metrics {dumps(overall)}; out {out_dir}")
+    log(f"finished ({stopped}); final test metrics {dumps(overall)}; out {out_dir}",
+        f"finished ({stopped}): final test {metrics_brief(overall)}; out {out_dir}")
     return summary
 
 

@@ -201,3 +201,22 @@ def test_the_site_log_records_each_refusal_with_its_reason(settings_for, tmp_pat
     assert "train message" in lines[0] and "query message" in lines[1]
     assert not any("s0-" in line or str(tmp_path) in line for line in lines)  # no sample ids, no file paths
 
+
+
+def test_progress_is_one_short_line_per_round_while_events_log_keeps_the_record(settings_for, tmp_path):  # ~4 s
+    from mmdomain_federated.server_log import progress_line
+
+    s = settings_for(num_server_rounds=2, max_steps=1, readiness=False)
+    said: list[str] = []
+    out = tmp_path / "run"
+    run_server(LocalGrid(2, s.as_run_config()), s, out, echo=False, log=said.append)
+    rounds = [line for line in said if line.startswith("round ")]
+    assert [line.split(":")[0] for line in rounds] == ["round 1/2", "round 2/2"]
+    assert all(len(line) < 120 and "{" not in line and "2 sites" in line and "val macro AUROC" in line
+               and line.endswith(" s") for line in rounds), rounds
+    finished = [line for line in said if line.startswith("finished")]
+    assert finished and "{" not in finished[0] and "final test macro AUROC" in finished[0]
+    events = (out / "events.log").read_text()
+    assert " round 2: {" in events and "final test metrics {" in events  # the full records stay in the file
+    assert progress_line({"round": 3, "sites": 1, "dropped": 2, "epsilon": 1.234, "local-epsilon": {"7": 2.5}}) == \
+        "round 3: 1 site (2 dropped), epsilon 1.23, local epsilon <= 2.50"
