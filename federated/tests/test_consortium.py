@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from mmdomain.plugins import get_registry
-from mmdomain_federated import provision, task
+from mmdomain_federated import task
 from mmdomain_federated.deploy import free_port, make_site_keys
 from mmdomain_federated.simulate import APP_DIR, FLOWER_ENV, run_config_arg
 
