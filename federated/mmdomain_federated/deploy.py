@@ -117,8 +117,8 @@ class Processes:
     def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         """``env``: variables added to this one process's environment."""
         log = (self.logs / f"{name}.log").open("w")
-        proc = subprocess.Popen(cmd, env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                cwd=str(self.logs))
+        proc = subprocess.Popen(cmd, env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=str(self.logs))
         self.procs[name] = proc
         return proc
 
@@ -143,6 +143,17 @@ class Processes:
     def log(self, name: str) -> str:
         path = self.logs / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+def wait_for_text(path: Path, text: str, timeout: float, alive: Callable[[], bool] = lambda: True) -> bool:
+    """Until ``path`` (a run's ``events.log``, a service's log) holds ``text``; False after
+    ``timeout`` seconds or once ``alive()`` is false (the process writing it has ended)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and alive():
+        if path.exists() and text in path.read_text(errors="replace"):
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def _bin(name: str) -> str:

@@ -215,7 +215,7 @@ def fed_results(run: str | None, base: Path | None, copy_to: Path | None) -> Non
         lines = list_runs(base)
         click.echo("\n".join(lines) if lines else f"no runs in {base}")
         return
-    folder = Path(run) if base is None or Path(run).is_absolute() or not (base / run).exists() else base / run
+    folder = base / run if base is not None and (base / run).exists() else Path(run)  # an absolute RUN: itself
     try:
         click.echo("\n".join(describe_run(folder)))
         if copy_to is not None:

@@ -441,7 +441,6 @@ def template(approved_apps: list[str] | tuple[str, ...] | None = None) -> str:
     written it is a strict policy for a hospital (``TEMPLATE_POLICY``); ``approved_apps`` (the
     provisioning kits: the app the consortium was provisioned with) is written as set."""
     plugins = sorted(installed_plugins() - {"federated"})
-    here = _installed_app_hash()
     out = [
         "# mmdomain site policy (TOML). The run config of a job cannot weaken it: a job asking for less is",
         "# refused by this site, and the coordinator is told what the policy requires and what the job asked.",
@@ -474,7 +473,7 @@ def template(approved_apps: list[str] | tuple[str, ...] | None = None) -> str:
         elif spec.template is None:
             if spec.kind == "plugins" and plugins:
                 out.append(f"#   installed here: {', '.join(plugins)}")
-            if spec.kind == "apps" and here:
+            if spec.kind == "apps" and (here := _installed_app_hash()):
                 out.append(f"#   the federated app installed here: {here}")
             out.append(f"# {spec.name} = {spec.example}")
         else:

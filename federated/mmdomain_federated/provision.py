@@ -451,8 +451,11 @@ def write_kits(consortium: Consortium, out: str | Path, *, force: bool = False) 
 
 def _write_all(consortium: Consortium, root: Path, final: Path) -> None:
     from .deploy import make_certificates, make_site_keys
+    from .simulate import APP_DIR
+    from .site_guard import app_hash
 
     c = consortium.coordinator
+    approved = app_hash(APP_DIR)  # the app as installed here: what every template policy approves
     ckit = root / c.name
     ckit.mkdir(parents=True)
     (root / CA_PRIVATE).mkdir(mode=0o700)
@@ -475,7 +478,7 @@ def _write_all(consortium: Consortium, root: Path, final: Path) -> None:
             shutil.copyfile(pub, target)
             entry.update({"public-key": f"site-keys/{site.name}.pub", "fingerprint": fingerprint(target.read_bytes())})
         sites_json[site.name] = entry
-        _site_kit(site, c, kit)
+        _site_kit(site, c, kit, approved)
     jsonout.write(ckit / "sites.json", {"coordinator": c.name, "sites": sites_json})
     _coordinator_kit(consortium, ckit, final / c.name)
 
@@ -518,13 +521,11 @@ def _coordinator_kit(consortium: Consortium, kit: Path, final: Path) -> None:
     (kit / "README.txt").write_text(_coordinator_readme(consortium))
 
 
-def _site_kit(site: Site, c: Coordinator, kit: Path) -> None:
+def _site_kit(site: Site, c: Coordinator, kit: Path, approved_app: str) -> None:
     from .policy import template
-    from .simulate import APP_DIR
-    from .site_guard import app_hash
 
     if site.policy is None:  # the strict template, approving the app as installed here
-        (kit / "policy.toml").write_text(template(approved_apps=[app_hash(APP_DIR)]), encoding="utf-8")
+        (kit / "policy.toml").write_text(template(approved_apps=[approved_app]), encoding="utf-8")
     else:
         shutil.copyfile(site.policy, kit / "policy.toml")
     key = f"{site.name}.key"

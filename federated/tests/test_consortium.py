@@ -35,7 +35,7 @@ import pytest
 
 from mmdomain.plugins import get_registry
 from mmdomain_federated import task
-from mmdomain_federated.deploy import free_port, make_site_keys
+from mmdomain_federated.deploy import free_port, make_site_keys, wait_for_text
 from mmdomain_federated.simulate import APP_DIR, FLOWER_ENV, run_config_arg
 
 SITES = {"hospital-a": "127.0.0.11", "hospital-b": "127.0.0.12", "hospital-c": "127.0.0.13"}
@@ -68,15 +68,6 @@ def _tree(pid):
     for child in children:
         out += _tree(int(child))
     return out
-
-
-def _wait_for(path, text, timeout, alive=lambda: True):
-    deadline = time.time() + timeout
-    while time.time() < deadline and alive():
-        if path.exists() and text in path.read_text(errors="replace"):
-            return True
-        time.sleep(0.5)
-    return False
 
 
 def _consortium(tmp_path, roots):
@@ -188,7 +179,7 @@ def test_a_consortium_from_its_kits_on_distinct_addresses(tmp_path):
         first = subprocess.Popen([flwr, "run", str(APP_DIR), "coordinator", "--stream", "--run-config",
                                   run_config_arg(job)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                  text=True, start_new_session=True)
-        assert _wait_for(results / "events.log", "round 1: {", 240, lambda: first.poll() is None), \
+        assert wait_for_text(results / "events.log", "round 1: {", 240, lambda: first.poll() is None), \
             first.poll() is None or first.stdout.read()[-3000:]
         r = _bash(kits / "hospital-c" / "stop-site.sh", timeout=60)
         assert r.returncode == 0 and "supernode stopped" in r.stdout and "killed" not in r.stdout, r.stdout
@@ -220,7 +211,7 @@ def test_a_consortium_from_its_kits_on_distinct_addresses(tmp_path):
         stream = subprocess.Popen([flwr, "run", str(APP_DIR), "coordinator", "--stream", "--run-config",
                                    run_config_arg({**JOB, "num-server-rounds": 50, "out-dir": "long"})],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-        assert _wait_for(coord / "results" / "long" / "events.log", "sites connected", 120, lambda: stream.poll() is None)
+        assert wait_for_text(coord / "results" / "long" / "events.log", "sites connected", 120, lambda: stream.poll() is None)
         t0 = time.time()
         r = _bash(coord / "stop.sh", timeout=60)
         took = time.time() - t0

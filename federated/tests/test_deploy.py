@@ -7,22 +7,12 @@ all of it: starting a second one would double the (slow) wall time."""
 import json
 import signal
 import threading
-import time
 
 import pytest
 
 from mmdomain.plugins import get_registry
 from mmdomain_federated import task
-from mmdomain_federated.deploy import LocalDeployment, make_site_keys
-
-
-def _wait_for(path, text, timeout, alive):
-    deadline = time.time() + timeout
-    while time.time() < deadline and alive():
-        if path.exists() and text in path.read_text(errors="replace"):
-            return True
-        time.sleep(0.5)
-    return False
+from mmdomain_federated.deploy import LocalDeployment, make_site_keys, wait_for_text
 
 
 @pytest.mark.slow
@@ -49,7 +39,7 @@ def test_deployment_tls_auth_refusals_and_a_killed_supernode(tmp_path):
         runner = threading.Thread(target=lambda: result.update(r=dep.run_app(config, timeout=420)), daemon=True)
         runner.start()
         # after round 1 is aggregated, site-2's SuperNode dies (SIGKILL to its process group, by PID)
-        assert _wait_for(out / "events.log", "round 1: {", 300, runner.is_alive), \
+        assert wait_for_text(out / "events.log", "round 1: {", 300, runner.is_alive), \
             (out / "events.log").read_text() if (out / "events.log").exists() else result
         killed = dep.procs.procs["site-2"]
         dep.procs.stop("site-2", signal.SIGKILL)
