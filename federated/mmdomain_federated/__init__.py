@@ -11,5 +11,6 @@ evaluation rounds; ``RoundResult``), ``run_state`` (resume, accountant, ledger),
 every JSON file of a run is written by the core's ``mmdomain.jsonout`` (strict JSON).
 ``client_app`` / ``server_app`` only turn records into these calls and back. Launching:
 ``simulate``, ``deploy``, ``inprocess``, ``warm_exec``; commands: ``demo`` (with ``experiment``
-and ``report``), ``compare``, ``plugin``.
+and ``report``), ``compare``, ``plugin``. For analysts (the public API): ``analysis`` (a
+federation in one call; a run folder as pandas tables).
 """

@@ -38,6 +38,12 @@ class LocalGrid(Grid):
         self.sent: list[Message] = []
         self._replies: dict[str, Message] = {}
 
+    def site_names(self):
+        """Each node named ``site-<partition-id>``, as the cross-site matrix names its columns."""
+        from .site_names import SiteNames
+
+        return SiteNames({node: f"site-{ctx.node_config['partition-id']}" for node, ctx in self.contexts.items()})
+
     def set_run(self, run) -> None:  # pragma: no cover - not used in-process
         self._run = run
 

@@ -50,11 +50,14 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def run_server(grid: Grid, settings: Settings, out_dir: Path, *, registry=None,
-               log: Callable[[str], None] | None = None, echo: bool = True) -> dict[str, Any]:
+               log: Callable[[str], None] | None = None, echo: bool = True,
+               names: SiteNames | None = None) -> dict[str, Any]:
     """The whole federated run; returns (and writes ``summary.json``) what happened. Events go to
-    ``events.log``, to ``log`` and, with ``echo``, to stdout."""
+    ``events.log``, to ``log`` and, with ``echo``, to stdout. Sites are named by ``names``, else
+    by the file ``$MMDOMAIN_SITE_NAMES`` points at, else by node id."""
     registry = registry or get_registry()
-    with ServerLog(out_dir, echo=echo, callback=log, names=SiteNames.from_env(log or print)) as slog:
+    names = names if names is not None else SiteNames.from_env(log or print)
+    with ServerLog(out_dir, echo=echo, callback=log, names=names) as slog:
         model, init = task.build_with_report(settings, registry)
         if init:  # what every participant's start took from init-from (the sites build the same)
             write(out_dir / "init-report.json", init)
