@@ -213,6 +213,18 @@ class Run:
                 rows.append({"site": self.site(site), "split": split, "n": counts.get("n"), **(counts.get("patterns") or {})})
         return pd.DataFrame(rows, columns=_columns(rows, first=["site", "split", "n"]))
 
+    @property
+    def heterogeneity(self):
+        """How different the sites are (``heterogeneity.json``, from their noised readiness
+        reports): a row per site, each against the others pooled: Jensen-Shannon divergence of
+        the label and availability-pattern distributions, Hellinger distance of each modality's
+        input statistics (all 0-1; NaN where a site reported none)."""
+        pd = _pandas()
+        path = self.folder / "heterogeneity.json"
+        div = json.loads(path.read_text()) if path.is_file() else {}
+        rows = {self.site(s): v for s, v in sorted(div.items(), key=lambda kv: _natural(self.site(kv[0])))}
+        return pd.DataFrame.from_dict(rows, orient="index", dtype=float)
+
     def cross_site(self, metric: str | None = None):
         """Model x test set: the final global model's ``metric`` (default: the run's main one) on
         each site's own test set and pooled, as the sites computed it; with the rows of

@@ -83,6 +83,7 @@ def _domain(registry, dataset: str, out: Path, plan: dict[str, Any], device: str
                                                     "target-delta": plan["target_delta"]})
     clock.step(f"{dataset}: readiness report")
     readiness = _readiness(settings, registry, sites, log)
+    heterogeneity = _heterogeneity(settings, registry, sites, seed, log)
     tests = site_tests(settings, registry, sites)
     test = pooled_test(settings, registry, sites, tests)
     cross = CrossSite(tests, settings)
@@ -107,7 +108,21 @@ def _domain(registry, dataset: str, out: Path, plan: dict[str, Any], device: str
         f"{private['overall'].get(metric, float('nan')):.3f} ({private['minus_federated']:+.3f})")
     return {"metric": metric, "test_samples": len(test), "readiness": readiness, "local": local,
             "federated": fed, "private": private, "versus_local": versus, "fusion_vs_single": fusion_vs_single,
-            "cross_site": matrix}
+            "cross_site": matrix, "heterogeneity": heterogeneity}
+
+
+def _heterogeneity(settings, registry, sites: int, seed: int, log) -> dict[str, Any]:
+    """How different the sites are, from the readiness reports they would send (noised, suppressed):
+    each site against the others, as the ServerApp logs it (``heterogeneity``)."""
+    from .heterogeneity import describe as describe_heterogeneity
+    from .heterogeneity import divergences
+    from .readiness import readiness
+
+    reports = {f"site-{i}": readiness(settings, site(i, sites), registry, seed=seed * 1000 + i) for i in range(sites)}
+    div = divergences(reports)
+    for line in describe_heterogeneity(div):
+        log("  heterogeneity: " + line)
+    return div
 
 
 def _pretrain(registry, dataset: str, settings, out: Path, plan: dict[str, Any], clock: Clock,

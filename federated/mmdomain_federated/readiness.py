@@ -2,7 +2,9 @@
 
 Per split: samples per modality and per availability pattern, counted from the datasets'
 availability (no sample is decoded), Laplace-noised with small cells suppressed, and the
-dataset's own ``describe`` statistics (integers noised the same way). ``held_modalities``
+dataset's own ``describe`` statistics (integers noised the same way). The train split also
+carries a ``profile`` of up to ``readiness-rows`` rows (noised label counts, per-modality input
+moments; ``heterogeneity``), from which the server measures how different the sites are. ``held_modalities``
 reads back, on the server, which modalities each site reported. No flwr here: the messages
 are the apps' (``client_app.query``, ``rounds.readiness_round``).
 """
@@ -18,6 +20,7 @@ from mmdomain.errors import DataError
 from mmdomain.registry import Registry
 
 from .groups import held
+from .heterogeneity import profile
 from .settings import Settings
 from .task import SUPPRESS_BELOW, HideModalities, load_site, model_config
 
@@ -55,6 +58,14 @@ def readiness(settings: Settings, node_config: dict[str, Any], registry: Registr
                 entry["describe"] = _noise_tree(spec.describe(base), rng, noise_scale)
             except Exception as exc:  # a plugin's describe failing must not block training
                 entry["describe"] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+        if split == "train" and settings.readiness_rows > 0:
+            try:
+                entry["profile"] = profile(ds, modalities, rows=settings.readiness_rows, rng=rng,
+                                           noise_scale=noise_scale, noisy=_noisy)
+            except DataError as exc:  # a row that cannot be read: the report goes out without statistics
+                entry["profile"] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"[:200]}
+            except Exception as exc:  # anything else says its type only (a library's message may hold a path)
+                entry["profile"] = {"error": type(exc).__name__}
         report["splits"][split] = entry
     return report
 

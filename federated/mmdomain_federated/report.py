@@ -77,6 +77,9 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                              "metric": f"bootstrap {k} vs best local {v['metric']}", "value": value})
         if r.get("cross_site"):
             rows += cross_site_rows(dataset, r["cross_site"])
+        for site, div in (r.get("heterogeneity") or {}).items():
+            rows += [{"dataset": dataset, "model": "data", "site": site, "metric": f"heterogeneity {kind}",
+                      "value": value} for kind, value in div.items() if value is not None]
     return rows
 
 
@@ -272,6 +275,8 @@ def markdown(results: dict[str, Any], plan: dict[str, Any], seconds: float) -> s
         lines.append("")
         if r.get("cross_site"):
             lines += cross_site_lines(r["cross_site"])
+        if r.get("heterogeneity"):
+            lines += heterogeneity_lines(r["heterogeneity"])
         lines += ["Availability patterns at each site:", ""]
         for site, rd in r["readiness"].items():
             lines.append(f"- {site}: {rd['samples']} samples, " + ", ".join(f"{p} {c}" for p, c in rd["patterns"].items()))
@@ -280,6 +285,19 @@ def markdown(results: dict[str, Any], plan: dict[str, Any], seconds: float) -> s
     if any(r.get("cross_site") for r in results.values()):
         lines += ["![cross-site](cross_site.png)", ""]
     return "\n".join(lines)
+
+
+def heterogeneity_lines(div: dict[str, dict[str, float | None]]) -> list[str]:
+    """How different the sites are (``heterogeneity.divergences``) as a Markdown table."""
+    kinds = list(dict.fromkeys(k for row in div.values() for k in row))
+    names = {"labels": "labels (JS)", "patterns": "availability patterns (JS)"}
+    lines = ["Heterogeneity: each site against the others pooled, from the noised readiness reports (0 = alike, "
+             "1 = disjoint; Jensen-Shannon divergence of distributions, Hellinger distance of input statistics):", "",
+             "| site | " + " | ".join(names.get(k, f"{k} (Hellinger)") for k in kinds) + " |",
+             "|---|" + "---|" * len(kinds)]
+    for site, row in div.items():
+        lines.append(f"| {site} | " + " | ".join(score_text(row.get(k)) for k in kinds) + " |")
+    return lines + [""]
 
 
 def cross_site_lines(matrix: dict[str, Any]) -> list[str]:

@@ -30,6 +30,8 @@ from .aggregation import declared_caps
 from .best_model import BestModel, metric_value, scored_round
 from .groups import FUSION_FROM_MULTI, fusion_from
 from mmdomain.jsonout import dumps, write
+from .heterogeneity import describe as describe_heterogeneity
+from .heterogeneity import divergences
 from .readiness import held_modalities
 from .rounds import (RoundResult, evaluate_round, local_epsilon, local_ledger_rows, readiness_round, round_record,
                      train_round, wait_for_nodes)
@@ -116,6 +118,12 @@ def _readiness(grid: Grid, nodes: list[int], run: RunState, log: ServerLog) -> d
         report = readiness_round(grid, nodes, run.settings, run.refused, log, run.rejections)
         write(path, report)
         log.readiness(report)
+        if len(report) > 1:  # how different the sites are, from their noised reports
+            div = divergences(report)
+            write(run.out_dir / "heterogeneity.json", div)
+            log("heterogeneity, each site against the others (JS divergence 0-1, Hellinger distance 0-1):")
+            for line in describe_heterogeneity(div):
+                log("  " + line)
         return report
     return json.loads(path.read_text()) if path.exists() else {}
 

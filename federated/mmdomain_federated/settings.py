@@ -62,6 +62,7 @@ class Settings:
     device: str = "auto"
     fused_eval: bool = True
     readiness: bool = True
+    readiness_rows: int = 256  # rows of the train split read for the report's label and input statistics (0 = none)
     outlier_factor: float = 10.0
     max_site_samples: int = 1_000_000  # a site reporting more samples (in any count) is rejected
     max_site_weight: float = 0.5  # one site's largest share of a group's average (>= 3 sites; 1 = no cap)
@@ -133,6 +134,9 @@ class Settings:
             raise ConfigError(f"run config: trim-fraction must be in [0, 0.5), got {self.trim_fraction:g}")
         if self.outlier_factor != 0 and not self.outlier_factor > 1:
             raise ConfigError(f"run config: outlier-factor must be 0 (off) or > 1, got {self.outlier_factor:g}")
+        if self.readiness_rows < 0:
+            raise ConfigError(f"run config: readiness-rows must be >= 0 (0 = no label or input statistics), "
+                              f"got {self.readiness_rows}")
         if self.max_site_samples < 1:
             raise ConfigError(f"run config: max-site-samples must be >= 1, got {self.max_site_samples}")
         if not 0 < self.max_site_weight <= 1:

@@ -77,6 +77,18 @@ def test_demo_quick_writes_a_consistent_report(tmp_path):
     final = json.loads((tmp_path / "runs" / "toy" / "federated" / "summary.json").read_text())["final"]["per_site"]
     assert [final[str(101 + i)][metric] for i in range(3)] == pytest.approx([g["scores"][s] for s in sites], abs=1e-6)
 
+    # heterogeneity: each site against the others, from the readiness reports the sites would send
+    het = metrics["heterogeneity"]
+    assert list(het) == sites and all(set(h) == {"labels", "patterns", "input toy_image", "input toy_note"}
+                                      for h in het.values())
+    assert all(0 <= v <= 1 for h in het.values() for v in h.values() if v is not None)
+    assert all(h["labels"] is not None and h["input toy_image"] is not None for h in het.values())
+    assert "Heterogeneity: each site against the others pooled" in summary
+    for s in sites:
+        assert (f"| {s} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in het[s].values()) + " |") in summary
+    assert "heterogeneity: site site-0: labels JS" in proc.stdout
+    assert (tmp_path / "runs" / "toy" / "federated" / "heterogeneity.json").is_file()  # the server measured it too
+
     # the private arm: local DP-SGD at every site, within the target, on the pretrained encoders, frozen
     p = metrics["private"]
     assert p["mode"] == "local" and p["epsilon_target"] == 8.0 and p["delta"] == 1e-5
@@ -125,6 +137,8 @@ def test_demo_quick_writes_a_consistent_report(tmp_path):
     assert private["all", "delta"] == pytest.approx(1e-5)
     assert private["all", f"minus federated {metric}"] == pytest.approx(value - fed)
     assert [private[f"node {site}", "epsilon"] for site in spent] == pytest.approx(list(spent.values()))
+    het_rows = {(r["site"], r["metric"]): float(r["value"]) for r in rows if r["model"] == "data"}
+    assert het_rows["site-1", "heterogeneity labels"] == pytest.approx(het["site-1"]["labels"])
     assert {r["model"] for r in rows} >= {"local fusion", "local toy_image only", "local toy_note only",
                                           "federated fusion", "federated fusion + local DP"}
 
