@@ -5,6 +5,7 @@ the round's metrics (what ``summary.json``'s history holds)."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -121,7 +122,41 @@ def readiness_report(site) -> dict[str, Any]:
             if isinstance(entry.get("modalities", {}), dict) else [None]
         if not all(_cell(c) for c in cells):
             raise BadReply("a count that is neither a non-negative integer nor suppressed")
+        if "profile" in entry:
+            _check_profile(entry["profile"])
     return report
+
+
+MAX_PROFILE_CELLS = 4096  # labels, or channels of one modality
+
+
+def _check_profile(profile: Any) -> None:
+    """A train split's ``profile`` (``heterogeneity.profile``): label counts that are counts, and per
+    modality as many finite means as non-negative standard deviations; else ``BadReply``."""
+    if not isinstance(profile, dict):
+        raise BadReply("a profile that is not an object")
+    if "error" in profile:
+        return
+    labels = profile.get("labels")
+    if labels is not None:
+        counts = labels.get("counts") if isinstance(labels, dict) else None
+        if (labels.get("kind") if isinstance(labels, dict) else None) not in ("multi-label", "classes") or \
+                not isinstance(counts, list) or not 0 < len(counts) <= MAX_PROFILE_CELLS or \
+                not all(_cell(c) for c in counts):
+            raise BadReply("profile labels that are not a kind and a list of counts")
+    inputs = profile.get("inputs", {})
+    if not isinstance(inputs, dict):
+        raise BadReply("profile inputs that are not an object")
+    for stats in inputs.values():
+        mean, std = (stats.get("mean"), stats.get("std")) if isinstance(stats, dict) else (None, None)
+        if not (isinstance(mean, list) and isinstance(std, list) and 0 < len(mean) == len(std) <= MAX_PROFILE_CELLS
+                and _cell(stats.get("rows")) and all(_finite(v) for v in mean)
+                and all(_finite(v) and v >= 0 for v in std)):
+            raise BadReply("profile input statistics that are not finite means and non-negative deviations")
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _cell(c: Any) -> bool:

@@ -197,6 +197,33 @@ def test_cap_shares_and_readiness_caps():
             readiness_report(ConfigRecord({"readiness": bad}))
 
 
+GOOD_PROFILE = {"rows": 40, "labels": {"kind": "multi-label", "counts": [12, "<5"]},
+                "inputs": {"a": {"rows": 40, "mean": [0.5, -1.0], "std": [0.2, 0.0]}}}
+BAD_PROFILES = {  # what a hostile site's heterogeneity profile may hold -> the reason
+    "a list": ([1, 2], "a profile that is not an object"),
+    "labels of an unknown kind": ({"labels": {"kind": "names", "counts": [1]}}, "profile labels"),
+    "a negative label count": ({"labels": {"kind": "classes", "counts": [3, -2]}}, "profile labels"),
+    "a million labels": ({"labels": {"kind": "classes", "counts": [1] * 10**6}}, "profile labels"),
+    "a NaN mean": ({"inputs": {"a": {"rows": 9, "mean": [float("nan")], "std": [1.0]}}}, "finite means"),
+    "an infinite deviation": ({"inputs": {"a": {"rows": 9, "mean": [0.0], "std": [float("inf")]}}}, "finite means"),
+    "a negative deviation": ({"inputs": {"a": {"rows": 9, "mean": [0.0], "std": [-1.0]}}}, "finite means"),
+    "means and deviations of other lengths": ({"inputs": {"a": {"rows": 9, "mean": [0, 1], "std": [1]}}},
+                                              "finite means"),
+    "a string mean": ({"inputs": {"a": {"rows": 9, "mean": "abc", "std": "abc"}}}, "finite means"),
+    "no row count": ({"inputs": {"a": {"mean": [0.0], "std": [1.0]}}}, "finite means"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PROFILES))
+def test_a_bad_heterogeneity_profile_is_a_bad_readiness_reply(case):
+    profile, reason = BAD_PROFILES[case]
+    good = {"splits": {"train": {"n": 40, "modalities": {"a": 40}, "profile": GOOD_PROFILE}}}
+    assert readiness_report(ConfigRecord({"readiness": json.dumps(good)}))["splits"]["train"]["profile"]
+    bad = {"splits": {"train": {"n": 40, "modalities": {"a": 40}, "profile": profile}}}
+    with pytest.raises(BadReply, match=reason):
+        readiness_report(ConfigRecord({"readiness": json.dumps(bad)}))
+
+
 def test_a_0d_array_may_travel_as_shape_1_and_nothing_else_changes_shape():
     """``numpy_to_arrays`` sends a 0-d array (a BatchNorm step counter, a learned temperature) as
     shape (1,): that is the model's shape; the update takes the global model's."""
