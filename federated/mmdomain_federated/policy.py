@@ -9,6 +9,7 @@ run config cannot weaken. A job asking for less is refused by the site with a cl
     allowed-plugins = ["example", "medical"]   # plugins whose components the job may use
     max-rounds = 100
     approved-apps = ["e995a48c..."]          # FAB sha256 of the app versions this site runs
+    share-data-profile = false   # refuse jobs asking for label counts / input statistics (readiness-rows > 0)
 
 ``approved-apps`` and the rest of the policy are enforced by code the site installed: the site's
 warm SuperExec (``warm_exec``) runs ``site_guard`` in each ClientApp process after Flower pulled the
@@ -55,6 +56,7 @@ class SitePolicy:
     allowed_plugins: tuple[str, ...] | None = None
     max_rounds: int = 0  # 0 = no limit
     approved_apps: tuple[str, ...] | None = None  # FAB sha256 hex digests; None = any app
+    share_data_profile: bool = True  # label counts and input statistics in the readiness report
 
     @property
     def dp_required(self) -> bool:
@@ -121,6 +123,11 @@ KEYS = (
         "folder. Any other app is refused by this site's executor before its code is imported. Absent = any app "
         "(the rest of this policy is still checked by the site's executor).",
         '["e995a48c37a81047e87bdcb14f6aa5c4a2eb9aa3b101ac76adc92a07440e5bb3"]', None),
+    Key("share-data-profile", "bool",
+        "false: refuse jobs whose readiness report would carry this site's noised label counts and input "
+        "statistics (readiness-rows > 0; the server measures how different the sites are from them); such a job "
+        "runs here with readiness-rows = 0. Absent = true.",
+        "false", None),
 )
 KNOWN = {k.name: k for k in KEYS}
 assert {k.attr for k in KEYS} == {f.name for f in fields(SitePolicy)}, "every SitePolicy field has a Key"
@@ -129,7 +136,7 @@ assert {k.attr for k in KEYS} == {f.name for f in fields(SitePolicy)}, "every Si
 RUN_CONFIG_KEYS = {"noise-multiplier": "min-noise-multiplier", "local-noise-multiplier": "min-noise-multiplier",
                    "clip-norm": "max-clip-norm", "local-clip-norm": "max-clip-norm", "central-dp": "require-dp",
                    "local-dp": "require-local-dp", "secagg": "secagg-required", "num-server-rounds": "max-rounds",
-                   "dp": "require-dp"}
+                   "dp": "require-dp", "readiness-rows": "share-data-profile"}
 
 _TYPE_DOC = {"number": "number >= 0 (float or integer)", "bool": "true or false", "count": "integer >= 0",
              "plugins": "list of plugin names (strings)",
@@ -543,6 +550,9 @@ def violations(policy: SitePolicy, settings, registry) -> list[str]:
         out.append("the site requires secure aggregation (secagg=true), the job has secagg=false")
     if policy.max_rounds and settings.num_server_rounds > policy.max_rounds:
         out.append(f"num-server-rounds {settings.num_server_rounds} > the site's maximum {policy.max_rounds}")
+    if not policy.share_data_profile and settings.readiness and settings.readiness_rows > 0:
+        out.append(f"the site shares no label counts or input statistics (share-data-profile=false), the job has "
+                   f"readiness-rows={settings.readiness_rows} (set readiness-rows=0)")
     if policy.allowed_plugins is not None:
         from mmdomain.plugins import BUILTIN_MODULES
 

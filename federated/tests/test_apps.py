@@ -70,6 +70,17 @@ def test_policy_allowed_plugins(settings_for, tmp_path, registry):
     assert any("not in the site's allowed-plugins" in p for p in problems)
 
 
+def test_policy_share_data_profile(settings_for, tmp_path, registry):
+    from mmdomain_federated.policy import load_policy, violations
+    policy = tmp_path / "p.toml"
+    policy.write_text("share-data-profile = false\n")
+    problems = violations(load_policy(policy), settings_for(readiness=True, readiness_rows=64), registry)
+    assert problems == ["the site shares no label counts or input statistics (share-data-profile=false), the job "
+                        "has readiness-rows=64 (set readiness-rows=0)"]
+    assert violations(load_policy(policy), settings_for(readiness=True, readiness_rows=0), registry) == []
+    assert violations(load_policy(policy), settings_for(readiness=False, readiness_rows=64), registry) == []
+
+
 def test_server_loop_checkpoints_and_finishes(settings_for, tmp_path):
     s = settings_for(num_server_rounds=2, readiness=True)
     grid = LocalGrid(3, s.as_run_config())
