@@ -56,3 +56,12 @@ def test_every_hook_has_a_test():
             covered.setdefault(name, []).append(path.name)
     untested = sorted(h for h in _hooks() if h not in covered)
     assert not untested, f"hooks that no test implements or calls: {untested}"
+
+
+def test_no_test_module_imports_a_conftest():
+    """Each test folder has its own conftest.py and pytest imports them all under the one name
+    ``conftest``: importing from it names whichever came first when the whole suite is collected
+    (it passes when one folder runs alone and fails in CI). Shared values are fixtures instead."""
+    offenders = [str(p.relative_to(ROOT)) for p in ROOT.glob("**/test_*.py")
+                 if ".git" not in p.parts and re.search(r"^\s*(from|import) conftest\b", p.read_text(), re.M)]
+    assert offenders == []

@@ -21,6 +21,13 @@ def registry():
     return get_registry()
 
 
+@pytest.fixture(scope="session")
+def fast_config() -> dict:
+    """The quick run config (a copy): test modules take it from this fixture, never by importing
+    ``conftest``, which names another file when the whole suite is collected."""
+    return dict(FAST)
+
+
 @pytest.fixture
 def settings_for():
     def make(**kw) -> Settings:

@@ -12,17 +12,15 @@ from mmdomain.errors import CheckpointError, ConfigError, DataError, MMDomainErr
 from mmdomain_federated import analysis
 from mmdomain_federated.analysis import Run, _fresh_run
 
-from conftest import FAST
-
 SITES, ROUNDS = 3, 2
 
 
 @pytest.fixture(scope="module")
-def dp_run(tmp_path_factory):
+def dp_run(tmp_path_factory, fast_config):
     """A small in-process federation with central DP and a best-model checkpoint."""
     out = tmp_path_factory.mktemp("analysis") / "fed"
     lines = []
-    config = {**FAST, "readiness": True, "num-server-rounds": ROUNDS, "central-dp": True, "noise-multiplier": 0.5,
+    config = {**fast_config, "readiness": True, "num-server-rounds": ROUNDS, "central-dp": True, "noise-multiplier": 0.5,
               "clip-norm": 1.0, "checkpoint-metric": "eval-loss", "checkpoint-mode": "min"}
     run = analysis.federate(config, sites=SITES, out_dir=out, progress=lines.append)
     return run, config, lines

@@ -15,9 +15,6 @@ from mmdomain_federated.heterogeneity import SUPPRESSED_AS, divergences, helling
 from mmdomain_federated.readiness import _noisy, readiness
 from mmdomain_federated.settings import Settings
 
-from conftest import FAST
-
-
 def test_js_divergence_and_hellinger_distance_against_their_definitions():
     assert js_divergence([3, 1], [6, 2]) == pytest.approx(0.0)  # the same distribution, other totals
     assert js_divergence([1, 0], [0, 1]) == pytest.approx(1.0)
@@ -109,10 +106,10 @@ def test_the_profile_is_exact_without_noise_and_only_numbers_with_it(regions, re
     assert words <= {"rows", "labels", "kind", "multi-label", "counts", "inputs", "s1", "s2", "mean", "std", "<5"}
 
 
-def test_a_federation_measures_the_shift_it_was_given(regions, tmp_path):
+def test_a_federation_measures_the_shift_it_was_given(regions, tmp_path, fast_config):
     """Site 2 made S1-only by the run config: its availability patterns are the farthest from the
     others' in the run's heterogeneity.json, the events log and the analysis table."""
-    config = {**FAST, "readiness": True, "dataset": "s2s1_scenes", "data-root": str(regions),
+    config = {**fast_config, "readiness": True, "dataset": "s2s1_scenes", "data-root": str(regions),
               "num-server-rounds": 1, "site-modalities": "2=s1"}
     run = analysis.federate(config, sites=3, out_dir=tmp_path / "run", progress=None)
     table = run.heterogeneity
