@@ -15,6 +15,7 @@ from mmdomain_federated.heterogeneity import SUPPRESSED_AS, divergences, helling
 from mmdomain_federated.readiness import _noisy, readiness
 from mmdomain_federated.settings import Settings
 
+
 def test_js_divergence_and_hellinger_distance_against_their_definitions():
     assert js_divergence([3, 1], [6, 2]) == pytest.approx(0.0)  # the same distribution, other totals
     assert js_divergence([1, 0], [0, 1]) == pytest.approx(1.0)
@@ -131,3 +132,34 @@ def test_readiness_rows_zero_sends_no_profile_and_a_negative_is_refused(regions,
     from mmdomain.errors import ConfigError
     with pytest.raises(ConfigError, match="readiness-rows must be >= 0"):
         Settings.from_run_config({"readiness-rows": -1})
+
+
+SIZES = {"medical": {"studies_per_site": 80, "image_size": 32},
+         "s2s1_scenes": {"size": 192, "patch_size": 16, "scenes_per_site": 1}}
+ALIKE = {"label_skew": 1000.0}  # the same class mix at every site (the plain regions differ in theirs)
+
+
+def _mean_divergences(registry, dataset, root, sites=4, seed=0, **options):
+    """Each kind's divergence averaged over the sites of a freshly generated federation."""
+    gen = registry.synthetic_for(dataset)
+    gen.generate(root, num_sites=sites, seed=seed, **SIZES[dataset], **options)
+    settings = Settings.from_run_config({"dataset": dataset, "data-root": str(root)})
+    reports = {f"site-{i}": readiness(settings, {"partition-id": i, "num-partitions": sites}, registry, seed=i)
+               for i in range(sites)}
+    div = divergences(reports)
+    return {k: float(np.mean([row[k] for row in div.values() if row[k] is not None])) for k in next(iter(div.values()))}
+
+
+@pytest.mark.parametrize("dataset, base, options, kind", [
+    ("medical", {}, {"label_skew": 0.3}, "labels"),
+    ("medical", {}, {"intensity_shift": 1.0}, "input dicom_image"),
+    ("s2s1_scenes", ALIKE, {"label_skew": 0.3}, "labels"),
+    ("s2s1_scenes", ALIKE, {"season_shift": 1.0}, "input s2"),
+    ("s2s1_scenes", ALIKE, {"cloud_climate": 1.0}, "patterns"),
+])
+def test_a_generators_site_shift_shows_in_the_divergence_it_should(registry, tmp_path, dataset, base, options, kind):
+    """The heterogeneous generators' options (issue #16 item 5) against the same federation without
+    them, measured by what the sites' readiness reports say (4 small sites)."""
+    plain = _mean_divergences(registry, dataset, tmp_path / "plain", **base)
+    shifted = _mean_divergences(registry, dataset, tmp_path / "shifted", **{**base, **options})
+    assert shifted[kind] > plain[kind] + 0.04 and shifted[kind] > 1.4 * plain[kind], (plain, shifted)

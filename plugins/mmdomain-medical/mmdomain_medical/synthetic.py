@@ -22,6 +22,15 @@ scales how far each sign departs from a normal chest (opacity density, the heart
 the effusion's density): fainter signs need more labelled studies to learn, as subtle findings
 do. Images smaller than the reader's
 default size are declared in the site's ``dataset.json``, so they are read at the size written.
+
+Heterogeneous federations (both off by default; the files are then the same as without them):
+``label_skew`` (a Dirichlet concentration alpha > 0) gives each site its own prevalence of the
+three signs, ``Dirichlet(alpha) x 1.5`` clipped to 0.05-0.95 (the mean stays 0.5; a smaller
+alpha skews more, as in the label-skew federations of the literature), so each site sees its own
+mix of findings; ``intensity_shift`` (0 to 1) gives each site its scanner's tone curve (a gamma of
+``SITE_GAMMAS[site] ** intensity_shift``) and noise level (up to 2.5x), which the reader's
+normalisation does not undo. Sites holding only some modalities are the federated app's
+``site-modalities`` (e.g. ``2=dicom_image;3=dicom_image``).
 """
 
 from __future__ import annotations
@@ -74,6 +83,8 @@ STREETS = ("Maple", "Juniper", "Chestnut", "Willow")
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December")
 SIZE = 256
+SITE_GAMMAS = (1.0, 0.55, 1.8, 0.75, 1.35, 0.65)  # each site's tone curve at intensity_shift = 1
+SITE_NOISE = (1.0, 2.5, 1.5, 2.0, 1.25, 1.75)  # ... and its noise, x the base 0.03
 READ_SIZE = 128  # the dataset's default image_size
 
 
@@ -82,9 +93,10 @@ def _uid(*parts) -> str:
 
 
 def chest_image(rng: np.random.Generator, signs: tuple[bool, bool, bool], size: int | None = None,
-                strength: float = 1.0) -> np.ndarray:
+                strength: float = 1.0, gamma: float = 1.0, noise: float = 1.0) -> np.ndarray:
     """Attenuation map in [0, 1] (1 = dense), ``size x size`` (default ``SIZE``); ``strength`` scales
-    each sign's departure from a normal chest."""
+    each sign's departure from a normal chest; ``gamma`` and ``noise`` are the scanner's tone curve
+    and noise level (1 = the default scanner)."""
     n = int(size or SIZE)
     y, x = np.mgrid[:n, :n].astype(np.float32) / n
     cx = 0.5 + rng.normal(0, 0.015)
@@ -112,8 +124,9 @@ def chest_image(rng: np.random.Generator, signs: tuple[bool, bool, bool], size: 
             meniscus = level - 0.06 * np.abs(x - (cx + side * 0.19)) / 0.14
             side_mask = (np.sign(x - cx) == side) & lungs & (y > meniscus)
             img[side_mask] = 0.15 + 0.45 * strength
-    img += rng.normal(0, 0.03, img.shape).astype(np.float32)
-    return np.clip(img, 0, 1)
+    img += rng.normal(0, 0.03 * noise, img.shape).astype(np.float32)
+    img = np.clip(img, 0, 1)
+    return img if gamma == 1.0 else (img ** gamma).astype(np.float32)
 
 
 def _dicom(img: np.ndarray, profile: dict, *, ids: dict, seed: int, site: int, study: int) -> Dataset:
@@ -209,6 +222,15 @@ def _report(rng, ids: dict, cues: tuple[bool, bool, bool], labels: dict[str, str
     )
 
 
+def site_prevalence(seed: int, site: int, label_skew: float) -> np.ndarray:
+    """Each image sign's prevalence at ``site``: 0.5 (no skew), else ``Dirichlet(label_skew) x 1.5``
+    clipped to 0.05-0.95, from a stream of its own (the other draws stay as without skew)."""
+    if label_skew == 0:
+        return np.full(3, 0.5)
+    draw = np.random.default_rng([seed, site, 11]).dirichlet(np.full(3, float(label_skew)))
+    return np.clip(draw * 1.5, 0.05, 0.95)
+
+
 def _labels(rng, signs, cues, uncertain_rate: float) -> dict[str, str]:
     out: dict[str, str] = {}
     any_pos = False
@@ -228,9 +250,11 @@ def _labels(rng, signs, cues, uncertain_rate: float) -> dict[str, str]:
 
 def generate(root: str | Path, *, num_sites: int = 2, seed: int = 0, studies_per_site: int = 120,
              missing_report: float = 0.12, missing_image: float = 0.05, uncertain_rate: float = 0.05,
-             image_size: int = SIZE, coupling: float = 0.0, sign_strength: float = 1.0) -> list[Path]:
+             image_size: int = SIZE, coupling: float = 0.0, sign_strength: float = 1.0, label_skew: float = 0.0,
+             intensity_shift: float = 0.0) -> list[Path]:
     """Write ``num_sites`` sites under ``root``; ``image_size`` is the stored pixel matrix (square);
-    ``coupling`` how much the report's cues agree with the image's signs (module docstring)."""
+    ``coupling`` how much the report's cues agree with the image's signs; ``label_skew`` and
+    ``intensity_shift`` how the sites differ (module docstring)."""
     root = Path(root)
     if image_size < 16:
         raise ValueError(f"image_size must be >= 16, got {image_size}")
@@ -238,10 +262,17 @@ def generate(root: str | Path, *, num_sites: int = 2, seed: int = 0, studies_per
         raise ValueError(f"coupling must be in [0, 1], got {coupling}")
     if not 0.0 < sign_strength <= 1.0:
         raise ValueError(f"sign_strength must be in (0, 1], got {sign_strength}")
+    if not (label_skew >= 0.0 and np.isfinite(label_skew)):
+        raise ValueError(f"label_skew must be 0 (off) or a Dirichlet concentration > 0, got {label_skew}")
+    if not 0.0 <= intensity_shift <= 1.0:
+        raise ValueError(f"intensity_shift must be in [0, 1], got {intensity_shift}")
     sites = []
     for s in range(num_sites):
         profile = SITE_PROFILES[s % len(SITE_PROFILES)]
         rng = np.random.default_rng([seed, s, 7])
+        prevalence = site_prevalence(seed, s, label_skew)
+        gamma = SITE_GAMMAS[s % len(SITE_GAMMAS)] ** intensity_shift
+        noise = SITE_NOISE[s % len(SITE_NOISE)] ** intensity_shift
         site = root / f"site-{s}"
         site.mkdir(parents=True, exist_ok=True)
         rows = []
@@ -268,11 +299,11 @@ def generate(root: str | Path, *, num_sites: int = 2, seed: int = 0, studies_per
                 ids = dict(patient_ids, accession=f"A{int(rng.integers(10**7, 10**8))}",
                            date=f"{int(rng.integers(2015, 2023))}{int(rng.integers(1, 13)):02d}"
                                 f"{int(rng.integers(1, 28)):02d}")
-                signs = tuple(bool(v) for v in rng.random(3) < 0.5)
+                signs = tuple(bool(v) for v in rng.random(3) < prevalence)
                 u = rng.random(3)  # at coupling 0, the same draws and cues as independent ones
                 cues = tuple(bool(v < 0.5 + coupling / 2 if sg else v < 0.5 - coupling / 2) for v, sg in zip(u, signs))
                 labels = _labels(rng, signs, cues, uncertain_rate)
-                img = chest_image(rng, signs, image_size, sign_strength)
+                img = chest_image(rng, signs, image_size, sign_strength, gamma, noise)
                 drop = rng.random()
                 has_image = drop >= missing_image
                 has_report = not (missing_image <= drop < missing_image + missing_report)

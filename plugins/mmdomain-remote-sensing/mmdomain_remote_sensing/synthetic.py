@@ -15,6 +15,17 @@ broad-leaved in the radar). At 0 (the default) the files are the same as without
 S1<->S2 self-supervision can learn every class, which cross-modal pretraining needs (at 0 the
 classes one sensor alone separates are exactly what it cannot learn).
 Same seed, same bytes (no clock time is written anywhere).
+
+Heterogeneous federations (off by default; the files are then the same as without them):
+``label_skew`` (a Dirichlet concentration alpha > 0) draws each site's class mix from
+``Dirichlet(alpha)`` (a smaller alpha: fewer classes dominate a region); ``season_shift`` (0 to 1)
+moves each site's acquisitions toward winter by ``SITE_SEASONS[site]`` (up to four months later):
+the broad-leaved canopy loses up to half its red-edge and near-infrared reflectance, the conifers
+a fifth, arable land a third, snow covers up to 40% of the land in patches (bright in the visible,
+dark in the short-wave infrared; SCL 11) and frozen ground lowers the land's backscatter by up
+to 3 dB; ``cloud_climate`` (0 to 1) gives each site its cloudiness
+(``SITE_CLOUDINESS[site]`` added to both ends of ``cloud_cover``, so more patches lose their optical
+view). Sites holding only some sensors are the federated app's ``site-modalities`` (``2=s1``).
 """
 
 from __future__ import annotations
@@ -49,6 +60,12 @@ BACKSCATTER_DB_COUPLED = np.array([[-2.0, -9.0], [-13.0, -20.0], [-7.0, -13.0], 
                                    [-5.0, -17.0]], np.float32)
 SCL_OF_CLASS = np.array([5, 5, 4, 4, 6, 6], np.uint8)
 SITE_MIXES = ([4, 3, 2, 1, 1, 1], [1, 1, 1, 3, 2, 3])
+SITE_SEASONS = (0.0, 1.0, 0.5, 0.75, 0.25, 0.9)  # how far toward winter a site's scenes are at season_shift = 1
+SITE_CLOUDINESS = (0.0, 0.45, 0.2, 0.35, 0.1, 0.3)  # added to cloud_cover at cloud_climate = 1
+WINTER_LOSS = np.array([0.0, 0.33, 0.5, 0.2, 0.0, 0.0], np.float32)  # per class: red-edge/NIR lost in winter
+RED_EDGE_NIR = slice(4, 9)  # B05, B06, B07, B08, B8A
+SNOW = np.array((0.85, 0.85, 0.83, 0.8, 0.78, 0.76, 0.74, 0.72, 0.7, 0.6, 0.1, 0.08), np.float32)
+LAND = np.array([True, True, True, True, False, False])  # the classes snow can cover and frost can darken
 UTM = "EPSG:32632"
 ENL = 10.0  # equivalent number of looks of the speckle
 
@@ -72,6 +89,13 @@ def _clouds(rng, n: int, cover: float) -> tuple[np.ndarray, np.ndarray]:
         core |= d < r
         edge |= d < 1.25 * r
     return core, edge & ~core
+
+
+def _snow(rng, n: int, cover: float) -> np.ndarray:
+    """Patches covering about ``cover`` of an ``n x n`` grid: a coarse random field, upsampled and cut."""
+    cells = -(-n // 16) + 1
+    field = np.kron(rng.random((cells, cells)), np.ones((16, 16)))[:n, :n]
+    return field > np.quantile(field, 1 - cover)
 
 
 def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
@@ -185,28 +209,49 @@ def write_s1(folder: Path, label: np.ndarray, rng, *, x0: float, y0: float, when
 
 def generate(root: str | Path, *, num_sites: int = 2, seed: int = 0, scenes_per_site: int = 2, size: int = 256,
              patch_size: int = 64, cloud_cover: tuple[float, float] = (0.05, 0.25), s1_days_after: float = 2.0,
-             s1_shift: float = 0.2, coupling: float = 0.0) -> list[Path]:
+             s1_shift: float = 0.2, coupling: float = 0.0, label_skew: float = 0.0, season_shift: float = 0.0,
+             cloud_climate: float = 0.0) -> list[Path]:
     root = Path(root)
     spectra, backscatter_db = looks(coupling)
+    if not (label_skew >= 0.0 and np.isfinite(label_skew)):
+        raise ValueError(f"label_skew must be 0 (off) or a Dirichlet concentration > 0, got {label_skew}")
+    for name, value in (("season_shift", season_shift), ("cloud_climate", cloud_climate)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
     sites = []
     for s in range(num_sites):
         rng = np.random.default_rng([seed, s])
         mix = SITE_MIXES[s] if s < len(SITE_MIXES) else rng.dirichlet(np.ones(len(SCENE_CLASSES))) * 10 + 0.5
+        if label_skew > 0:  # a stream of its own: the other draws stay as without skew
+            mix = np.random.default_rng([seed, s, 11]).dirichlet(np.full(len(SCENE_CLASSES), float(label_skew))) + 1e-3
+        season = season_shift * SITE_SEASONS[s % len(SITE_SEASONS)]
+        site_spectra, site_backscatter = spectra, backscatter_db
+        if season > 0:
+            site_spectra = spectra.copy()
+            site_spectra[:, RED_EDGE_NIR] *= (1 - season * WINTER_LOSS)[:, None]
+            site_backscatter = backscatter_db.copy()
+            site_backscatter[LAND] -= np.float32(3.0 * season)
+        clouds = cloud_cover if cloud_climate == 0 else tuple(
+            min(0.9, c + cloud_climate * SITE_CLOUDINESS[s % len(SITE_CLOUDINESS)]) for c in cloud_cover)
         site = root / f"site-{s}"
         for j in range(scenes_per_site):
             x0, y0 = 300000.0 + 30000.0 * (s * scenes_per_site + j), 5000000.0 + 10000.0 * s
             label = _labels(rng, size, mix)
-            when = datetime(2023, 6, 1, 10, 30, 31) + timedelta(days=11 * j + 3 * s)
-            refl = spectra[label].transpose(2, 0, 1) + rng.normal(0, 0.012, (12, size, size)).astype(np.float32)
-            core, edge = _clouds(rng, size, rng.uniform(*cloud_cover))
+            when = datetime(2023, 6, 1, 10, 30, 31) + timedelta(days=11 * j + 3 * s + round(120 * season))
+            refl = site_spectra[label].transpose(2, 0, 1) + rng.normal(0, 0.012, (12, size, size)).astype(np.float32)
+            core, edge = _clouds(rng, size, rng.uniform(*clouds))
             refl[:, core] = 0.55 + rng.normal(0, 0.03, (12, int(core.sum()))).astype(np.float32)
             refl[:, edge] = 0.5 * refl[:, edge] + 0.25
             scl10 = SCL_OF_CLASS[label].copy()
+            if season > 0:
+                snow = _snow(np.random.default_rng([seed, s, j, 13]), size, 0.4 * season) & LAND[label] & ~core & ~edge
+                refl[:, snow] = SNOW[:, None] + rng.normal(0, 0.012, (12, int(snow.sum()))).astype(np.float32)
+                scl10[snow] = 11
             scl10[edge], scl10[core] = 8, 9
             safe = write_s2_safe(site / "s2", np.clip(refl, 0.0, 1.5), _block_mode(scl10, 2), x0=x0, y0=y0,
                                  when=when, tile=f"32T{'MNPQRS'[s % 6]}{'TUVWXY'[j % 6]}")
             write_s1(site / "s1", label, rng, x0=x0, y0=y0, when=when + timedelta(days=s1_days_after),
-                     shift=s1_shift, backscatter_db=backscatter_db)
+                     shift=s1_shift, backscatter_db=site_backscatter)
             _write(site / "labels" / f"{safe.stem}_landcover.tif", np.asarray(CLASS_VALUES, np.uint8)[label],
                    crs=UTM, transform=from_origin(x0, y0, 10, 10), nodata=0)
         (site / "classes.json").write_text(json.dumps({"names": list(SCENE_CLASSES), "values": list(CLASS_VALUES)},
