@@ -227,10 +227,11 @@ class Run:
 
     def cross_site(self, metric: str | None = None):
         """Model x test set: the final global model's ``metric`` (default: the run's main one) on
-        each site's own test set and pooled, as the sites computed it; with the rows of
-        ``cross-site.json`` when the folder has one (``cross_site(..., save_to=run.folder)``)."""
+        each site's own test set and pooled, as the sites computed it; with ``personalise`` a row
+        ``personalised (<method>)`` (each site's own model on its own test set: no pooled cell); with
+        the rows of ``cross-site.json`` when the folder has one (``cross_site(..., save_to=run.folder)``)."""
         pd = _pandas()
-        from .experiment import main_metric
+        from .cross_site import main_metric
 
         final = self.summary.get("final") or {}
         metric = metric or main_metric(final.get("overall") or {})
@@ -238,6 +239,9 @@ class Run:
         if final.get("per_site"):
             table["global"] = {**{str(s): m.get(metric) for s, m in _by_site(final["per_site"])},
                                "pooled": final.get("overall", {}).get(metric)}
+        mine = self.summary.get("personalised") or {}
+        if mine.get("per_site"):
+            table[f"personalised ({mine.get('method')})"] = {str(s): m.get(metric) for s, m in _by_site(mine["per_site"])}
         saved = self.folder / CROSS_SITE_FILE
         if saved.is_file():
             matrix = json.loads(saved.read_text())

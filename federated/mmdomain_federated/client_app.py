@@ -13,7 +13,7 @@ from flwr.clientapp import ClientApp
 
 from mmdomain.errors import ConfigError, DataError
 
-from . import task
+from . import personal, task
 from .groups import FUSION_FROM_MULTI, held, trained_groups
 from mmdomain.jsonout import dumps
 from .policy import PolicyFileError, load_policy, planned_noise_violations, violations
@@ -88,9 +88,12 @@ def _refusal(msg: Message, problems: list[str]) -> Message:
     return Message(RecordDict({"site": ConfigRecord({"refused": _reason(problems)})}), reply_to=msg)
 
 
-def _train_locally(cfg, settings, registry, node_config, global_w, node_id: int, model=None):
+def _train_locally(cfg, settings, registry, node_config, global_w, node_id: int, model=None, state=None):
     """The site's round: optional fused evaluation of the incoming model, local training.
-    Returns the trained model, its modality counts, its sample count and aggregate metrics."""
+    Returns the trained model, its modality counts, its sample count and aggregate metrics.
+    ``state``: the site's context state, where personalisation keeps what stays at the site
+    (``personal``); with it, the kept arrays replace the global ones before the round and are
+    stored again after it."""
     t0 = time.perf_counter()
     model = model if model is not None else task.build(settings, registry)
     expected = str(cfg.get("frozen-sha256", ""))
@@ -98,6 +101,9 @@ def _train_locally(cfg, settings, registry, node_config, global_w, node_id: int,
         raise SiteError("the frozen parts of this site's model differ from the server's (frozen-sha256): every "
                         "participant must start from the same init-from checkpoint and seed")
     task.set_weights(model, global_w)
+    kept = personal.local_keys(model, settings.personalise) if state is not None else frozenset()
+    if kept:
+        personal.restore(model, state)
     data = task.load_site(settings, node_config, registry, "train")
     mod_counts, n = task.training_counts(model, data)  # contrastive: the rows holding both modalities
     if settings.local_dp and settings.target_epsilon > 0 and n > 0:  # the noise exists only now: check it
@@ -124,6 +130,7 @@ def _train_locally(cfg, settings, registry, node_config, global_w, node_id: int,
         stats = task.train_site(model, data, settings, seed=settings.seed * 1000 + rnd + 7919 * site,
                                 server_round=max(rnd, 1))
         metrics.update({k: v for k, v in stats.items() if isinstance(v, (int, float))})
+        personal.keep(model, kept, state)
     metrics["num-examples"] = n
     metrics["site-seconds"] = time.perf_counter() - t0  # local compute, for overhead figures
     return model, mod_counts, n, metrics
@@ -177,10 +184,13 @@ def train(msg: Message, context: Context) -> Message:
     cfg = msg.content["config"]
     try:
         model, mod_counts, n, metrics = _train_locally(cfg, settings, registry, node_config,
-                                                       arrays_to_numpy(msg.content["arrays"]), context.node_id)
+                                                       arrays_to_numpy(msg.content["arrays"]), context.node_id,
+                                                       state=context.state)
     except PolicyRefusal as exc:  # the noise a target epsilon plans on this site's data
         return _refusal(msg, exc.problems)
-    weights = compress(task.get_weights(model, trained_groups(mod_counts, n)), settings.compress)
+    kept = personal.local_keys(model, settings.personalise)  # they never leave the site
+    weights = {k: v for k, v in task.get_weights(model, trained_groups(mod_counts, n)).items() if k not in kept}
+    weights = compress(weights, settings.compress)
     metrics.update({f"count/{m}": c for m, c in mod_counts.items()})
     site = ConfigRecord({"modalities": json.dumps(sorted(held(mod_counts))), "compress": settings.compress})
     return Message(RecordDict({"arrays": numpy_to_arrays(weights), "metrics": MetricRecord(metrics), "site": site}),
@@ -197,7 +207,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     model = task.build(settings, registry)
     task.set_weights(model, arrays_to_numpy(msg.content["arrays"]))
     split = str(msg.content["config"].get("split", "test"))
+    extra: dict = {}
     try:
+        if msg.content["config"].get("personalised", False) and settings.personalise:
+            extra = _personalise(model, settings, registry, node_config, context)
         data = task.load_site(settings, node_config, registry, split)
         if len(data) == 0:  # said as such: the server lists the site with 0 rows, not as a failure
             log.warning("site %s: the %s split is empty: nothing to evaluate", context.node_id, split)
@@ -210,9 +223,23 @@ def evaluate(msg: Message, context: Context) -> Message:
                                    "site": ConfigRecord({"eval-error": type(exc).__name__})}),
                        reply_to=msg)
     metrics = task.flat_metrics(result)
+    metrics.update(extra)
     metrics["num-examples"] = int(result["n"])
     metrics["site-seconds"] = time.perf_counter() - t0
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def _personalise(model, settings, registry, node_config, context: Context) -> dict:
+    """This site's personalised model from the global one in ``model`` (``personal.personalised``),
+    written to the site's ``personal-dir`` when its node config names one; numbers of what was done."""
+    site = int(node_config.get("partition-id", context.node_id % 997))
+    train_data = task.load_site(settings, node_config, registry, "train") if settings.personalise == "finetune" \
+        else None
+    done = personal.personalised(model, settings, context.state, train_data, seed=settings.seed * 1000 + 7 + site)
+    if node_config.get("personal-dir"):
+        path = personal.save(model, str(node_config["personal-dir"]), context.run_id, registry)
+        log.info("site %s: personalised model (%s) written to %s", context.node_id, settings.personalise, path)
+    return done
 
 
 @app.query()

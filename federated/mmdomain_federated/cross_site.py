@@ -28,6 +28,14 @@ LOCAL_PREFIX = "local "
 GLOBAL = "global"
 
 
+def main_metric(metrics: dict[str, float]) -> str:
+    """The metric a run is judged by: the first of macro AUROC, accuracy, mIoU, recall@1 it has."""
+    for key in ("macro_auroc", "accuracy", "miou", "recall@1"):
+        if key in metrics:
+            return key
+    return next(iter(metrics), "loss")
+
+
 def local_name(site: str) -> str:
     """The row of ``site``'s local-only fusion model: ``local site-0``."""
     return LOCAL_PREFIX + site
@@ -58,8 +66,6 @@ def cross_site(models: Mapping[str, Any], tests: Mapping[str, Dataset], settings
                metric: str | None = None) -> dict[str, Any]:
     """The matrix of ``models`` (name -> model) on ``tests`` (site -> its test set) and their
     union; ``metric``: the main metric of the first cell's metrics when None."""
-    from .experiment import main_metric
-
     cross = CrossSite(tests, settings)
     for name, model in models.items():
         cross.add(name, model)

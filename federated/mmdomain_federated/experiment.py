@@ -26,7 +26,7 @@ from mmdomain.models import build_model
 from mmdomain.training import make_loader, select_device
 
 from . import task
-from .cross_site import GLOBAL, CrossSite, local_name
+from .cross_site import GLOBAL, CrossSite, local_name, main_metric
 from .settings import Settings
 
 BOOTSTRAP_RESAMPLES = 1000
@@ -39,13 +39,6 @@ class Clock:
 
     def step(self, text: str) -> None:
         self.log(click.style(f"[{time.perf_counter() - self.start:6.1f}s] {text}", bold=True))
-
-
-def main_metric(metrics: dict[str, float]) -> str:
-    for key in ("macro_auroc", "accuracy", "miou", "recall@1"):
-        if key in metrics:
-            return key
-    return next(iter(metrics), "loss")
 
 
 def site_options(gen, quick: bool) -> dict[str, Any]:

@@ -325,14 +325,15 @@ def shares(rows: list[dict[str, Any]], n_key: str, max_share: float = 1.0) -> li
 
 def evaluate_round(grid: Grid, strategy: ModalityAware, weights: dict[str, np.ndarray], settings: Settings,
                    refused: dict[int, str], rnd: int, split: str, *, log: Log | None = None,
-                   rejections: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                   rejections: list[dict[str, Any]] | None = None, personalised: bool = False) -> dict[str, Any]:
     """Every non-refusing site evaluates ``weights`` on its ``split``: overall metrics weighted by
     the sites' counts (capped as in training: ``strategy.eval_metrics``; no site's share above
     ``max-site-weight``) and each site's own, with its ``share``. A site that evaluated nothing is
     listed too, with a ``note`` (and ``n`` 0 when it said why: an empty split, or the error type of
-    its evaluation); a reply that does not fit is rejected (``note``, ``log``, ``rejections``)."""
-    msgs = [m for m in strategy.configure_evaluate(rnd, numpy_to_arrays(weights),
-                                                   ConfigRecord({"split": split}), grid)
+    its evaluation); a reply that does not fit is rejected (``note``, ``log``, ``rejections``).
+    ``personalised``: each site scores its personalised model (``personal``), not ``weights`` as sent."""
+    config = ConfigRecord({"split": split, "personalised": True} if personalised else {"split": split})
+    msgs = [m for m in strategy.configure_evaluate(rnd, numpy_to_arrays(weights), config, grid)
             if m.metadata.dst_node_id not in refused]
     rows, sites, per_site = [], [], {}
     replies = list(grid.send_and_receive(msgs, timeout=settings.round_timeout))

@@ -25,9 +25,10 @@ from flwr.serverapp import Grid, ServerApp
 from mmdomain.checkpoint import describe_init, read_header, save_checkpoint
 from mmdomain.plugins import get_registry
 
-from . import task
+from . import personal, task
 from .aggregation import declared_caps
 from .best_model import BestModel, metric_value, scored_round
+from .cross_site import main_metric
 from .groups import FUSION_FROM_MULTI, fusion_from
 from mmdomain.jsonout import dumps, write
 from .heterogeneity import describe as describe_heterogeneity
@@ -65,6 +66,7 @@ def run_server(grid: Grid, settings: Settings, out_dir: Path, *, registry=None,
             write(out_dir / "init-report.json", init)
             slog(f"initialised from {settings.init_from}: " + "; ".join(describe_init(init).splitlines()))
         strategy = make_strategy(settings, buffers=[k for k, _ in model.named_buffers()])
+        strategy.site_local = personal.local_keys(model, settings.personalise)
         nodes = wait_for_nodes(grid, max(settings.expected_sites, settings.min_sites), settings.round_timeout, slog)
         if settings.evaluate_only:
             return _evaluate_only(grid, model, strategy, settings, out_dir, slog)
@@ -82,7 +84,24 @@ def run_server(grid: Grid, settings: Settings, out_dir: Path, *, registry=None,
         _score_last(grid, strategy, run, slog, save_best)
         final = evaluate_round(grid, strategy, run.weights, settings, run.refused, settings.num_server_rounds + 1,
                                "test", log=slog, rejections=run.rejections) if run.history else {}
-        return _finish(model, run, final, stopped, registry, slog)
+        mine = _personalised(grid, strategy, run, final, slog) if run.history and settings.personalise else None
+        return _finish(model, run, final, stopped, registry, slog, mine)
+
+
+def _personalised(grid: Grid, strategy: ModalityAware, run: RunState, final: dict[str, Any],
+                  log: ServerLog) -> dict[str, Any]:
+    """Each site's personalised model (``personal``) on its own test split, next to the global model's
+    score there; the models stay at the sites, only these metrics come back."""
+    s = run.settings
+    mine = evaluate_round(grid, strategy, run.weights, s, run.refused, s.num_server_rounds + 1, "test", log=log,
+                          rejections=run.rejections, personalised=True)
+    metric = main_metric(mine.get("overall", {}))
+    for site, m in mine.get("per_site", {}).items():
+        if metric in m:
+            was = final.get("per_site", {}).get(site, {}).get(metric)
+            log(f"personalised ({s.personalise}) site {site}: own test {metric} {m[metric]:.3f}"
+                + (f" (global {was:.3f}, {m[metric] - was:+.3f})" if isinstance(was, (int, float)) else ""))
+    return {"method": s.personalise, **mine}
 
 
 def _evaluate_only(grid: Grid, model, strategy: ModalityAware, settings: Settings, out_dir: Path,
@@ -276,9 +295,11 @@ def _record(grid: Grid, strategy: ModalityAware, result: RoundResult, run: RunSt
     return record, ledger_rows
 
 
-def _finish(model, run: RunState, final: dict[str, Any], stopped: str, registry, log: ServerLog) -> dict[str, Any]:
+def _finish(model, run: RunState, final: dict[str, Any], stopped: str, registry, log: ServerLog,
+            personalised: dict[str, Any] | None = None) -> dict[str, Any]:
     """The final model (``model.safetensors``, ``final.npz``) and ``summary.json``. A run that
-    trained no round writes no model (only its initialisation would be in it): ``model`` is null."""
+    trained no round writes no model (only its initialisation would be in it): ``model`` is null.
+    ``personalised``: the sites' personalised models' own-test metrics (``_personalised``)."""
     out_dir = run.out_dir
     model_file = None
     if run.history:
@@ -295,7 +316,7 @@ def _finish(model, run: RunState, final: dict[str, Any], stopped: str, registry,
     if run.best is not None:
         best = run.best.summary("best.safetensors" if run.best_weights is not None else None)
     summary = {"stopped": stopped, "task": model.config.task.name, "rounds": len(run.history), "model": model_file,
-               "best": best, "history": run.history, "final": final,
+               "best": best, "history": run.history, "final": final, "personalised": personalised,
                "rejections": run.rejections, "refused": {str(k): v for k, v in run.refused.items()},
                "epsilon": run.epsilon, "local-epsilon": _last_local_epsilon(run.history), "out_dir": str(out_dir)}
     summary = log.names.summary(summary)  # per-site entries by consortium name, when sites were registered so

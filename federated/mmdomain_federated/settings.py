@@ -24,6 +24,8 @@ SERVER_OPTIMISERS = {"fedadam": ("server_lr", "server_beta1", "server_beta2", "s
                      "fedadagrad": ("server_lr", "server_tau")}
 STRATEGIES = ("fedavg", "fedprox", *SERVER_OPTIMISERS)
 AGGREGATIONS = ("modality", "plain", "median", "trimmed-mean", "krum")
+#: ``personalise`` values (``personal``): what stays at each site, or fine-tuning after the last round.
+PERSONALISATION = ("fedbn", "fedper", "finetune")
 
 
 @dataclass
@@ -92,6 +94,8 @@ class Settings:
     checkpoint_metric: str = ""  # "" = off; a round validation metric (eval-macro_auroc): best.safetensors
     checkpoint_mode: str = "max"  # max | min: which way checkpoint-metric improves
     early_stopping_patience: int = 0  # stop after this many scored models without improvement (0 = off)
+    personalise: str = ""  # "" = off | fedbn | fedper | finetune: each site's own model (personal.py)
+    finetune_epochs: int = 1  # personalise=finetune: epochs each site fine-tunes the global model after the last round
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> "Settings":
@@ -174,6 +178,7 @@ class Settings:
         if self.evaluate_split not in ("test", "val"):
             raise ConfigError(f"run config: evaluate-split must be test or val, got {self.evaluate_split!r}")
         self._validate_checkpointing()
+        self._validate_personalisation()
         self.encoder_policies()  # a malformed policy fails here, not at the first round
         if self.secagg and self.compress != "none":
             raise ConfigError("run config: compress applies to clear-text updates; SecAgg+ quantises its own")
@@ -224,6 +229,21 @@ class Settings:
         if self.early_stopping_patience and not metric:
             raise ConfigError("run config: early-stopping-patience needs checkpoint-metric (the metric that must "
                               "improve)")
+
+    def _validate_personalisation(self) -> None:
+        if self.personalise not in ("", *PERSONALISATION):
+            raise ConfigError(f"run config: personalise must be '' (off) or one of {', '.join(PERSONALISATION)}, "
+                              f"got {self.personalise!r}")
+        if self.finetune_epochs < 1:
+            raise ConfigError(f"run config: finetune-epochs must be >= 1, got {self.finetune_epochs}")
+        if self.finetune_epochs != 1 and self.personalise != "finetune":
+            raise ConfigError("run config: finetune-epochs applies to personalise=finetune only")
+        if self.personalise in ("fedbn", "fedper") and self.secagg:
+            raise ConfigError(f"run config: personalise={self.personalise} keeps part of the model at each site, "
+                              "which SecAgg+'s fixed vector layout cannot leave out; use it without secagg "
+                              "(or personalise=finetune)")
+        if self.personalise and self.evaluate_only:
+            raise ConfigError("run config: evaluate-only trains nothing, so there is nothing to personalise")
 
     @property
     def server_optimiser(self) -> str:

@@ -78,8 +78,9 @@ class SiteNames:
             return summary
         out = dict(summary)
         out["site-names"] = dict(sorted(self.names.items()))
-        if isinstance(out.get("final"), dict) and "per_site" in out["final"]:
-            out["final"] = {**out["final"], "per_site": self.keyed(out["final"]["per_site"])}
+        for key in ("final", "personalised"):
+            if isinstance(out.get(key), dict) and "per_site" in out[key]:
+                out[key] = {**out[key], "per_site": self.keyed(out[key]["per_site"])}
         for key in ("refused", "local-epsilon"):
             out[key] = self.keyed(out.get(key))
         out["rejections"] = [{**r, "site": self.label(r.get("site"))} for r in out.get("rejections") or []]

@@ -176,6 +176,7 @@ class ModalityAware:
     dp_rng: np.random.Generator | None = None
     caps: Caps = Caps()  # make_strategy: max-site-samples; run_server: the readiness report
     server_opt: ServerOptimiser | None = None  # fedadam / fedyogi / fedadagrad: steps from the average
+    site_local: frozenset[str] = frozenset()  # personalisation: names that stay at the sites (personal.local_keys)
 
     def aggregate_modalities(self, server_round: int, replies: Iterable[Message],
                              global_weights: dict[str, np.ndarray],
@@ -183,6 +184,8 @@ class ModalityAware:
         s = self.settings
         out = Aggregation(global_weights)
         seen: set[int] = set()
+        # what the sites send back: never what personalisation keeps at them (a reply with it is rejected)
+        expected = {k: v for k, v in global_weights.items() if k not in self.site_local}
         for msg in replies:
             src = sender(msg, origin or {})
             if src in seen:  # one reply per site and round
@@ -195,10 +198,10 @@ class ModalityAware:
                 out.refused.append((src, str(site["refused"])))
             else:
                 try:
-                    out.updates.append(train_update(src, msg.content, global_weights, self.caps, out.capped))
+                    out.updates.append(train_update(src, msg.content, expected, self.caps, out.capped))
                 except BadReply as exc:
                     out.rejected.append((src, f"bad reply: {exc}"))
-        accepted, rejected = screen(out.updates, global_weights, s.outlier_factor)
+        accepted, rejected = screen(out.updates, expected, s.outlier_factor)
         out.accepted, out.rejected = accepted, out.rejected + rejected
         dp = DPNoise(s.noise_multiplier, s.clip_norm, self.dp_rng) if s.central_dp else None
         if out.accepted:

@@ -1,0 +1,94 @@
+"""Personalisation (issue #16 item 3): what of the model stays at the site, and each site's
+personalised model.
+
+``personalise`` in the run config:
+
+- ``fedbn`` (Li et al. 2021): every normalisation layer (BatchNorm, GroupNorm, LayerNorm,
+  InstanceNorm: their weights, biases and running statistics) stays at the site. A site never
+  sends them and keeps its own from round to round; the server averages the rest.
+- ``fedper`` (Arivazhagan et al. 2019), modality-aware: the fusion and task heads stay at the site,
+  the encoders are shared (each averaged over the sites holding its modality, as always).
+- ``finetune``: everything is shared during training; after the last round each site fine-tunes the
+  global model on its own training split for ``finetune-epochs`` epochs.
+
+Each site's personalised model is the global model with what it kept (fedbn, fedper) or the
+fine-tuned global model (finetune). It never leaves the site: the server asks each site to score it
+on its own test split (``evaluate`` with ``personalised``), and only those metrics come back. A site
+given ``personal-dir`` in its node config writes it there (``personal-<run id>.safetensors``).
+Fine-tuning is not private training even in a local-DP run: the model it changes stays at the site.
+
+``local_keys`` is the one rule of what stays: the server drops those names from what it expects
+back (a reply carrying one is rejected), each site from what it sends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .groups import GROUP_FUSION, GROUP_TASK, param_group
+from .settings import PERSONALISATION as METHODS  # noqa: F401 - the methods, listed once
+
+NORMS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
+STATE = "mmdomain-personal"  # the site's kept arrays in its Flower context state
+
+
+def local_keys(model: torch.nn.Module, method: str) -> frozenset[str]:
+    """The state_dict entries of ``model`` that ``method`` keeps at each site ('' and finetune: none)."""
+    from .task import shared_keys
+
+    shared = set(shared_keys(model))
+    if method == "fedbn":
+        keys = {f"{name}.{k}" for name, module in model.named_modules() if isinstance(module, NORMS)
+                for k in module.state_dict()}
+    elif method == "fedper":
+        keys = {k for k in shared if param_group(k) in (GROUP_FUSION, GROUP_TASK)}
+    else:
+        keys = set()
+    return frozenset(keys & shared)
+
+
+def restore(model: torch.nn.Module, state) -> bool:
+    """Put the site's kept arrays (from an earlier round) into ``model``; False when it has none yet."""
+    from .records import arrays_to_numpy
+    from .task import set_weights
+
+    if STATE not in state.array_records:
+        return False
+    set_weights(model, arrays_to_numpy(state.array_records[STATE]))
+    return True
+
+
+def keep(model: torch.nn.Module, keys: frozenset[str], state) -> None:
+    """Store ``model``'s ``keys`` in the site's context state, for its next round and its evaluation."""
+    from .records import numpy_to_arrays
+
+    if keys:
+        sd = model.state_dict()
+        state[STATE] = numpy_to_arrays({k: sd[k].detach().cpu().numpy().copy() for k in sorted(keys)})
+
+
+def personalised(model: torch.nn.Module, settings, state, train_data, seed: int) -> dict[str, Any]:
+    """Turn ``model`` (holding the global weights) into this site's personalised model, in place;
+    returns what was done (numbers only, they leave the site with the metrics)."""
+    from .task import train_site
+
+    if settings.personalise == "finetune":
+        if len(train_data) == 0:
+            return {"personal-epochs": 0}
+        own = dataclasses.replace(settings, local_epochs=settings.finetune_epochs, local_dp=False, strategy="fedavg")
+        stats = train_site(model, train_data, own, seed=seed)
+        return {"personal-epochs": settings.finetune_epochs, "personal-train-loss": float(stats["train-loss"])}
+    return {"personal-kept": int(restore(model, state))}
+
+
+def save(model: torch.nn.Module, folder: str, run_id: int, registry) -> Path:
+    """The personalised model in the final model's format, in the site's own ``personal-dir``."""
+    from mmdomain.checkpoint import save_checkpoint
+
+    out = Path(folder).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(model, out / f"personal-{run_id}.safetensors", registry)
