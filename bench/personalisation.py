@@ -11,6 +11,8 @@ modality-aware FedAvg, the same seed) once per method:
   fedbn      normalisation layers kept at each site (``personalise = "fedbn"``)
   fedper     fusion and task heads kept at each site (``personalise = "fedper"``)
   finetune   the global model fine-tuned at each site for ``--finetune-epochs`` (``personalise = "finetune"``)
+  ditto      each site's own model trained every round beside the global one, pulled toward it
+             (``personalise = "ditto"``, ``--ditto-lambda``)
 
 Each personalised model is the file the site wrote (``personal-dir``); every model is scored on
 each site's own test split. The worst site is the one where FedAvg's global model scores lowest;
@@ -55,7 +57,7 @@ from mmdomain_federated.server_app import run_server  # noqa: E402
 from mmdomain_federated.settings import Settings  # noqa: E402
 
 METRIC = "macro_auroc"
-METHODS = ("fedavg", "fedbn", "fedper", "finetune")
+METHODS = ("fedavg", "fedbn", "fedper", "finetune", "ditto")
 SITES = 4
 SHIFTS = {"medical": {"label_skew": 0.5, "intensity_shift": 1.0},
           "s2s1_scenes": {"label_skew": 0.5, "season_shift": 1.0, "cloud_climate": 0.5}}
@@ -74,6 +76,8 @@ def federation(registry, dataset: str, root: Path, method: str, seed: int, args,
         config["personalise"] = method
         if method == "finetune":
             config["finetune-epochs"] = args.finetune_epochs
+        if method == "ditto":
+            config["ditto-lambda"] = args.ditto_lambda
     settings = Settings.from_run_config(config)
     own = [work / f"{method}-site-{i}" for i in range(SITES)]
     grid = LocalGrid(SITES, settings.as_run_config(), node_configs=[{"personal-dir": str(f)} for f in own])
@@ -176,6 +180,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--lr", type=float, default=0.003)
     ap.add_argument("--finetune-epochs", type=int, default=2)
+    ap.add_argument("--ditto-lambda", type=float, default=0.1)
     ap.add_argument("--resamples", type=int, default=500)
     ap.add_argument("--quick", action="store_true", help="smoke run (its figures mean nothing): 1 seed, 2 rounds, "
                     "small sites")

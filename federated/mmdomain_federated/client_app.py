@@ -131,6 +131,9 @@ def _train_locally(cfg, settings, registry, node_config, global_w, node_id: int,
                                 server_round=max(rnd, 1))
         metrics.update({k: v for k, v in stats.items() if isinstance(v, (int, float))})
         personal.keep(model, kept, state)
+        if settings.personalise == "ditto" and state is not None:
+            metrics.update(personal.ditto(global_w, settings, registry, data, state,
+                                          seed=settings.seed * 1000 + rnd + 7919 * site + 1))
     metrics["num-examples"] = n
     metrics["site-seconds"] = time.perf_counter() - t0  # local compute, for overhead figures
     return model, mod_counts, n, metrics
@@ -150,7 +153,7 @@ def _train_secure(msg: Message, context: Context, settings, registry, node_confi
     layout = Layout.of(task.get_weights(model))
     global_w = layout.from_list(parameters_to_ndarrays(fitins.parameters))
     model, mod_counts, n, metrics = _train_locally(cfg, settings, registry, node_config, global_w, context.node_id,
-                                                   model)
+                                                   model, state=context.state)
     weights = group_weights(mod_counts, n, fusion_from=str(cfg.get("fusion-from", FUSION_FROM_MULTI)),
                             plain=settings.aggregation == "plain", dp=settings.central_dp,
                             scale=settings.secagg_weight_scale)

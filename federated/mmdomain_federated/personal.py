@@ -10,12 +10,17 @@ personalised model.
   the encoders are shared (each averaged over the sites holding its modality, as always).
 - ``finetune``: everything is shared during training; after the last round each site fine-tunes the
   global model on its own training split for ``finetune-epochs`` epochs.
+- ``ditto`` (Li et al. 2021): everything is shared and trained as usual; each round a site also
+  trains a model of its own, from its own of the last round (round 1: the global model), on the
+  same local epochs with ``ditto-lambda / 2 ||v - w||^2`` pulling it toward the global model ``w``
+  it was sent. Twice a site's compute; the global model is FedAvg's.
 
-Each site's personalised model is the global model with what it kept (fedbn, fedper) or the
-fine-tuned global model (finetune). It never leaves the site: the server asks each site to score it
+Each site's personalised model is the global model with what it kept (fedbn, fedper), the
+fine-tuned global model (finetune) or its own model (ditto). It never leaves the site: the server asks each site to score it
 on its own test split (``evaluate`` with ``personalised``), and only those metrics come back. A site
 given ``personal-dir`` in its node config writes it there (``personal-<run id>.safetensors``).
-Fine-tuning is not private training even in a local-DP run: the model it changes stays at the site.
+Fine-tuning and Ditto's own model are not private training even in a local-DP run: the model they
+change stays at the site.
 
 ``local_keys`` is the one rule of what stays: the server drops those names from what it expects
 back (a reply carrying one is rejected), each site from what it sends.
@@ -69,6 +74,20 @@ def keep(model: torch.nn.Module, keys: frozenset[str], state) -> None:
     if keys:
         sd = model.state_dict()
         state[STATE] = numpy_to_arrays({k: sd[k].detach().cpu().numpy().copy() for k in sorted(keys)})
+
+
+def ditto(global_weights: dict[str, Any], settings, registry, data, state, seed: int) -> dict[str, Any]:
+    """Ditto's step at a site: its own model (kept in ``state``; round 1 the global one) trained on
+    ``data`` with the pull toward ``global_weights``, the global model as this round sent it."""
+    from .task import build, set_weights, shared_keys, train_site
+
+    model = build(settings, registry)
+    set_weights(model, global_weights)
+    restore(model, state)
+    own = dataclasses.replace(settings, local_dp=False, strategy="fedavg")
+    stats = train_site(model, data, own, seed=seed, proximal=(settings.ditto_lambda, global_weights))
+    keep(model, frozenset(shared_keys(model)), state)
+    return {"personal-train-loss": float(stats["train-loss"])}
 
 
 def personalised(model: torch.nn.Module, settings, state, train_data, seed: int) -> dict[str, Any]:

@@ -25,7 +25,7 @@ SERVER_OPTIMISERS = {"fedadam": ("server_lr", "server_beta1", "server_beta2", "s
 STRATEGIES = ("fedavg", "fedprox", *SERVER_OPTIMISERS)
 AGGREGATIONS = ("modality", "plain", "median", "trimmed-mean", "krum")
 #: ``personalise`` values (``personal``): what stays at each site, or fine-tuning after the last round.
-PERSONALISATION = ("fedbn", "fedper", "finetune")
+PERSONALISATION = ("fedbn", "fedper", "finetune", "ditto")
 
 
 @dataclass
@@ -94,7 +94,8 @@ class Settings:
     checkpoint_metric: str = ""  # "" = off; a round validation metric (eval-macro_auroc): best.safetensors
     checkpoint_mode: str = "max"  # max | min: which way checkpoint-metric improves
     early_stopping_patience: int = 0  # stop after this many scored models without improvement (0 = off)
-    personalise: str = ""  # "" = off | fedbn | fedper | finetune: each site's own model (personal.py)
+    personalise: str = ""  # "" = off | fedbn | fedper | finetune | ditto: each site's own model (personal.py)
+    ditto_lambda: float = 0.1  # personalise=ditto: how strongly each site's model is pulled toward the global one
     finetune_epochs: int = 1  # personalise=finetune: epochs each site fine-tunes the global model after the last round
 
     @classmethod
@@ -238,6 +239,10 @@ class Settings:
             raise ConfigError(f"run config: finetune-epochs must be >= 1, got {self.finetune_epochs}")
         if self.finetune_epochs != 1 and self.personalise != "finetune":
             raise ConfigError("run config: finetune-epochs applies to personalise=finetune only")
+        if not (self.ditto_lambda > 0 and math.isfinite(self.ditto_lambda)):
+            raise ConfigError(f"run config: ditto-lambda must be a finite number > 0, got {self.ditto_lambda:g}")
+        if self.ditto_lambda != 0.1 and self.personalise != "ditto":
+            raise ConfigError("run config: ditto-lambda applies to personalise=ditto only")
         if self.personalise in ("fedbn", "fedper") and self.secagg:
             raise ConfigError(f"run config: personalise={self.personalise} keeps part of the model at each site, "
                               "which SecAgg+'s fixed vector layout cannot leave out; use it without secagg "

@@ -256,9 +256,12 @@ def training_counts(model: FusionModel, dataset: Dataset) -> tuple[dict[str, int
 
 # -- local work ----------------------------------------------------------------------------------
 def train_site(model: FusionModel, dataset: Dataset, settings: Settings, *, device: torch.device | None = None,
-               seed: int = 0, server_round: int = 1) -> dict[str, Any]:
+               seed: int = 0, server_round: int = 1,
+               proximal: tuple[float, dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
     """Local epochs with the core loop over the trainable parameters; FedProx adds
-    ``mu/2 ||w - w_global||^2``; local DP-SGD (Opacus) when ``settings.local_dp``. Returns loss,
+    ``mu/2 ||w - w_global||^2`` (the start's weights); ``proximal = (mu, anchor)`` the same term
+    toward the named ``anchor`` arrays instead (Ditto's personal model toward the global one);
+    local DP-SGD (Opacus) when ``settings.local_dp``. Returns loss,
     sample count, with DP the site's epsilon spent by the end of ``server_round``, and on a GPU
     the peak memory this training allocated there."""
     device = device or select_device(settings.device)
@@ -267,12 +270,16 @@ def train_site(model: FusionModel, dataset: Dataset, settings: Settings, *, devi
     augment = view_augment(settings.augment, model.task.needs_target, model.modality_kinds, model.modality_views)
     loader = make_loader(dataset, model.modalities, settings.train_batch_size(len(dataset)), shuffle=True, seed=seed,
                          drop_last=True, augment=augment)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+    trainable = [p for _, p in named]
     optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=1e-4)
     extra = None
-    if settings.strategy == "fedprox" and settings.proximal_mu > 0:
-        anchor = [p.detach().clone() for p in trainable]
-        mu = settings.proximal_mu
+    if proximal is None and settings.strategy == "fedprox" and settings.proximal_mu > 0:
+        proximal = (settings.proximal_mu, {})
+    if proximal is not None:
+        mu, towards = proximal
+        anchor = [torch.as_tensor(towards[k], dtype=p.dtype, device=p.device) if k in towards else p.detach().clone()
+                  for k, p in named]
 
         def extra(m):  # noqa: E306
             return (mu / 2) * sum(((p - a) ** 2).sum() for p, a in zip(trainable, anchor))

@@ -37,11 +37,14 @@ def test_what_each_method_keeps_at_the_site(registry):
     fedper = personal.local_keys(model, "fedper")
     assert fedper == {k for k in shared if param_group(k) in ("fusion", "task")}
     assert {param_group(k) for k in shared - fedper} == {f"encoder:{m}" for m in model.modalities}  # encoders shared
-    assert personal.local_keys(model, "finetune") == personal.local_keys(model, "") == frozenset()
+    assert personal.local_keys(model, "finetune") == personal.local_keys(model, "ditto") == frozenset()
+    assert personal.local_keys(model, "") == frozenset()
 
 
 @pytest.mark.parametrize("config, message", [
-    ({"personalise": "ditto"}, "personalise must be '' .* fedbn, fedper, finetune"),
+    ({"personalise": "fedsgd"}, "personalise must be '' .* fedbn, fedper, finetune, ditto"),
+    ({"ditto-lambda": 0.5}, "applies to personalise=ditto only"),
+    ({"personalise": "ditto", "ditto-lambda": 0.0}, "ditto-lambda must be a finite number > 0"),
     ({"personalise": "fedbn", "secagg": True}, "SecAgg"),
     ({"finetune-epochs": 2}, "applies to personalise=finetune only"),
     ({"personalise": "finetune", "finetune-epochs": 0}, "finetune-epochs must be >= 1"),
@@ -127,3 +130,28 @@ def test_finetune_writes_each_sites_model_where_it_asks_and_it_scores_as_reporte
         metric = "macro_auroc" if "macro_auroc" in scored["overall"] else "accuracy"
         assert scored["overall"][metric] == pytest.approx(mine[str(node)][metric])
     assert not any((tmp_path / "run").glob("personal-*"))  # nothing of it at the server
+
+
+def _ditto(registry, tmp_path, lam):
+    s = Settings.from_run_config({"dataset": "toy", "num-server-rounds": 2, "max-steps": 3, "readiness": False,
+                                  "personalise": "ditto", "ditto-lambda": lam})
+    grid = LocalGrid(2, s.as_run_config())
+    replies: list = []
+    grid.tamper = {n: _recorder(replies) for n in grid.contexts}
+    summary = run_server(grid, s, tmp_path / f"ditto-{lam}", echo=False)
+    sent = arrays_to_numpy([m for m in grid.sent if m.metadata.message_type == "train"][-1].content["arrays"])
+    own = [arrays_to_numpy(ctx.state.array_records[personal.STATE]) for ctx in grid.contexts.values()]
+    gap = float(np.mean([sum(float(((o[k] - sent[k]) ** 2).sum()) for k in sent
+                             if np.issubdtype(sent[k].dtype, np.floating)) for o in own]))
+    return s, summary, replies, sent, own, gap
+
+
+def test_ditto_keeps_a_whole_model_of_its_own_pulled_toward_the_global_one(registry, tmp_path):
+    s, summary, replies, sent, own, loose = _ditto(registry, tmp_path, 0.01)
+    shared = set(task.shared_keys(task.build(s, registry)))
+    assert all(set(o) == shared for o in own)  # a whole model, kept at the site
+    assert all(set(r.content["arrays"].keys()) == shared for r in replies)  # the global update as FedAvg's
+    assert loose > 0 and not np.allclose(own[0][sorted(sent)[0]], own[1][sorted(sent)[0]])
+    assert all(m["personal-kept"] == 1 for m in summary["personalised"]["per_site"].values())
+    *_, tight = _ditto(registry, tmp_path, 100.0)
+    assert tight < 0.5 * loose, (tight, loose)  # a stronger pull keeps it nearer the global model it was sent
