@@ -11,12 +11,16 @@ from mmdomain_federated.simulate import _pids_using, run_simulation
 def test_real_simulation_three_sites(tmp_path):
     home = tmp_path / "flwr-home"
     out = tmp_path / "run"
-    result = run_simulation(3, {"num-server-rounds": 2, "out-dir": str(out), "max-steps": 3}, flwr_home=home,
-                            timeout=420)
+    # ditto: the global model is FedAvg's, and each site's own model must survive from its training
+    # rounds to the final evaluation in Flower's context state, across the simulation's actors
+    result = run_simulation(3, {"num-server-rounds": 2, "out-dir": str(out), "max-steps": 3, "personalise": "ditto"},
+                            flwr_home=home, timeout=420)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stopped"] == "completed" and summary["rounds"] == 2
     assert sum(1 for m in summary["final"]["per_site"].values() if m.get("n")) == 3  # sites that evaluated
+    mine = summary["personalised"]["per_site"]
+    assert len(mine) == 3 and all(m.get("personal-kept") == 1 for m in mine.values()), mine
     assert not _pids_using(str(home))  # the local SuperLink was stopped
 
 
