@@ -15,12 +15,12 @@ personalised model.
   same local epochs with ``ditto-lambda / 2 ||v - w||^2`` pulling it toward the global model ``w``
   it was sent. Twice a site's compute; the global model is FedAvg's.
 
-Each site's personalised model is the global model with what it kept (fedbn, fedper), the
-fine-tuned global model (finetune) or its own model (ditto). It never leaves the site: the server asks each site to score it
-on its own test split (``evaluate`` with ``personalised``), and only those metrics come back. A site
-given ``personal-dir`` in its node config writes it there (``personal-<run id>.safetensors``).
-Fine-tuning and Ditto's own model are not private training even in a local-DP run: the model they
-change stays at the site.
+Each site's personalised model is the global model with what it kept (fedbn, fedper), the fine-tuned
+global model (finetune) or its own model (ditto). It never leaves the site: the server asks each
+site to score it on its own test split (``evaluate`` with ``personalised``), and only those metrics
+come back. A site given ``personal-dir`` in its node config writes it there
+(``personal-<run id>.safetensors``). Fine-tuning and Ditto's own model are not private training even in a local-DP
+run: the model they change stays at the site.
 
 ``local_keys`` is the one rule of what stays: the server drops those names from what it expects
 back (a reply carrying one is rejected), each site from what it sends.
@@ -35,14 +35,14 @@ from typing import Any
 import torch
 
 from .groups import GROUP_FUSION, GROUP_TASK, param_group
-from .settings import PERSONALISATION as METHODS  # noqa: F401 - the methods, listed once
 
 NORMS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
 STATE = "mmdomain-personal"  # the site's kept arrays in its Flower context state
 
 
 def local_keys(model: torch.nn.Module, method: str) -> frozenset[str]:
-    """The state_dict entries of ``model`` that ``method`` keeps at each site ('' and finetune: none)."""
+    """The state_dict entries of ``model`` that ``method`` keeps at each site instead of sending them
+    (fedbn, fedper; none for '', finetune and ditto, which share the whole model)."""
     from .task import shared_keys
 
     shared = set(shared_keys(model))
