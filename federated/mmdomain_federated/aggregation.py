@@ -290,6 +290,9 @@ def aggregate(global_weights: dict[str, np.ndarray], updates: list[SiteUpdate], 
     (``krum_selection``, ``byzantine`` = f: the mean of the selected updates; a group with too few
     contributors for Krum takes the coordinate median), unweighted. ``notes``: what Krum left out."""
     notes = notes if notes is not None else []
+    # one order whatever order the replies came in (Flower samples nodes in a random order): float
+    # sums in another order differ in the last bits, which training then amplifies; same seed, same model
+    updates = sorted(updates, key=lambda u: str(u.site))
     selected: dict[str, list[SiteUpdate]] = {}
     if dp is not None:
         scale = {}
