@@ -241,8 +241,9 @@ class Run:
                                "pooled": final.get("overall", {}).get(metric)}
         mine = self.summary.get("personalised") or {}
         if mine.get("per_site"):
-            table[f"personalised ({mine.get('method')})"] = {str(s): m.get(metric)
-                                                            for s, m in _by_site(mine["per_site"])}
+            from .cross_site import personal_name
+
+            table[personal_name(mine.get("method"))] = {str(s): m.get(metric) for s, m in _by_site(mine["per_site"])}
         saved = self.folder / CROSS_SITE_FILE
         if saved.is_file():
             matrix = json.loads(saved.read_text())

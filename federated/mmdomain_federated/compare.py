@@ -21,7 +21,7 @@ import click
 
 from mmdomain.tracking import options as tracking_options
 
-from .cross_site import CrossSite, describe, local_vs_global, score_text
+from .cross_site import CrossSite, describe, local_vs_global, personal_vs_global, score_text
 from .tracking import COMPARE_EXPERIMENT
 from .experiment import (Clock, federated, local_only, main_metric, pooled_predictions, pooled_test, site_tests,
                          synthetic_sites, versus_local)
@@ -29,7 +29,8 @@ from mmdomain.jsonout import dumps
 
 
 def run_compare(*, dataset: str, seeds: list[int], out: Path, sites: int, rounds: int, local_epochs: int,
-                engine: str, quick: bool, log: Callable[[str], None] = click.echo) -> dict[str, Any]:
+                engine: str, quick: bool, personalise: str = "",
+                log: Callable[[str], None] = click.echo) -> dict[str, Any]:
     from mmdomain.plugins import get_registry
 
     registry = get_registry()
@@ -48,20 +49,22 @@ def run_compare(*, dataset: str, seeds: list[int], out: Path, sites: int, rounds
                                         single_modality_models=False, cross=cross)
         clock.step(f"seed {seed}: federated, {rounds} rounds ({engine})")
         fed, model = federated(settings, registry, sites, engine, 0.0, test, out / f"seed-{seed}" / "federated",
-                               dp=False, noise=0.0, clip=0.0, max_epsilon=0.0, log=log, cross=cross)
+                               dp=False, noise=0.0, clip=0.0, max_epsilon=0.0, log=log, cross=cross,
+                               personalise=personalise)
         metric = main_metric(fed["overall"])
         matrix = cross.matrix(metric)
         versus = versus_local(model, metric, pooled_predictions(model, test, settings), local_preds, seed, log)
         per_site = {site: m["overall"][metric] for site, m in local["fusion"].items()}
         runs.append({"seed": seed, "metric": metric, "test_samples": len(test), "federated": fed["overall"][metric],
                      "local": per_site, "margin": fed["overall"][metric] - max(per_site.values()),
-                     "bootstrap": versus, "cross_site": matrix, "cross_site_summary": local_vs_global(matrix)})
+                     "bootstrap": versus, "cross_site": matrix, "cross_site_summary": local_vs_global(matrix),
+                     "personalised": personal_vs_global(matrix)})
         log(f"  seed {seed}: federated {metric} {runs[-1]['federated']:.3f}; local-only "
             + ", ".join(f"{k} {v:.3f}" for k, v in per_site.items()))
         log(f"  seed {seed}: cross-site {metric}: {describe(matrix)}")
     margins = [r["margin"] for r in runs]
     result = {"dataset": dataset, "sites": sites, "rounds": rounds, "local_epochs": local_epochs, "engine": engine,
-              "quick": quick, "runs": runs, "wins": sum(m > 0 for m in margins), "seeds": len(runs),
+              "quick": quick, "personalise": personalise, "runs": runs, "wins": sum(m > 0 for m in margins), "seeds": len(runs),
               "mean_margin": statistics.fmean(margins), "min_margin": min(margins), "max_margin": max(margins)}
     (out / "compare.json").write_text(dumps(result, indent=1))
     (out / "compare.md").write_text(markdown(result))
@@ -108,6 +111,25 @@ def _cross_site_lines(runs: list[dict[str, Any]], metric: str) -> list[str]:
                  score_text(s.get("local_worst_mean")), score_text(s.get("local_spread_mean")),
                  f"{low['model']} on {low['site']} {low['score']:.3f}" if low else "-"]
         lines.append(f"| {r['seed']} | " + " | ".join(cells) + " |")
+    return lines + [""] + _personal_lines(runs, metric)
+
+
+def _personal_lines(runs: list[dict[str, Any]], metric: str) -> list[str]:
+    """Per seed: the sites' personalised models against the global model, each on its site's own test set."""
+    runs = [r for r in runs if r.get("personalised")]
+    if not runs:
+        return []
+    sites = list(runs[0]["personalised"]["margins"])
+    lines = [f"{runs[0]['personalised']['model'].capitalize()} minus global, each site's own test set ({metric}); "
+             "a negative cell is a site that personalisation hurt.", "",
+             "| seed | " + " | ".join(sites) + " | at the global model's worst site | better at |",
+             "|---|" + "---|" * len(sites) + "---|---|"]
+    for r in runs:
+        p = r["personalised"]
+        cells = [f"{p['margins'][s]:+.3f}" if s in p["margins"] else "-" for s in sites]
+        at = p["margin_at_global_worst"]
+        cells += [f"{p['global_worst_site']} {at:+.3f}" if at is not None else "-", f"{p['better_at']} of {p['sites']}"]
+        lines.append(f"| {r['seed']} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -131,10 +153,14 @@ def _seeds(ctx, param, text: str) -> list[int]:
 @click.option("--engine", type=click.Choice(["in-process", "simulation"]), default="in-process", show_default=True,
               help="The Flower apps called in-process, or Flower's Ray simulation.")
 @click.option("--quick", is_flag=True, help="The generators' small quick sites.")
+@click.option("--personalise", type=click.Choice(["fedbn", "fedper", "finetune", "ditto"]), default=None,
+              help="Also give each site its own model this way (federated/README.md, Personalisation) and add the "
+              "row 'personalised (METHOD)' to the cross-site matrix: each site's model on its own test set "
+              "(in-process engine only).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default: a new temp folder).")
 @tracking_options(COMPARE_EXPERIMENT)
 def compare(dataset: str, seeds: list[int], sites: int, rounds: int, local_epochs: int, engine: str, quick: bool,
-            out: Path | None, track: bool, tracking_uri: str | None, experiment: str) -> None:
+            personalise: str | None, out: Path | None, track: bool, tracking_uri: str | None, experiment: str) -> None:
     """Federated vs each site's local-only model over several seeds, with a paired bootstrap; unless
     --no-track, then logged to MLflow (one run, a nested run per seed; OUT/mlruns by default)."""
     import tempfile
@@ -145,9 +171,13 @@ def compare(dataset: str, seeds: list[int], sites: int, rounds: int, local_epoch
     get_registry().synthetic_for(dataset)  # a clear error for a dataset without a generator
     if sites < 2:
         raise MMDomainError("--sites must be at least 2 for a federated run")
+    if personalise and engine != "in-process":
+        raise click.BadParameter("--personalise needs --engine in-process (each site writes its model to its own "
+                                 "folder; the simulation's virtual sites have no folder of their own)",
+                                 param_hint="--personalise")
     out = (out or Path(tempfile.mkdtemp(prefix="mmdomain-compare-"))).resolve()
     result = run_compare(dataset=dataset, seeds=seeds, out=out, sites=sites, rounds=rounds, local_epochs=local_epochs,
-                         engine=engine, quick=quick)
+                         engine=engine, quick=quick, personalise=personalise or "")
     if track:  # compare.json / compare.md are written: a tracking failure loses nothing
         from .tracking import log_compare
 

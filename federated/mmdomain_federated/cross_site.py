@@ -26,6 +26,7 @@ from .settings import Settings
 POOLED = "pooled"
 LOCAL_PREFIX = "local "
 GLOBAL = "global"
+PERSONAL_PREFIX = "personalised "
 
 
 def main_metric(metrics: dict[str, float]) -> str:
@@ -34,6 +35,11 @@ def main_metric(metrics: dict[str, float]) -> str:
         if key in metrics:
             return key
     return next(iter(metrics), "loss")
+
+
+def personal_name(method: str) -> str:
+    """The row of the sites' personalised models: ``personalised (finetune)``."""
+    return f"{PERSONAL_PREFIX}({method})"
 
 
 def local_name(site: str) -> str:
@@ -56,6 +62,15 @@ class CrossSite:
         row = {site: _cell(model, data, self.settings) for site, data in self.tests.items()}
         row[POOLED] = (_cell(model, ConcatDataset(list(self.tests.values())), self.settings) if pooled is None
                        else _keep(pooled))
+        self.cells[name] = row
+
+    def add_own(self, name: str, models: Mapping[str, Any]) -> None:
+        """A row of per-site models (site -> its personalised model): each scored on its own site's
+        test set only; the other cells, and the pooled one, hold no score."""
+        row = {site: _cell(models[site], data, self.settings) if site in models else
+               {"n": 0, "overall": {}, "by_pattern": {}, "note": "no model of its own"}
+               for site, data in self.tests.items()}
+        row[POOLED] = {"n": 0, "overall": {}, "by_pattern": {}, "note": "each site's own model: no pooled score"}
         self.cells[name] = row
 
     def matrix(self, metric: str) -> dict[str, Any]:
@@ -146,6 +161,22 @@ def local_vs_global(matrix: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def personal_vs_global(matrix: dict[str, Any]) -> dict[str, Any] | None:
+    """The personalised row against the global one on each site's own test set: per site the
+    margin, the personalised row's worst site and score, the global model's worst site and the
+    margin there, and at how many sites it is better; None without a personalised row."""
+    models = matrix["models"]
+    name = next((n for n in models if n.startswith(PERSONAL_PREFIX)), None)
+    if name is None or GLOBAL not in models:
+        return None
+    mine, glob = models[name]["scores"], models[GLOBAL]["scores"]
+    margins = {s: mine[s] - glob[s] for s in matrix["sites"] if mine.get(s) is not None and glob.get(s) is not None}
+    g_worst = models[GLOBAL]["worst_site"]
+    return {"model": name, "margins": margins, "worst_site": models[name]["worst_site"], "worst": models[name]["worst"],
+            "global_worst_site": g_worst, "margin_at_global_worst": margins.get(g_worst),
+            "better_at": sum(m > 0 for m in margins.values()), "sites": len(margins)}
+
+
 def describe(matrix: dict[str, Any]) -> str:
     """One line: ``global worst site-1 0.712, spread 0.080; 3 local-only models: worst 0.630 on
     average, spread 0.160 on average, lowest local site-0 on site-2 0.601``."""
@@ -158,6 +189,11 @@ def describe(matrix: dict[str, Any]) -> str:
         parts.append(f"{s['local_models']} local-only models: worst {s['local_worst_mean']:.3f} on average, spread "
                      f"{s['local_spread_mean']:.3f} on average, lowest {low['model']} on {low['site']} "
                      f"{low['score']:.3f}")
+    if (p := personal_vs_global(matrix)) is not None and p["sites"]:
+        at = p["margin_at_global_worst"]
+        parts.append(f"{p['model']}: worst {p['worst_site']} {score_text(p['worst'])}, "
+                     + (f"{at:+.3f} at the global model's worst site, " if at is not None else "")
+                     + f"better than global at {p['better_at']} of {p['sites']} sites")
     return "; ".join(parts) or "no model scored on any site"
 
 

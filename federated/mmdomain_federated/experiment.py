@@ -26,7 +26,7 @@ from mmdomain.models import build_model
 from mmdomain.training import make_loader, select_device
 
 from . import task
-from .cross_site import GLOBAL, CrossSite, local_name, main_metric
+from .cross_site import GLOBAL, CrossSite, local_name, main_metric, personal_name
 from .settings import Settings
 
 BOOTSTRAP_RESAMPLES = 1000
@@ -174,16 +174,20 @@ def _progress(line: str, log: Log) -> None:
         log("    " + line.rstrip()[:160])
 
 
-def run_flower(engine: str, sites: int, run_config: dict[str, Any], out_dir: Path, gpus: float, log: Log) -> dict:
-    """The real ServerApp/ClientApp: in Flower's simulation (Ray), or in-process (no Ray); the summary."""
+def run_flower(engine: str, sites: int, run_config: dict[str, Any], out_dir: Path, gpus: float, log: Log,
+               node_configs: list[dict[str, Any]] | None = None) -> dict:
+    """The real ServerApp/ClientApp: in Flower's simulation (Ray), or in-process (no Ray); the summary.
+    ``node_configs``: each site's own node config (in-process only)."""
     run_config = {**run_config, "out-dir": str(out_dir)}
     if engine == "in-process":
         from .inprocess import LocalGrid
         from .server_app import run_server
 
         settings = Settings.from_run_config(run_config)
-        return _trained(run_server(LocalGrid(sites, settings.as_run_config()), settings, out_dir, echo=False,
-                                   log=lambda line: _progress(line, log)))
+        grid = LocalGrid(sites, settings.as_run_config(), node_configs=node_configs)
+        return _trained(run_server(grid, settings, out_dir, echo=False, log=lambda line: _progress(line, log)))
+    if node_configs:
+        raise click.UsageError("per-site node configs (personalisation's personal-dir) need the in-process engine")
     from .simulate import run_simulation
 
     def server_line(line: str) -> None:  # progress: the server's per-round lines as they come
@@ -212,16 +216,27 @@ def _trained(summary: dict[str, Any]) -> dict[str, Any]:
 
 def federated(settings: Settings, registry, sites: int, engine: str, gpus: float, test, out_dir: Path, *, dp: bool,
               noise: float, clip: float, max_epsilon: float, log: Log,
-              cross: CrossSite | None = None) -> tuple[dict[str, Any], Any]:
+              cross: CrossSite | None = None, personalise: str = "") -> tuple[dict[str, Any], Any]:
     """A federated run (central DP with ``dp``) scored on the pooled test set; its result and model.
-    With ``cross`` the model is also scored on every site's own test set there (row ``global``)."""
+    With ``cross`` the model is also scored on every site's own test set there (row ``global``);
+    with ``personalise`` (in-process: the sites write their models to their ``personal-dir``,
+    ``<out_dir>/sites/site-<i>``), each site's personalised model on its own test set there (row
+    ``personalised (<method>)``)."""
     run_config = {**settings.as_run_config(), "central-dp": dp, "noise-multiplier": noise, "clip-norm": clip,
                   "max-epsilon": max_epsilon if dp else 0.0, "resume": False}
-    summary = run_flower(engine, sites, run_config, out_dir, gpus, log)
+    own = [out_dir / "sites" / f"site-{i}" for i in range(sites)] if personalise else []
+    if personalise:
+        run_config["personalise"] = personalise
+    summary = run_flower(engine, sites, run_config, out_dir, gpus, log,
+                         node_configs=[{"personal-dir": str(f)} for f in own] or None)
     model, _ = load_checkpoint(out_dir / "model.safetensors", registry)
     result = task.evaluate_site(model, test, settings)
     if cross is not None:
         cross.add(GLOBAL, model, pooled=result)
+        if own:
+            cross.add_own(personal_name(personalise), {f"site-{i}": load_checkpoint(p, registry)[0]
+                                                       for i, f in enumerate(own)
+                                                       for p in sorted(f.glob("personal-*.safetensors"))[-1:]})
     return {"overall": result["overall"], "by_pattern": result["by_pattern"], "history": summary.get("history", []),
             "epsilon": summary.get("epsilon"), "stopped": summary.get("stopped"), "rounds": summary.get("rounds"),
             "delta": settings.target_delta if dp else None, "noise_multiplier": noise if dp else None,

@@ -57,3 +57,32 @@ def test_compare_rejects_bad_seeds_before_any_work(tmp_path, seeds):
 def test_compare_names_a_dataset_without_generator(tmp_path):
     result = CliRunner().invoke(cli, ["fed", "compare", "--dataset", "nope", "--out", str(tmp_path)])
     assert result.exit_code != 0 and "nope" in result.output and "Traceback" not in result.output
+
+
+def test_compare_with_personalisation_adds_each_sites_own_model_to_the_matrix(tmp_path):
+    result = CliRunner().invoke(cli, ["fed", "compare", "--dataset", "toy", "--seeds", "5", "--rounds", "2", "--quick",
+                                      "--personalise", "finetune", "--no-track", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    run = json.loads((tmp_path / "compare.json").read_text())["runs"][0]
+    models, metric = run["cross_site"]["models"], run["metric"]
+    mine = models["personalised (finetune)"]
+    sites = run["cross_site"]["sites"]
+    assert mine["scores"]["pooled"] is None and all(mine["scores"][s] is not None for s in sites)
+    p = run["personalised"]
+    assert p["margins"] == pytest.approx({s: mine["scores"][s] - models["global"]["scores"][s] for s in sites})
+    # the orchestrator's score of each site's file is what that site reported for its own model
+    summary = json.loads((tmp_path / "seed-5" / "federated" / "summary.json").read_text())
+    reported = summary["personalised"]["per_site"]
+    assert [reported[str(101 + i)][metric] for i in range(3)] == pytest.approx([mine["scores"][s] for s in sites])
+    assert len(list((tmp_path / "seed-5" / "federated" / "sites").glob("site-*/personal-*.safetensors"))) == 3
+    md = (tmp_path / "compare.md").read_text()
+    assert "Personalised (finetune) minus global, each site's own test set" in md
+    assert f"| 5 | {p['margins']['site-0']:+.3f} |" in md
+    assert "better than global at" in result.output
+
+
+def test_compare_refuses_personalisation_in_the_simulation_before_any_work(tmp_path):
+    result = CliRunner().invoke(cli, ["fed", "compare", "--dataset", "toy", "--personalise", "fedbn", "--engine",
+                                      "simulation", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--personalise needs --engine in-process" in result.output
+    assert not any(tmp_path.iterdir())
