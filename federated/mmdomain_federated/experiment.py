@@ -234,9 +234,10 @@ def federated(settings: Settings, registry, sites: int, engine: str, gpus: float
     if cross is not None:
         cross.add(GLOBAL, model, pooled=result)
         if own:
-            cross.add_own(personal_name(personalise), {f"site-{i}": load_checkpoint(p, registry)[0]
-                                                       for i, f in enumerate(own)
-                                                       for p in sorted(f.glob("personal-*.safetensors"))[-1:]})
+            written = {f"site-{i}": max(f.glob("personal-*.safetensors"), key=lambda p: p.stat().st_mtime, default=None)
+                       for i, f in enumerate(own)}  # a site that could not personalise wrote none
+            cross.add_own(personal_name(personalise),
+                          {site: load_checkpoint(p, registry)[0] for site, p in written.items() if p is not None})
     return {"overall": result["overall"], "by_pattern": result["by_pattern"], "history": summary.get("history", []),
             "epsilon": summary.get("epsilon"), "stopped": summary.get("stopped"), "rounds": summary.get("rounds"),
             "delta": settings.target_delta if dp else None, "noise_multiplier": noise if dp else None,
