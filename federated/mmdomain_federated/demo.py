@@ -26,12 +26,15 @@ from typing import Any, Callable
 
 import click
 
+from mmdomain.tracking import options as tracking_options
+
 from . import task
 from .cross_site import GLOBAL, CrossSite
 from .cross_site import describe as describe_cross_site
 from .experiment import (BOOTSTRAP_RESAMPLES, Clock, federated, local_only, main_metric, pooled_predictions,
                          pooled_test, run_flower, site, site_options, site_tests, synthetic_sites, versus_local)
 from .report import describe, write_report
+from .tracking import DEMO_EXPERIMENT
 
 PUBLIC_SEED_OFFSET = 1000  # the public site's generator seed: the demo's seed + this
 #: The private arm's step size when only the fusion and task head train (on frozen features): larger
@@ -274,11 +277,14 @@ def run_demo(*, datasets: list[str], out: Path, sites: int, rounds: int, local_e
 @click.option("--gpu", is_flag=True, help="Use the GPU when there is one (fractional GPU per virtual site).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default: a new temp folder).")
+@tracking_options(DEMO_EXPERIMENT)
 def demo(datasets: tuple[str, ...], sites: int, rounds: int | None, local_epochs: int, fusion: str | None,
          privacy: str, target_epsilon: float, target_delta: float, clip: float, pretrain_epochs: int | None,
-         quick: bool, engine: str | None, gpu: bool, seed: int, out: Path | None):
+         quick: bool, engine: str | None, gpu: bool, seed: int, out: Path | None, track: bool,
+         tracking_uri: str | None, experiment: str):
     """Synthetic hospitals and regions: readiness, local-only vs federated, and federated private
-    training to a target epsilon (local DP-SGD on encoders pretrained on a public site, frozen)."""
+    training to a target epsilon (local DP-SGD on encoders pretrained on a public site, frozen);
+    unless --no-track, then logged to MLflow (one run, a nested run per model; OUT/mlruns by default)."""
     from mmdomain.errors import MMDomainError
     from mmdomain.plugins import get_registry
 
@@ -298,4 +304,8 @@ def demo(datasets: tuple[str, ...], sites: int, rounds: int | None, local_epochs
                       local_epochs=local_epochs, fusion=fusion, privacy=privacy, target_epsilon=target_epsilon,
                       target_delta=target_delta, clip=clip, pretrain_epochs=pretrain_epochs or (2 if quick else 5),
                       quick=quick, engine=engine or ("in-process" if quick else "simulation"), gpu=gpu, seed=seed)
+    if track:  # the report is written: a tracking failure loses nothing
+        from .tracking import log_demo
+
+        click.echo(f"tracked: {log_demo(out, uri=tracking_uri, experiment=experiment)}")
     click.echo(f"\nreport: {report}")

@@ -12,11 +12,20 @@ what ``summary.json`` already holds: aggregates per site, no sample's data.
 
 A comparison is one parent run (the summary over seeds, ``compare.json`` and ``compare.md``) with
 one nested run per seed (its margins and bootstrap, and its federated run folder as above).
+
+A demo is one parent run (its plan as params; ``summary.md``, ``metrics.json``, ``metrics.csv``
+and the plots as artifacts) with one nested run per model of the report (``<dataset>: <model>``,
+e.g. ``medical: local fusion``): that model's rows of ``metrics.csv`` as metrics (``<metric>``, or
+``<site>/<metric>`` for a per-site row); the federated and private models' nested runs also hold
+their run folders as above. The rows about the data (heterogeneity) and the cross-site matrix go to
+the parent as ``<dataset>/<model>/<site>/<metric>``.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,6 +33,7 @@ from mmdomain.tracking import (Tracker, TrackedRun, TrackingError, flat_numbers,
                                resolve_uri, tracking)
 
 FED_EXPERIMENT = "mmdomain-fed"
+DEMO_EXPERIMENT = "mmdomain-demo"
 COMPARE_EXPERIMENT = "mmdomain-fed-compare"
 PATH_KEYS = ("data-root", "init-from", "out-dir")  # the run config's local paths: logged as their last component
 RUN_ARTIFACTS = ("summary.json", "privacy-ledger.jsonl", "events.log", "model.safetensors", "best.safetensors")
@@ -144,3 +154,53 @@ def log_compare(result: Mapping[str, Any], out: Path, *, uri: str | None = None,
             t.finish(child)
         return t.finish(parent)
 
+
+def _demo_models(report: Path) -> tuple[dict[tuple[str, str], list[tuple[str, float, int]]],
+                                         list[tuple[str, float, int]]]:
+    """``metrics.csv``'s numeric rows as (metric, value, 0): grouped by (dataset, model) for the
+    models, and those about the data and the cross-site matrix apart."""
+    models: dict[tuple[str, str], list[tuple[str, float, int]]] = {}
+    overall: list[tuple[str, float, int]] = []
+    with (report / "metrics.csv").open(newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                value = float(row["value"])
+            except (TypeError, ValueError):
+                continue
+            if not math.isfinite(value):
+                continue
+            if row["model"] == "data" or row["model"].startswith("cross-site "):
+                overall.append((metric_key(f"{row['dataset']}/{row['model']}/{row['site']}/{row['metric']}"), value, 0))
+                continue
+            key = row["metric"] if row["site"] == "all" else f"{row['site']}/{row['metric']}"
+            models.setdefault((row["dataset"], row["model"]), []).append((metric_key(key), value, 0))
+    return models, overall
+
+
+def log_demo(out: Path, *, uri: str | None = None, experiment: str = DEMO_EXPERIMENT,
+             name: str | None = None) -> TrackedRun:
+    """Log a finished ``mmdomain demo`` (its folder ``out``: ``report/`` and ``runs/``): a parent
+    run with the plan and the report's files, one nested run per model of the report."""
+    out = Path(out)
+    report = out / "report"
+    try:
+        plan = json.loads((report / "metrics.json").read_text()).get("plan", {})
+    except (OSError, ValueError) as exc:
+        raise TrackingError(f"tracking: {report / 'metrics.json'} cannot be read ({exc}): nothing logged") from None
+    models, overall = _demo_models(report)
+    with tracking(resolve_uri(uri, out), experiment, outputs=out) as t:
+        parent = t.start(name or "demo", tags={"mmdomain.kind": "demo"})
+        t.params(parent, flat_params(plan))
+        t.metrics(parent, overall)
+        t.artifacts(parent, [report / n for n in ("summary.md", "metrics.json", "metrics.csv")]
+                    + sorted(report.glob("*.png")))
+        for (dataset, model), series in models.items():
+            child = t.start(f"{dataset}: {model}", parent=parent,
+                            tags={"mmdomain.kind": "demo-model", "mmdomain.dataset": dataset, "mmdomain.model": model})
+            t.metrics(child, series)
+            folder = out / "runs" / dataset / ("federated" if model == "federated fusion" else "private")
+            if model.startswith("federated fusion") and (folder / "summary.json").is_file():
+                summary = _read_summary(folder)
+                _log_folder(t, child, folder, summary, run_config(folder))
+            t.finish(child)
+        return t.finish(parent)

@@ -142,6 +142,25 @@ def test_demo_quick_writes_a_consistent_report(tmp_path):
     assert {r["model"] for r in rows} >= {"local fusion", "local toy_image only", "local toy_note only",
                                           "federated fusion", "federated fusion + local DP"}
 
+    # MLflow (on by default): one run for the demo, a nested one per model, read through MLflow's own API
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 reads its file store only with this
+    os.environ.update({"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"})
+    import mlflow
+
+    assert "tracked: MLflow run" in proc.stdout
+    mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())
+    runs = mlflow.search_runs(experiment_names=["mmdomain-demo"])
+    [parent] = runs[runs["tags.mmdomain.kind"] == "demo"]["run_id"]
+    children = runs[runs["tags.mlflow.parentRunId"] == parent].set_index("tags.mlflow.runName")
+    models = {r["model"] for r in rows if r["model"] != "data" and not r["model"].startswith("cross-site ")}
+    assert set(children.index) == {f"toy: {m}" for m in models}
+    assert children.loc["toy: federated fusion", f"metrics.{metric}"] == pytest.approx(fed)
+    assert children.loc["toy: federated fusion + local DP", "metrics.epsilon"] == pytest.approx(p["epsilon"])
+    assert children.loc["toy: local fusion", f"metrics.site-1/{metric}"] == pytest.approx(
+        metrics["local"]["fusion"]["site-1"]["overall"][metric])
+    fed_run = mlflow.MlflowClient().list_artifacts(children.loc["toy: federated fusion", "run_id"])
+    assert {"summary.json", "model.safetensors"} <= {a.path for a in fed_run}  # its run folder, as fed run logs it
+
 
 @pytest.mark.parametrize("args, named", [(["--privacy", "shuffle"], "--privacy"),
                                          (["--target-epsilon", "0"], "--target-epsilon"),
