@@ -51,6 +51,21 @@ def machine() -> dict[str, Any]:
     }
 
 
+def write_quality(name: str, args: Any, started: _dt.datetime, load: list[float], **fields: Any) -> Path | None:
+    """A quality benchmark's results file (``args.out``, else ``results/<name>.json``; none for a
+    ``--quick`` run without ``--out``): when, how, on what machine and under what load, and ``fields``."""
+    if getattr(args, "quick", False) and args.out is None:
+        return None
+    out = Path(args.out or RESULTS / f"{name}.json")
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"benchmark": name, "date": started.isoformat(), "argv": sys.argv[1:],
+                               "settings": {k: v for k, v in vars(args).items() if k != "out"}, "machine": machine(),
+                               "load_average_1min_start_end": load,
+                               "minutes": round((time.time() - started.timestamp()) / 60, 1), **fields}, indent=2))
+    print(f"results: {out}", flush=True)
+    return out
+
+
 def timed(fn: Callable[[], Any]) -> float:
     gc.collect()
     t0 = time.perf_counter()

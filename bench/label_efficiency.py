@@ -53,7 +53,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import RESULTS, machine  # noqa: E402
+from harness import write_quality  # noqa: E402
 
 from mmdomain.bootstrap import paired_bootstrap, predictions  # noqa: E402
 from mmdomain.checkpoint import describe_init, init_from_checkpoint, save_checkpoint  # noqa: E402
@@ -277,16 +277,7 @@ def main() -> None:
     means = summary(rows)
     load.append(round(os.getloadavg()[0], 2))
     print(markdown(rows, means))
-    if args.quick and args.out is None:
-        return
-    out = Path(args.out or RESULTS / "label_efficiency.json")
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "label_efficiency", "date": started.isoformat(), "argv": sys.argv[1:],
-                               "settings": {k: v for k, v in vars(args).items() if k != "out"},
-                               "machine": machine(), "load_average_1min_start_end": load,
-                               "minutes": round((time.time() - started.timestamp()) / 60, 1),
-                               "seeds": seeds, "rows": rows, "summary": means}, indent=2))
-    print(f"results: {out}", flush=True)
+    write_quality("label_efficiency", args, started, load, seeds=seeds, rows=rows, summary=means)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import os
 import statistics
@@ -45,7 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.update({"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
                    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"})
-from harness import RESULTS, machine  # noqa: E402
+from harness import write_quality  # noqa: E402
 
 from mmdomain.bootstrap import paired_bootstrap, predictions  # noqa: E402
 from mmdomain.checkpoint import load_checkpoint  # noqa: E402
@@ -206,17 +205,8 @@ def main() -> None:
     means = summary(rows)
     load.append(round(os.getloadavg()[0], 2))
     print(markdown(rows, means))
-    if args.quick and args.out is None:
-        return
-    out = Path(args.out or RESULTS / "personalisation.json")
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "personalisation", "date": started.isoformat(), "argv": sys.argv[1:],
-                               "settings": {k: v for k, v in vars(args).items() if k != "out"},
-                               "shifts": SHIFTS, "sizes": QUICK_SIZES if args.quick else SIZES, "machine": machine(),
-                               "load_average_1min_start_end": load,
-                               "minutes": round((time.time() - started.timestamp()) / 60, 1),
-                               "rows": rows, "summary": means}, indent=2))
-    print(f"results: {out}", flush=True)
+    write_quality("personalisation", args, started, load, shifts=SHIFTS, sizes=QUICK_SIZES if args.quick else SIZES,
+                  rows=rows, summary=means)
 
 
 if __name__ == "__main__":

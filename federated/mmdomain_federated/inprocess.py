@@ -3,7 +3,8 @@
 Used by the tests and the benchmark to run the real ServerApp loop and ClientApp handlers on
 real Messages. A ClientApp that raises gives an error reply, as Flower's runtime does (the
 site failed; the run goes on). ``down`` holds nodes that stop answering (a site that
-disappears); ``tamper[node](reply)`` may alter a node's reply (e.g. inject NaN).
+disappears); ``tamper[node](reply)`` may alter a node's reply (e.g. inject NaN); ``recording(store)``
+is a hook that only keeps the train replies.
 """
 
 from __future__ import annotations
@@ -81,3 +82,13 @@ class LocalGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(list(messages)))
+
+
+def recording(store: list[Message]) -> Callable[[Message], Message]:
+    """A ``tamper`` hook that alters nothing: it keeps a copy of each train reply (not error
+    replies) in ``store``, to look at what a site sent."""
+    def keep(reply: Message) -> Message:
+        if reply.metadata.message_type == "train" and not reply.has_error():
+            store.append(copy.deepcopy(reply))
+        return reply
+    return keep

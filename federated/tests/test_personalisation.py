@@ -1,9 +1,7 @@
-"""Personalisation (``personalise = fedbn | fedper | finetune``, issue #16 item 3): what stays at a
+"""Personalisation (``personalise = fedbn | fedper | finetune | ditto``, issue #16 item 3): what stays at a
 site never leaves it and is never averaged, each site keeps its own from round to round, the
 sites' personalised models are scored on their own test sets (and written where a site asks), and
 a site that sends what it should keep is rejected."""
-
-import copy
 
 import numpy as np
 import pytest
@@ -13,18 +11,11 @@ from mmdomain.checkpoint import load_checkpoint
 from mmdomain.errors import ConfigError
 from mmdomain_federated import analysis, personal, task
 from mmdomain_federated.groups import param_group
-from mmdomain_federated.inprocess import LocalGrid
+from mmdomain_federated.inprocess import LocalGrid, recording
 from mmdomain_federated.records import arrays_to_numpy
 from mmdomain_federated.server_app import run_server
 from mmdomain_federated.settings import Settings
 
-
-def _recorder(store):
-    def keep(reply):
-        if reply.metadata.message_type == "train" and not reply.has_error():
-            store.append(copy.deepcopy(reply))
-        return reply
-    return keep
 
 
 def test_what_each_method_keeps_at_the_site(registry):
@@ -60,7 +51,7 @@ def fedbn_run(registry, tmp_path_factory):
                                   "personalise": "fedbn"})
     replies: list = []
     grid = LocalGrid(3, s.as_run_config())
-    grid.tamper = {n: _recorder(replies) for n in grid.contexts}
+    grid.tamper = {n: recording(replies) for n in grid.contexts}
     summary = run_server(grid, s, tmp_path_factory.mktemp("fedbn"), echo=False)
     return s, grid, replies, summary
 
@@ -137,7 +128,7 @@ def _ditto(registry, tmp_path, lam):
                                   "personalise": "ditto", "ditto-lambda": lam})
     grid = LocalGrid(2, s.as_run_config())
     replies: list = []
-    grid.tamper = {n: _recorder(replies) for n in grid.contexts}
+    grid.tamper = {n: recording(replies) for n in grid.contexts}
     summary = run_server(grid, s, tmp_path / f"ditto-{lam}", echo=False)
     sent = arrays_to_numpy([m for m in grid.sent if m.metadata.message_type == "train"][-1].content["arrays"])
     own = [arrays_to_numpy(ctx.state.array_records[personal.STATE]) for ctx in grid.contexts.values()]

@@ -20,7 +20,7 @@ from torch.utils.data import ConcatDataset
 
 from mmdomain_federated import task
 from mmdomain_federated.aggregation import SiteUpdate, aggregate
-from mmdomain_federated.inprocess import LocalGrid
+from mmdomain_federated.inprocess import LocalGrid, recording
 from mmdomain_federated.records import arrays_to_numpy, numpy_to_arrays
 from mmdomain_federated.server_app import run_server
 from mmdomain_federated.server_opt import ServerOptimiser
@@ -88,13 +88,6 @@ def _adam(x, avg, m, v, t, s):
     return x + lr * m / (np.sqrt(v) + s.server_tau), m, v
 
 
-def _recorder(store):
-    def keep(reply):
-        if reply.metadata.message_type == "train" and not reply.has_error():
-            store.append(copy.deepcopy(reply))
-        return reply
-    return keep
-
 
 def test_fedadam_in_process_steps_by_adam_survives_a_restart_and_leaves_an_unheld_modality(settings_for, registry,
                                                                                            tmp_path):
@@ -106,12 +99,12 @@ def test_fedadam_in_process_steps_by_adam_survives_a_restart_and_leaves_an_unhel
                      site_modalities="1=toy_image", stop_after_round=1)
     replies = {1: [], 2: []}
     grid = LocalGrid(2, s.as_run_config())
-    grid.tamper = {n: _recorder(replies[1]) for n in (101, 102)}
+    grid.tamper = {n: recording(replies[1]) for n in (101, 102)}
     first = run_server(grid, s, tmp_path, echo=False)
     assert "simulated crash" in first["stopped"] and (tmp_path / "server-opt-1.npz").exists()
     grid2 = LocalGrid(2, s.as_run_config())
     grid2.down.add(101)
-    grid2.tamper = {102: _recorder(replies[2])}
+    grid2.tamper = {102: recording(replies[2])}
     summary = run_server(grid2, Settings.from_run_config({**s.as_run_config(), "stop-after-round": 0}), tmp_path,
                          echo=False)
     assert summary["stopped"] == "completed" and [h["sites"] for h in summary["history"]] == [2, 1]
