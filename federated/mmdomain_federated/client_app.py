@@ -88,6 +88,12 @@ def _refusal(msg: Message, problems: list[str]) -> Message:
     return Message(RecordDict({"site": ConfigRecord({"refused": _reason(problems)})}), reply_to=msg)
 
 
+def _site_index(node_config, node_id: int) -> int:
+    """The number a site's training seeds derive from. Simulation: the partition id, so a run
+    repeats exactly whatever ids Flower gives the nodes."""
+    return int(node_config["partition-id"]) if "partition-id" in node_config else node_id % 997
+
+
 def _train_locally(cfg, settings, registry, node_config, global_w, node_id: int, model=None, state=None):
     """The site's round: optional fused evaluation of the incoming model, local training.
     Returns the trained model, its modality counts, its sample count and aggregate metrics.
@@ -124,8 +130,7 @@ def _train_locally(cfg, settings, registry, node_config, global_w, node_id: int,
         except EVAL_ERRORS:  # e.g. an empty or tiny validation split: train anyway
             metrics["eval-skipped"] = 1
     rnd = int(cfg.get("server-round", 0))
-    # simulation: the partition id, so a run repeats exactly whatever ids Flower gives the nodes
-    site = int(node_config["partition-id"]) if "partition-id" in node_config else node_id % 997
+    site = _site_index(node_config, node_id)
     if n > 0:  # a contrastive site without one pair has nothing to learn from (and sends nothing)
         stats = task.train_site(model, data, settings, seed=settings.seed * 1000 + rnd + 7919 * site,
                                 server_round=max(rnd, 1))
@@ -235,7 +240,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 def _personalise(model, settings, registry, node_config, context: Context) -> dict:
     """This site's personalised model from the global one in ``model`` (``personal.personalised``),
     written to the site's ``personal-dir`` when its node config names one; numbers of what was done."""
-    site = int(node_config.get("partition-id", context.node_id % 997))
+    site = _site_index(node_config, context.node_id)
     train_data = task.load_site(settings, node_config, registry, "train") if settings.personalise == "finetune" \
         else None
     done = personal.personalised(model, settings, context.state, train_data, seed=settings.seed * 1000 + 7 + site)

@@ -22,6 +22,7 @@ import click
 from mmdomain.tracking import options as tracking_options
 
 from .cross_site import CrossSite, describe, local_vs_global, personal_vs_global, score_text
+from .settings import PERSONALISATION
 from .tracking import COMPARE_EXPERIMENT
 from .experiment import (Clock, federated, local_only, main_metric, pooled_predictions, pooled_test, site_tests,
                          synthetic_sites, versus_local)
@@ -64,7 +65,8 @@ def run_compare(*, dataset: str, seeds: list[int], out: Path, sites: int, rounds
         log(f"  seed {seed}: cross-site {metric}: {describe(matrix)}")
     margins = [r["margin"] for r in runs]
     result = {"dataset": dataset, "sites": sites, "rounds": rounds, "local_epochs": local_epochs, "engine": engine,
-              "quick": quick, "personalise": personalise, "runs": runs, "wins": sum(m > 0 for m in margins), "seeds": len(runs),
+              "quick": quick, "personalise": personalise, "runs": runs, "wins": sum(m > 0 for m in margins),
+              "seeds": len(runs),
               "mean_margin": statistics.fmean(margins), "min_margin": min(margins), "max_margin": max(margins)}
     (out / "compare.json").write_text(dumps(result, indent=1))
     (out / "compare.md").write_text(markdown(result))
@@ -153,7 +155,7 @@ def _seeds(ctx, param, text: str) -> list[int]:
 @click.option("--engine", type=click.Choice(["in-process", "simulation"]), default="in-process", show_default=True,
               help="The Flower apps called in-process, or Flower's Ray simulation.")
 @click.option("--quick", is_flag=True, help="The generators' small quick sites.")
-@click.option("--personalise", type=click.Choice(["fedbn", "fedper", "finetune", "ditto"]), default=None,
+@click.option("--personalise", type=click.Choice(PERSONALISATION), default=None,
               help="Also give each site its own model this way (federated/README.md, Personalisation) and add the "
               "row 'personalised (METHOD)' to the cross-site matrix: each site's model on its own test set "
               "(in-process engine only).")

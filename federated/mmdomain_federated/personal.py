@@ -76,6 +76,12 @@ def keep(model: torch.nn.Module, keys: frozenset[str], state) -> None:
         state[STATE] = numpy_to_arrays({k: sd[k].detach().cpu().numpy().copy() for k in sorted(keys)})
 
 
+def _own(settings, **changes):
+    """How a site trains a model that never leaves it: not privately (no release to protect) and
+    without FedProx's pull toward the start (Ditto brings its own pull)."""
+    return dataclasses.replace(settings, local_dp=False, strategy="fedavg", **changes)
+
+
 def ditto(global_weights: dict[str, Any], settings, registry, data, state, seed: int) -> dict[str, Any]:
     """Ditto's step at a site: its own model (kept in ``state``; round 1 the global one) trained on
     ``data`` with the pull toward ``global_weights``, the global model as this round sent it."""
@@ -84,8 +90,7 @@ def ditto(global_weights: dict[str, Any], settings, registry, data, state, seed:
     model = build(settings, registry)
     set_weights(model, global_weights)
     restore(model, state)
-    own = dataclasses.replace(settings, local_dp=False, strategy="fedavg")
-    stats = train_site(model, data, own, seed=seed, proximal=(settings.ditto_lambda, global_weights))
+    stats = train_site(model, data, _own(settings), seed=seed, proximal=(settings.ditto_lambda, global_weights))
     keep(model, frozenset(shared_keys(model)), state)
     return {"personal-train-loss": float(stats["train-loss"])}
 
@@ -98,8 +103,7 @@ def personalised(model: torch.nn.Module, settings, state, train_data, seed: int)
     if settings.personalise == "finetune":
         if len(train_data) == 0:
             return {"personal-epochs": 0}
-        own = dataclasses.replace(settings, local_epochs=settings.finetune_epochs, local_dp=False, strategy="fedavg")
-        stats = train_site(model, train_data, own, seed=seed)
+        stats = train_site(model, train_data, _own(settings, local_epochs=settings.finetune_epochs), seed=seed)
         return {"personal-epochs": settings.finetune_epochs, "personal-train-loss": float(stats["train-loss"])}
     return {"personal-kept": int(restore(model, state))}
 
