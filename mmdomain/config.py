@@ -83,6 +83,39 @@ class BalanceConfig(_Strict):
         return self.aux_weight > 0 or self.modulation != "none"
 
 
+class MissingConfig(_Strict):
+    """Missing-modality methods beyond modality dropout and the heads' own missing tokens
+    (``mmdomain.models.missing``), off by default.
+
+    ``impute_weight``: a small translator per ordered modality pair maps one modality's embedding
+    to another's; an absent modality's embedding is then the mean of the translations from the
+    present ones (training and inference), and training adds ``impute_weight`` x their mean
+    squared error on the rows holding both. ``distill_weight``: the model on the rows as they came
+    (the teacher, no gradient) is distilled into the same model on the rows modality dropout
+    thinned (the student), at temperature ``distill_temperature``; needs ``modality_dropout``.
+    ``unimodal_fallback``: at evaluation, a row holding a single modality is predicted by that
+    modality's unimodal auxiliary head instead of the fusion head (needs ``balance.aux_weight``),
+    so a fused model is, on one modality, the single-modality model it trains alongside."""
+
+    impute_weight: float = Field(0.0, ge=0.0, le=100.0, allow_inf_nan=False)
+    impute_hidden: int = Field(0, ge=0, le=limits.DIM)  # 0: a linear translator, else one hidden layer
+    distill_weight: float = Field(0.0, ge=0.0, le=100.0, allow_inf_nan=False)
+    distill_temperature: float = Field(2.0, gt=0.0, le=100.0, allow_inf_nan=False)
+    unimodal_fallback: bool = False
+
+    @property
+    def impute(self) -> bool:
+        return self.impute_weight > 0
+
+    @property
+    def distill(self) -> bool:
+        return self.distill_weight > 0
+
+    @property
+    def active(self) -> bool:
+        return self.impute or self.distill
+
+
 class ModelConfig(_Strict):
     modalities: list[str] = Field(min_length=1)
     encoders: dict[str, Component]
@@ -96,6 +129,7 @@ class ModelConfig(_Strict):
     batch_norm: Literal["batch", "group"] = "batch"
     max_text_length: int = Field(128, ge=1, le=limits.TOKENS)
     balance: BalanceConfig = Field(default_factory=BalanceConfig)  # modality-imbalance remedies (off)
+    missing: MissingConfig = Field(default_factory=MissingConfig)  # imputation, distillation (off)
 
     @field_validator("modalities")
     @classmethod
@@ -127,6 +161,21 @@ class ModelConfig(_Strict):
         if self.balance.active and len(self.modalities) < 2:
             raise ValueError(f"balance: remedies for modality imbalance need two or more modalities; this model "
                              f"has {self.modalities} (leave aux_weight = 0 and modulation = 'none')")
+        return self
+
+    @model_validator(mode="after")
+    def _missing_methods_need_what_they_use(self) -> "ModelConfig":
+        if self.missing.active and len(self.modalities) < 2:
+            raise ValueError(f"missing: imputation and distillation need two or more modalities; this model has "
+                             f"{self.modalities} (leave impute_weight = 0 and distill_weight = 0)")
+        if self.missing.distill and self.modality_dropout <= 0:
+            raise ValueError("missing.distill_weight: distillation teaches the rows modality dropout thinned what "
+                             "the model predicts on the rows as they came, so it needs modality_dropout > 0 "
+                             f"(it is {self.modality_dropout})")
+        if self.missing.unimodal_fallback and self.balance.aux_weight <= 0:
+            raise ValueError("missing.unimodal_fallback: a row holding one modality is predicted by that modality's "
+                             "unimodal auxiliary head, so it needs balance.aux_weight > 0 (the heads); it is "
+                             f"{self.balance.aux_weight}")
         return self
 
 
@@ -303,12 +352,14 @@ def load_config(path: str | Path) -> RunConfig:
 def contrastive_variant(data: dict[str, Any], **options: Any) -> dict[str, Any]:
     """A model-config dict (``ModelConfig``-shaped) with its task swapped for cross-modal
     contrastive pretraining (``options``: its proj_dim, temperature): no modality dropout (it would
-    only remove pairs) and no modality-balance remedies (no target for a modality to predict alone).
+    only remove pairs), no modality-balance remedies (no target for a modality to predict alone) and no
+    missing-modality methods (nothing to distil).
     Encoders, fusion and tokenizers stay, so a supervised run's init-from loads them."""
     out = copy.deepcopy(data)
     out["task"] = {"name": "contrastive", "options": dict(options)}
     out["modality_dropout"] = 0.0
     out.pop("balance", None)
+    out.pop("missing", None)
     return out
 
 
@@ -320,4 +371,5 @@ def single_modality(config: ModelConfig, keep: str) -> ModelConfig:
     data["tokenizers"] = {k: v for k, v in data["tokenizers"].items() if k == keep}
     data["modality_dropout"] = 0.0
     data["balance"] = BalanceConfig().model_dump()  # one modality: nothing to balance
+    data["missing"] = MissingConfig().model_dump()  # ... nor to impute or distil
     return parse(ModelConfig, data, f"single-modality model ({keep})")

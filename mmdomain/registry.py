@@ -65,7 +65,10 @@ class EncoderSpec:
     The module maps ``[B, C, *spatial]`` (or token ids ``[B, L]`` for text) to
     ``[B, out_dim]``; built with ``dense=True`` (when ``supports_dense``) it returns a
     feature map ``[B, out_dim, h, w]``. The module exposes ``out_dim``; ``out_dim`` here
-    is the default options' value, checked by the contract tests.
+    is the default options' value, checked by the contract tests. With ``supports_tokens``
+    the module also has ``tokens(x) -> (seq [B, T, out_dim], valid bool[B, T])``: its token
+    sequence (feature-map cells, text tokens) before pooling, ``valid`` False on padding,
+    for the token-level fusion head (``fusion = "token_attention"``).
     """
 
     name: str
@@ -74,6 +77,7 @@ class EncoderSpec:
     out_dim: int
     description: str = ""
     supports_dense: bool = False
+    supports_tokens: bool = False
 
     def validate(self) -> None:
         _check_name(self.name)

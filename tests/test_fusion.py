@@ -1,13 +1,16 @@
 """Every fusion head: trains on mixed availability; output independent of absent fill values."""
 
+import functools
 import itertools
 
 import pytest
 import torch
 
-from mmdomain.fusion import ConcatFusion, CrossAttentionFusion, GatedFusion, LateFusion, modality_dropout
+from mmdomain.fusion import ConcatFusion, CrossAttentionFusion, GatedFusion, HeMISFusion, LateFusion, modality_dropout
 
-HEADS = {"concat": ConcatFusion, "late": LateFusion, "gated": GatedFusion, "cross_attention": CrossAttentionFusion}
+HEADS = {"concat": ConcatFusion, "late": LateFusion, "gated": GatedFusion, "cross_attention": CrossAttentionFusion,
+         "cross_attention+patterns": functools.partial(CrossAttentionFusion, pattern_tokens=True),
+         "hemis": HeMISFusion}
 DIMS = {"a": 8, "b": 12, "c": 6}
 
 

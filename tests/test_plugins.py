@@ -27,7 +27,7 @@ class InvalidPlugin:
 
 def test_builtins_register_through_hooks(mm_bare_manager):
     reg = mm_bare_manager.registry
-    assert reg.names("fusion") == ["concat", "cross_attention", "gated", "late"]
+    assert reg.names("fusion") == ["concat", "cross_attention", "gated", "hemis", "late", "token_attention"]
     assert {"multiclass", "multilabel", "segmentation", "contrastive"} <= set(reg.names("task"))
     assert reg.owner("fusion", "late") == "mmdomain.builtins.fusions"
 

@@ -29,7 +29,7 @@ def test_duplicate_name_names_both_plugins():
 
 
 def test_unknown_name_lists_available(mm_bare_manager):
-    with pytest.raises(UnknownComponentError, match="available: concat, cross_attention, gated, late"):
+    with pytest.raises(UnknownComponentError, match="available: concat, cross_attention, gated, hemis, late, token_attention"):
         mm_bare_manager.registry.fusion("early")
 
 

@@ -49,7 +49,7 @@ def test_unknown_component_in_config_lists_available(registry, toy_site, tmp_pat
     from mmdomain.models import build_model
 
     cfg = ModelConfig.model_validate({**registry.dataset("toy").default_model, "fusion": {"name": "early"}})
-    with pytest.raises(Exception, match="available: concat, cross_attention, gated, late"):
+    with pytest.raises(Exception, match="available: concat, cross_attention, gated, hemis, late, token_attention"):
         build_model(cfg, registry)
     cfg = ModelConfig.model_validate({**registry.dataset("toy").default_model,
                                       "encoders": {"toy_image": {"name": "bag_of_words"},

@@ -38,11 +38,12 @@ def encoder_group(modality: str) -> str:
 def param_group(name: str) -> str:
     """``encoder:<modality>``, ``fusion`` or ``task`` for a state_dict key. A modality's unimodal
     auxiliary head (``aux_heads.<modality>``, ``balance.aux_weight``) goes with its encoder: only
-    the sites holding the modality train it."""
+    the sites holding the modality train it. The cross-modal translators (``translators``,
+    ``missing.impute_weight``) go with the fusion head: they learn from rows holding two modalities."""
     head = name.split(".", 2)
     if head[0] in ("encoders", "aux_heads") and len(head) > 1:
         return encoder_group(head[1])
-    if head[0] == "fusion":
+    if head[0] in ("fusion", "translators"):
         return GROUP_FUSION
     return GROUP_TASK
 

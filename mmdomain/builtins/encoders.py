@@ -10,8 +10,9 @@ from ..registry import EncoderSpec
 @hookimpl
 def register_encoders(register):
     register(EncoderSpec("cnn", ("image", "raster", "volume"), ConvEncoder, out_dim=128, supports_dense=True,
+                         supports_tokens=True,
                          description="small strided conv net with GroupNorm; any channel count; 2D or 3D"))
-    register(EncoderSpec("bag_of_words", ("text",), BagOfWordsEncoder, out_dim=128,
+    register(EncoderSpec("bag_of_words", ("text",), BagOfWordsEncoder, out_dim=128, supports_tokens=True,
                          description="mean of token embeddings"))
     register(EncoderSpec("tiny_transformer", ("text",), TinyTransformerEncoder, out_dim=128,
-                         description="2-layer transformer over token ids, masked mean pool"))
+                         supports_tokens=True, description="2-layer transformer over token ids, masked mean pool"))

@@ -100,6 +100,15 @@ def aux_outputs(heads: nn.ModuleDict, embeddings: dict[str, Tensor], present: di
     return out
 
 
+def unimodal_fallback(output: Tensor, aux: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+    """``output`` with each row that holds exactly one modality ``m`` replaced by ``aux[m]``'s row
+    (``missing.unimodal_fallback``, evaluation only); rows with two or more modalities unchanged."""
+    count = torch.stack([present[m] for m in aux]).sum(0)
+    for m, a in aux.items():
+        output = torch.where(_rows(present[m] & (count == 1), output), a.to(output.dtype), output)
+    return output
+
+
 def aux_sample_losses(task: "Task", aux: dict[str, Tensor], target: Tensor, present: dict[str, Tensor]) -> Tensor:
     """``[B]``: row ``i``'s ``(1/M) sum_m [m present] * loss_m(i)`` (0 for an absent modality)."""
     total = None

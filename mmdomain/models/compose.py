@@ -23,7 +23,7 @@ from ..data.sample import Batch
 from ..errors import ConfigError, MMDomainError
 from ..fusion.base import modality_dropout
 from ..registry import Registry, Tokenizer
-from . import balance
+from . import balance, missing
 from .norms import batch_to_group_norm
 from .trainable import apply_policy, is_frozen
 from .weights import load_encoder_weights, started_from
@@ -36,6 +36,8 @@ class ModelOutput:
     present: dict[str, Tensor]  # after modality dropout
     fused: Tensor
     aux: dict[str, Tensor] | None = None  # unimodal auxiliary heads' outputs (training only; balance.aux_weight)
+    # training only: each row's weighted imputation + distillation loss (``missing``), [B]
+    missing_losses: Tensor | None = None
 
 
 def _build(kind: str, component: Component, builder, *args, where: str = "", **extra) -> Any:
@@ -140,11 +142,32 @@ class FusionModel(nn.Module):
         self.encoders = nn.ModuleDict(encoders)
         self.dims = {m: e.out_dim for m, e in encoders.items()}
         self.fusion = _build("fusion", config.fusion, registry.fusion(config.fusion.name).build, dict(self.dims))
+        self.uses_tokens = bool(getattr(self.fusion, "uses_tokens", False))
+        if self.uses_tokens:
+            self._check_token_head(config, registry)
         self.task = _build("task", config.task, task_spec.build, self.fusion.out_dim, dict(self.dims))
         self.aux_heads = balance.build_heads(config.balance, self.task, self.dims, config.task.name)
+        missing.check_task(config.missing, self.task, config.task.name)
+        self.translators = missing.build_translators(config.missing, self.dims)
         if config.batch_norm == "group":
             batch_to_group_norm([e for m, e in self.encoders.items() if m not in self.frozen]
                                 + [self.fusion, self.task, self.aux_heads])
+
+    def _check_token_head(self, config: ModelConfig, registry: Registry) -> None:
+        """A token-level fusion head needs every encoder to return tokens, pooled (not dense) tasks and
+        no imputation (the translators fill pooled embeddings, which this head does not read)."""
+        where = f"fusion: {config.fusion.name!r} attends over the encoders' tokens"
+        lacking = {m: c.name for m, c in config.encoders.items() if not registry.encoder(c.name).supports_tokens}
+        if lacking:
+            able = [s.name for s in registry.specs("encoder") if s.supports_tokens]
+            raise ConfigError(f"{where}, but {', '.join(f'encoders.{m} ({n!r})' for m, n in lacking.items())} "
+                              f"cannot return tokens; encoders that can: {able}")
+        if self.dense:
+            raise ConfigError(f"{where} and serves pooled tasks; segmentation needs a dense head "
+                              "(concat, late, gated, cross_attention, hemis)")
+        if config.missing.impute:
+            raise ConfigError(f"{where}; missing.impute_weight fills pooled embeddings, which it does not read "
+                              "(leave impute_weight = 0: absent tokens are masked out)")
 
     # -- inputs -----------------------------------------------------------------------
     def tokenize(self, batch: Batch) -> Batch:
@@ -157,26 +180,45 @@ class FusionModel(nn.Module):
         return Batch(inputs, batch.present, batch.target, batch.meta)
 
     def encode(self, batch: Batch) -> dict[str, Tensor]:
-        embeddings = {}
+        return self.encode_tokens(batch)[0]
+
+    def encode_tokens(self, batch: Batch) -> tuple[dict[str, Tensor], dict[str, tuple[Tensor, Tensor]] | None]:
+        """Each modality's embedding and, for a token-level fusion head (``uses_tokens``), its token
+        sequence ``(seq [B, T, D], valid [B, T])`` (the encoder's ``tokens``; absent rows all invalid),
+        whose mean over the valid tokens is then the embedding; None for other heads."""
+        embeddings: dict[str, Tensor | None] = {}
+        tokens: dict[str, tuple[Tensor, Tensor]] | None = {} if self.uses_tokens else None
         device = next(self.parameters()).device
         for m in self.modalities:
             x, present = batch.inputs.get(m), batch.present[m]
-            if self.config.encode_absent and x is not None:  # every row, with no data-dependent indexing
-                with torch.no_grad() if m in self.frozen else contextlib.nullcontext():
-                    embeddings[m] = self.encoders[m](x)
-                continue
-            idx = present.nonzero().squeeze(1)
-            if x is None or idx.numel() == 0:
+            run = self.encoders[m].tokens if tokens is not None else self.encoders[m]
+            every = self.config.encode_absent and x is not None  # every row, with no data-dependent indexing
+            idx = None if every else present.nonzero().squeeze(1)
+            if x is None or (idx is not None and idx.numel() == 0):
                 embeddings[m] = None
+                if tokens is not None:
+                    tokens[m] = (torch.zeros((len(present), 1, self.dims[m]), device=device),
+                                 torch.zeros((len(present), 1), dtype=torch.bool, device=device))
                 continue
+            whole = idx is None or idx.numel() == len(present)
             with torch.no_grad() if m in self.frozen else contextlib.nullcontext():
-                h = self.encoders[m](x if idx.numel() == len(present) else x[idx])
-            if idx.numel() == len(present):
+                h = run(x if whole else x[idx])
+            if tokens is not None:
+                seq, valid = h
+                if not whole:
+                    seq = seq.new_zeros((len(present), *seq.shape[1:])).index_copy(0, idx, seq)
+                    valid = valid.new_zeros((len(present), *valid.shape[1:])).index_copy(0, idx, valid)
+                tokens[m] = (seq, valid)
+                keep = valid[..., None]
+                h = torch.where(keep, seq, torch.zeros((), dtype=seq.dtype, device=seq.device)).sum(1) \
+                    / keep.sum(1).clamp(min=1).to(seq.dtype)
+                embeddings[m] = h
+            elif whole:
                 embeddings[m] = h
             else:
                 full = h.new_zeros((len(present), *h.shape[1:]))
                 embeddings[m] = full.index_copy(0, idx, h)
-        return self._fill_empty(embeddings, batch, device)
+        return self._fill_empty(embeddings, batch, device), tokens
 
     def _fill_empty(self, embeddings: dict[str, Tensor | None], batch: Batch, device) -> dict[str, Tensor]:
         ref = next((e for e in embeddings.values() if e is not None), None)
@@ -214,21 +256,58 @@ class FusionModel(nn.Module):
                     module.eval()
         return self
 
+    def _head(self, embeddings: dict[str, Tensor], present: dict[str, Tensor],
+              tokens: dict[str, tuple[Tensor, Tensor]] | None = None) -> tuple[Any, Tensor]:
+        """Fusion and task on ``embeddings`` (absent ones imputed first when ``missing.impute_weight``;
+        a token-level head reads ``tokens``)."""
+        if self.translators is not None:
+            embeddings, present = missing.impute(self.translators, embeddings, present)
+        if self.uses_tokens:
+            fused = self.fusion(embeddings, present, tokens=tokens)
+        else:
+            fused = self.fusion(embeddings, present)
+        return self.task(fused, embeddings, present), fused
+
     def forward(self, batch: Batch) -> ModelOutput:
         batch = self.tokenize(batch)
-        present = batch.present
+        observed = present = batch.present
         if self.training and self.config.modality_dropout > 0:
             present = modality_dropout(present, self.config.modality_dropout)
-            batch = Batch(batch.inputs, present, batch.target, batch.meta)
-        embeddings = self.encode(batch)
-        fused = self.fusion(embeddings, present)
+        # imputation and distillation learn from what dropout hides: the encoders see the rows as they came
+        whole = self.training and self.config.missing.active
+        embeddings, tokens = self.encode_tokens(Batch(batch.inputs, observed if whole else present, batch.target,
+                                                      batch.meta))
+        output, fused = self._head(embeddings, present, tokens)
         aux = balance.aux_outputs(self.aux_heads, embeddings, present) \
             if self.training and self.aux_heads is not None else None
-        return ModelOutput(self.task(fused, embeddings, present), embeddings, present, fused, aux)
+        if not self.training and self.config.missing.unimodal_fallback:
+            output = balance.unimodal_fallback(output, balance.aux_outputs(self.aux_heads, embeddings, present),
+                                               present)
+        extra = self._missing_losses(embeddings, observed, present, output, tokens) if whole else None
+        return ModelOutput(output, embeddings, present, fused, aux, extra)
+
+    def _missing_losses(self, embeddings: dict[str, Tensor], observed: dict[str, Tensor],
+                        present: dict[str, Tensor], output: Any,
+                        tokens: dict[str, tuple[Tensor, Tensor]] | None = None) -> Tensor:
+        """``[B]``: ``impute_weight`` x the translators' error on the pairs each row holds (before
+        dropout) + ``distill_weight`` x the teacher's (the model on the rows as they came) pull."""
+        cfg, total = self.config.missing, None
+        if self.translators is not None:
+            total = cfg.impute_weight * missing.impute_sample_losses(self.translators, embeddings, observed)
+        if cfg.distill:
+            with torch.no_grad():
+                teacher, _ = self._head(embeddings, observed, tokens)
+            term = cfg.distill_weight * missing.distill_sample_losses(
+                self.task, output, teacher, missing.thinned_rows(observed, present), cfg.distill_temperature)
+            total = term if total is None else total + term
+        return total
 
     def loss(self, out: ModelOutput, batch: Batch) -> Tensor:
-        """The task's loss, plus in training ``balance.aux_weight`` x the unimodal heads' (``balance``)."""
+        """The task's loss, plus in training ``balance.aux_weight`` x the unimodal heads' (``balance``)
+        and the imputation and distillation terms (``missing``)."""
         loss = self.task.loss(out.output, batch.target, out.present)
+        if out.missing_losses is not None:
+            loss = loss + out.missing_losses.mean()
         if out.aux is None:
             return loss
         aux = balance.aux_sample_losses(self.task, out.aux, batch.target, out.present)
@@ -240,6 +319,8 @@ class FusionModel(nn.Module):
         which couples the samples, is refused here."""
         balance.check_per_sample(self.config.balance)
         losses = self.task.sample_losses(out.output, batch.target, out.present)
+        if out.missing_losses is not None:
+            losses = losses + out.missing_losses
         if out.aux is None:
             return losses
         aux = balance.aux_sample_losses(self.task, out.aux, batch.target, out.present)

@@ -11,6 +11,17 @@ from ..limits import DIM
 from ..registry import ModalitySpec
 
 
+def cells_as_tokens(head: nn.Module, features: Tensor, dense: bool) -> tuple[Tensor, Tensor]:
+    """A conv encoder's last feature map ``[B, C, *S]`` as tokens ``[B, prod(S), out_dim]``, all valid:
+    its ``head`` (a 1x1 conv when ``dense``, else the linear layer after mean pooling) applied cell by
+    cell, so the tokens' mean is the pooled embedding (the head is linear)."""
+    if dense:
+        seq = head(features).flatten(2).transpose(1, 2)
+    else:
+        seq = head(features.flatten(2).transpose(1, 2))
+    return seq, torch.ones(seq.shape[:2], dtype=torch.bool, device=seq.device)
+
+
 class ConvEncoder(nn.Module):
     """Strided conv stages with GroupNorm (safe for the small sub-batches of present rows)."""
 
@@ -44,6 +55,9 @@ class ConvEncoder(nn.Module):
             return self.head(h)
         return self.head(h.flatten(2).mean(-1))
 
+    def tokens(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return cells_as_tokens(self.head, self.body(x), self.dense)
+
 
 class BagOfWordsEncoder(nn.Module):
     """Mean of token embeddings, ignoring padding.
@@ -63,6 +77,10 @@ class BagOfWordsEncoder(nn.Module):
         h = torch.where(keep, self.embed(ids), 0.0).sum(1) / keep.sum(1).clamp(min=1)
         return self.norm(h)
 
+    def tokens(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Each token's (normalised) embedding ``[B, L, out_dim]``; padding is not valid."""
+        return self.norm(self.embed(ids)), ids != self.pad_id
+
 
 class TinyTransformerEncoder(nn.Module):
     """A small transformer over token ids, masked mean-pooled."""
@@ -77,9 +95,17 @@ class TinyTransformerEncoder(nn.Module):
         self.body = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(out_dim)
 
-    def forward(self, ids: Tensor) -> Tensor:
+    def _contextual(self, ids: Tensor) -> tuple[Tensor, Tensor]:
         ids = ids[:, : self.pos.shape[0]]
         pad = ids == self.pad_id
-        h = self.body(self.embed(ids) + self.pos[: ids.shape[1]], src_key_padding_mask=pad)
+        return self.body(self.embed(ids) + self.pos[: ids.shape[1]], src_key_padding_mask=pad), pad
+
+    def forward(self, ids: Tensor) -> Tensor:
+        h, pad = self._contextual(ids)
         keep = (~pad).unsqueeze(-1).to(h.dtype)
         return self.norm((h * keep).sum(1) / keep.sum(1).clamp(min=1))
+
+    def tokens(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """The contextual token states ``[B, L, out_dim]`` (normalised); padding is not valid."""
+        h, pad = self._contextual(ids)
+        return self.norm(h), ~pad

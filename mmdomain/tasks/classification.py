@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Task
+from .base import Task, softmax_kl
 from .calibration import check_calibration, row_temperatures
 
 ECE_BINS = 15  # expected calibration error: equal-width confidence bins, L1
@@ -70,6 +70,9 @@ class MulticlassTask(Task):
 
     def unimodal_head(self, in_dim: int) -> nn.Module:
         return nn.Linear(in_dim, self.num_classes)
+
+    def distill_losses(self, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+        return softmax_kl(student, teacher, temperature)
 
     def make_metrics(self) -> MetricCollection:
         from torchmetrics import MetricCollection
@@ -130,6 +133,14 @@ class MultilabelTask(Task):
 
     def unimodal_head(self, in_dim: int) -> nn.Module:
         return nn.Linear(in_dim, self.num_labels)
+
+    def distill_losses(self, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+        """Each label's Bernoulli KL of the softened probabilities, averaged over labels, x ``T**2``."""
+        t = float(temperature)
+        s, p = student.float() / t, torch.sigmoid(teacher.float() / t)
+        entropy = F.binary_cross_entropy_with_logits(teacher.float() / t, p, reduction="none")
+        cross = F.binary_cross_entropy_with_logits(s, p, reduction="none")
+        return (cross - entropy).mean(1) * t * t
 
     def make_metrics(self) -> MetricCollection:
         from torchmetrics import MetricCollection

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Task
+from .base import Task, softmax_kl
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from torchmetrics import MetricCollection
@@ -45,6 +45,10 @@ class SegmentationTask(Task):
                               reduction="none")  # 0 where ignored
         scored = (target != self.ignore_index).flatten(1).sum(1)
         return raw.flatten(1).sum(1) / scored.clamp(min=1)
+
+    def distill_losses(self, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+        """The per-pixel KL of the softened class distributions, averaged over the pixels."""
+        return softmax_kl(student, teacher, temperature, dim=1).flatten(1).mean(1)
 
     def make_metrics(self) -> MetricCollection:
         from torchmetrics import MetricCollection

@@ -153,7 +153,17 @@ def check_encoders(manager: PluginManager, plugin: str, workdir: Path) -> str:
         assert module.out_dim == espec.out_dim, f"encoder {espec.name!r}: module.out_dim {module.out_dim} != spec {espec.out_dim}"
         assert tuple(y.shape) == (2, espec.out_dim), (
             f"encoder {espec.name!r} on {mspec.name!r} {tuple(x.shape)} gave {tuple(y.shape)}, expected (2, {espec.out_dim})")
-        done.append(f"{espec.name}({mspec.name}) -> {espec.out_dim}")
+        if espec.supports_tokens:  # the token sequence the token-level fusion head reads
+            assert callable(getattr(module, "tokens", None)), (
+                f"encoder {espec.name!r} says supports_tokens but its module has no tokens(x)")
+            with torch.no_grad():
+                seq, valid = module.tokens(x)
+            assert seq.dim() == 3 and seq.shape[0] == 2 and seq.shape[2] == espec.out_dim, (
+                f"encoder {espec.name!r}: tokens(x) gave {tuple(seq.shape)}, expected (2, T, {espec.out_dim})")
+            assert valid.dtype == torch.bool and tuple(valid.shape) == tuple(seq.shape[:2]), (
+                f"encoder {espec.name!r}: tokens(x) validity {tuple(valid.shape)} {valid.dtype}, expected bool (2, T)")
+            assert bool(valid.any(1).all()), f"encoder {espec.name!r}: tokens(x) marked every token of a row invalid"
+        done.append(f"{espec.name}({mspec.name}) -> {espec.out_dim}" + (" +tokens" if espec.supports_tokens else ""))
     return "; ".join(done) or "no encoders"
 
 

@@ -22,9 +22,9 @@ projection to ``out_dim`` last.
 
 from __future__ import annotations
 
-
 from torch import Tensor, nn
 
+from mmdomain.models.encoders import cells_as_tokens
 
 
 def _norm(channels_hint: int = 8) -> tuple:
@@ -53,6 +53,15 @@ class MonaiResNetEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def tokens(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """layer4's cells as tokens, ``fc`` applied to each (their mean is ``forward``'s embedding),
+        for the token-level fusion head; the stages are MONAI ResNet's own, in its forward's order."""
+        n = self.net
+        h = n.act(n.bn1(n.conv1(x)))
+        if not n.no_max_pool:
+            h = n.maxpool(h)
+        return cells_as_tokens(n.fc, n.layer4(n.layer3(n.layer2(n.layer1(h)))), dense=False)
 
 
 class MonaiDenseNetEncoder(nn.Module):

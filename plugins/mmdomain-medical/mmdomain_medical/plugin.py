@@ -115,11 +115,11 @@ def register_modalities(register):
 
 @hookimpl
 def register_encoders(register):
-    register(EncoderSpec("monai_resnet", ("image", "volume"), _resnet, out_dim=128,
+    register(EncoderSpec("monai_resnet", ("image", "volume"), _resnet, out_dim=128, supports_tokens=True,
                          description="MONAI ResNet (basic blocks 1-1-1-1, widths 16..128, GroupNorm), 2D or 3D"))
     register(EncoderSpec("monai_densenet", ("image", "volume"), _densenet, out_dim=128,
                          description="small MONAI DenseNet (GroupNorm), 2D or 3D"))
-    register(EncoderSpec("bert_text", ("text",), _bert, out_dim=128,
+    register(EncoderSpec("bert_text", ("text",), _bert, out_dim=128, supports_tokens=True,
                          description="BERT-like encoder: local Hugging Face folder via path= (its tokenizer: "
                                      "hf_tokenizer), else tiny random BertConfig (2x128); pooling mean|cls, "
                                      "max_length; weights= a HF state dict; blocks: embeddings, layers, projection"))

@@ -118,7 +118,7 @@ class BertTextEncoder(nn.Module):
             self.bert.load_state_dict(hf)
         self.weights_source, self.weights_sha256 = str(path), sha256_of(path)
 
-    def forward(self, ids: Tensor) -> Tensor:
+    def _states(self, ids: Tensor) -> tuple[Tensor, Tensor]:
         ids = ids[:, : self.max_length]
         mask = (ids != self.pad_id).long()
         mask[:, 0] = 1  # an all-padding row still attends somewhere
@@ -126,7 +126,16 @@ class BertTextEncoder(nn.Module):
         # mask's values, which per-sample gradients by torch.func (local DP) cannot trace
         dtype = self.bert.get_input_embeddings().weight.dtype
         bias = (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
-        h = self.bert(input_ids=ids, attention_mask=bias).last_hidden_state
+        return self.bert(input_ids=ids, attention_mask=bias).last_hidden_state, mask
+
+    def tokens(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Each token's last hidden state through the projection ``[B, L, out_dim]``; padding is not
+        valid (the first position always is). With ``pooling = "mean"`` their mean is ``forward``'s."""
+        h, mask = self._states(ids)
+        return self.proj(h), mask.bool()
+
+    def forward(self, ids: Tensor) -> Tensor:
+        h, mask = self._states(ids)
         if self.pooling == "cls":
             return self.proj(h[:, 0])
         m = mask.unsqueeze(-1).to(h.dtype)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from mmdomain import ConfigError, DataError
+from mmdomain.models.encoders import cells_as_tokens
 from mmdomain.registry import ModalitySpec
 
 from .bands import S1_DB_RANGE, S1_DEFAULT_MEAN, S1_DEFAULT_STD, S2_BANDS, s2_band_subset, s2_default_stats
@@ -38,6 +39,13 @@ class _Normalised(nn.Module):
 
     def _pool_or_map(self, h: Tensor) -> Tensor:
         return self.head(h) if self.dense else self.head(h.mean((2, 3)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._pool_or_map(self._features(x))
+
+    def tokens(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The last feature map's cells as tokens (the token-level fusion head's input)."""
+        return cells_as_tokens(self.head, self._features(x), self.dense)
 
 
 def _s2_inputs(modality: ModalitySpec, bands, in_channels: int | None) -> tuple[tuple[str, ...] | None, int]:
@@ -84,7 +92,7 @@ class MultispectralCNN(_Normalised):
             _load_weights(self.body, weights)
         self.head = nn.Conv2d(ch, out_dim, 1) if dense else nn.Linear(ch, out_dim)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _features(self, x: Tensor) -> Tensor:
         if x.shape[1] != self.in_channels:
             named = f" ({', '.join(self.bands)})" if self.bands else ""
             raise ConfigError(f"s2_cnn takes {self.in_channels} bands{named}, the s2 input has {x.shape[1]}: give "
@@ -92,7 +100,7 @@ class MultispectralCNN(_Normalised):
         h = self.body((x - self.mean) / self.std)
         if isinstance(h, (list, tuple)):
             h = h[-1]
-        return self._pool_or_map(h)
+        return h
 
 
 class SARCNN(_Normalised):
@@ -115,12 +123,12 @@ class SARCNN(_Normalised):
         self.body = nn.Sequential(*layers)
         self.head = nn.Conv2d(ch, out_dim, 1) if dense else nn.Linear(ch, out_dim)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _features(self, x: Tensor) -> Tensor:
         x = x.clamp(*S1_DB_RANGE)
         z = (x - self.mean) / self.std
         if x.shape[1] == 2:
             z = torch.cat([z, (x[:, :1] - x[:, 1:2] - 7.0) / 4.0], 1)  # cross-pol ratio in dB
-        return self._pool_or_map(self.body(z))
+        return self.body(z)
 
 
 def _timm_body(name: str, channels: int, dense: bool) -> tuple[nn.Module, int]:

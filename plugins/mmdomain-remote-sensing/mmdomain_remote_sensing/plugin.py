@@ -66,10 +66,11 @@ def register_modalities(register):
 @hookimpl
 def register_encoders(register):
     register(EncoderSpec("s2_cnn", ("raster",), MultispectralCNN, out_dim=128, supports_dense=True,
+                         supports_tokens=True,
                          description="multispectral CNN (GroupNorm; or any timm backbone, random init / local "
                                      "weights); options bands (the dataset's s2_bands) or in_channels, and per-band "
                                      "mean/std (the site's stats, via models.model_for)"))
-    register(EncoderSpec("sar_cnn", ("raster",), SARCNN, out_dim=128, supports_dense=True,
+    register(EncoderSpec("sar_cnn", ("raster",), SARCNN, out_dim=128, supports_dense=True, supports_tokens=True,
                          description="SAR CNN over dB backscatter + cross-pol ratio, clipped, normalised"))
     register(EncoderSpec("torchgeo_resnet", ("raster",), TorchGeoResNet, out_dim=128, supports_dense=True,
                          description="ResNet18/50 with torchgeo's Sentinel-2/-1 pretrained weights, read offline from "
