@@ -226,11 +226,12 @@ def evaluate(checkpoint: Path, data_root: Path | None, split: str, drop: tuple[s
 def explain(checkpoint: Path, sample_id: str | None, data_root: Path | None, split: str, out: Path) -> None:
     """Explain a checkpoint's predictions: each modality's contribution (exact Shapley values over
     the present modalities, summing to the prediction minus the model's prediction with nothing
-    present) and, for image / raster modalities of one sample, a Grad-CAM map."""
+    present) and, for image / raster modalities of one sample, a Grad-CAM map (and, with the
+    token-level fusion head, where the other modality's tokens attended on the image)."""
     from .checkpoint import load_checkpoint
     from .config import DataConfig, RunConfig, parse
     from .data.collate import Collate
-    from .explain import gradcam, modality_contributions, summarise
+    from .explain import attention_maps, gradcam, modality_contributions, summarise
     from .jsonout import write
     from .plugins import get_registry
     from .training import build_dataset, make_loader
@@ -266,9 +267,11 @@ def explain(checkpoint: Path, sample_id: str | None, data_root: Path | None, spl
         if model.modality_kinds[m] in ("image", "raster") and bool(batch.present[m][0]):
             maps[m] = gradcam(model, batch, m, top)
     record["saliency"] = sorted(maps)
+    attention = attention_maps(model, batch)  # token-level head only
+    record["attention"] = sorted(attention)
     path = write(out / f"explain-{sample_id}.json", record, indent=2)
-    if maps:
-        png = _saliency_png(batch, maps, out / f"explain-{sample_id}.png", record)
+    if maps or attention:
+        png = _saliency_png(batch, {**maps, **attention}, out / f"explain-{sample_id}.png", record)
         click.echo(f"saliency: {png}")
     for m, c in record["contributions"].items():
         click.echo(f"{m:<16} contribution to output {top}: {c[top]:+.3f}")
@@ -289,11 +292,13 @@ def _saliency_png(batch, maps: dict, path: Path, record: dict) -> Path:
 
     fig, axes = plt.subplots(1, len(maps), figsize=(4 * len(maps), 4), squeeze=False)
     for ax, (m, heat) in zip(axes[0], maps.items()):
-        x = batch.inputs[m][0].float()
+        src, _, dst = m.rpartition("->")  # "report->image": an attention map over the image
+        x = batch.inputs[dst][0].float()
         img = x[:3].mean(0) if x.shape[0] != 3 else x.permute(1, 2, 0).mean(-1)
         ax.imshow(img.numpy(), cmap="gray")
         ax.imshow(heat.numpy(), cmap="jet", alpha=0.4)
-        ax.set_title(f"{m}: contribution {record['contributions'][m][record['explained_output']]:+.3f}")
+        ax.set_title(f"{src} tokens' attention on {dst}" if src else
+                     f"{m} Grad-CAM: contribution {record['contributions'][m][record['explained_output']]:+.3f}")
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -13,6 +13,10 @@ present (its learned missing tokens). The cost is ``2^M`` forward passes for ``M
 
 **Saliency**: Grad-CAM (``monai.visualize.GradCAM``) of an image / raster encoder's last
 convolution for one row, the other modalities held as they are.
+
+**Attention maps** (token-level fusion head, ``fusion = "token_attention"``): for one row, how
+much the tokens of another modality (a report's tokens, the S1 cells) attend, on average over
+their valid tokens, to each cell of an image or raster's feature map, at the input's size.
 """
 
 from __future__ import annotations
@@ -140,3 +144,44 @@ def gradcam(model: FusionModel, batch: Batch, modality: str, class_index: int) -
     with torch.enable_grad():
         heat = cam(x[:1].clone().requires_grad_(True), class_idx=class_index)
     return heat[0, 0].detach().float().clamp(0, 1)
+
+
+@torch.no_grad()
+def attention_maps(model: FusionModel, batch: Batch) -> dict[str, Tensor]:
+    """``{"<source>-><image modality>": [H, W]}`` for row 0 of ``batch`` under a token-level
+    fusion head (empty for other heads): the last layer's attention of the source modality's valid
+    tokens to the image's feature-map cells, averaged over those tokens, upsampled to the image and
+    scaled to [0, 1] (a relative map: what the tokens attended to most is 1)."""
+    if not getattr(model, "uses_tokens", False):
+        return {}
+    model.eval()
+    row = Batch({m: (None if v is None else v[:1]) for m, v in batch.inputs.items()},
+                {m: p[:1] for m, p in batch.present.items()},
+                None if batch.target is None else batch.target[:1], batch.meta[:1])
+    row = model.tokenize(row)
+    _, tokens = model.encode_tokens(row)
+    model.fusion.record_attention = True
+    try:
+        model(row)
+        weights = model.fusion.last_attention or {}
+    finally:
+        model.fusion.record_attention = False
+        model.fusion.last_attention = None
+    maps = {}
+    for key, w in weights.items():
+        src, dst = key.split("->")
+        x = row.inputs.get(dst)
+        if model.modality_kinds[dst] not in ("image", "raster") or not isinstance(x, Tensor) or x.dim() != 4:
+            continue
+        valid = tokens[src][1][0] & row.present[src][0]
+        if not bool(row.present[dst][0]) or not bool(valid.any()):
+            continue
+        cells = w[0][valid].mean(0)  # [T_dst]
+        height, width = x.shape[-2:]
+        h = max(1, round(math.sqrt(cells.numel() * height / width)))
+        if cells.numel() % h:
+            continue  # not a grid of the image's aspect: nothing to overlay
+        grid = cells.view(1, 1, h, cells.numel() // h).float()
+        up = torch.nn.functional.interpolate(grid, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+        maps[key] = (up - up.min()) / (up.max() - up.min()).clamp(min=1e-12)
+    return maps

@@ -76,3 +76,34 @@ def test_explain_command_writes_json_and_a_saliency_png(trained, registry, toy_s
     res = runner.invoke(cli, ["explain", "--checkpoint", str(trained.checkpoint), "--data-root", str(toy_site),
                               "--sample", "no-such-row", "--out", str(out)])
     assert res.exit_code != 0 and "no sample with id 'no-such-row' in the test split" in res.output
+
+
+def test_explain_overlays_the_token_heads_attention_on_the_image(registry, toy_site, tmp_path):
+    from mmdomain.config import ModelConfig, TrainConfig, parse
+    from mmdomain.training import fit
+
+    model = dict(registry.dataset("toy").default_model)
+    model["fusion"] = {"name": "token_attention", "options": {"dim": 32, "heads": 2}}
+    config = RunConfig(data=DataConfig(dataset="toy", root=toy_site), model=parse(ModelConfig, model),
+                       train=TrainConfig(epochs=1, batch_size=16, out_dir=tmp_path / "run", progress=False))
+    run = fit(config, registry, log=lambda *_: None)
+    data = build_dataset(RunConfig(data=DataConfig(dataset="toy", root=toy_site)), registry, "test")
+    sample = next(data[i] for i in range(len(data)) if len(data[i].inputs) == 2)
+    out = tmp_path / "explain"
+    res = CliRunner().invoke(cli, ["explain", "--checkpoint", str(run.checkpoint), "--data-root", str(toy_site),
+                                   "--sample", str(sample.meta["id"]), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    record = json.loads((out / f"explain-{sample.meta['id']}.json").read_text())
+    assert record["attention"] == ["toy_note->toy_image"] and record["saliency"] == ["toy_image"]
+    k = record["explained_output"]
+    assert sum(c[k] for c in record["contributions"].values()) == pytest.approx(
+        record["prediction"][k] - record["nothing_present"][k], abs=1e-5)
+    assert (out / f"explain-{sample.meta['id']}.png").read_bytes()[:4] == b"\x89PNG"
+    from mmdomain.data.collate import Collate
+    from mmdomain.explain import attention_maps
+
+    maps = attention_maps(run.model, Collate(run.model.modalities)([sample]))
+    heat = maps["toy_note->toy_image"]
+    assert heat.shape == sample.inputs["toy_image"].shape[-2:] and heat.min() == 0 and heat.max() == 1
+    image_only = next(data[i] for i in range(len(data)) if set(data[i].inputs) == {"toy_image"})
+    assert attention_maps(run.model, Collate(run.model.modalities)([image_only])) == {}  # no report: no map
