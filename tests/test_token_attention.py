@@ -71,9 +71,11 @@ def _head_inputs(b=5, ti=6, tt=4):
     return emb, present, tokens
 
 
-def test_absent_modalities_and_padded_tokens_are_ignored_exactly():
+@pytest.mark.parametrize("mlp_ratio", [0, 2])
+def test_absent_modalities_and_padded_tokens_are_ignored_exactly(mlp_ratio):
     torch.manual_seed(0)
-    head = TokenAttentionFusion({"image": 8, "text": 6}, dim=8, heads=2, dropout=0.0).eval()
+    head = TokenAttentionFusion({"image": 8, "text": 6}, dim=8, heads=2, dropout=0.0, mlp_ratio=mlp_ratio).eval()
+    assert (head.blocks[0].mlp is None) == (mlp_ratio == 0)
     emb, present, tokens = _head_inputs()
     out = head(emb, present, tokens=tokens)
     assert out.shape == (5, 8) and torch.isfinite(out).all()
@@ -89,6 +91,13 @@ def test_absent_modalities_and_padded_tokens_are_ignored_exactly():
     changed["text"][0][0, 0] += 1.0
     moved = head(emb, present, tokens=changed)
     assert not torch.allclose(moved[0], out[0]) and torch.equal(moved[1:], out[1:])
+
+
+def test_bad_head_options_are_refused_by_name():
+    with pytest.raises(ValueError, match=r"dim \(10\) must be divisible by heads \(4\)"):
+        TokenAttentionFusion({"image": 8, "text": 6}, dim=10, heads=4)
+    with pytest.raises(ValueError, match="mlp_ratio must be 0 \\(no MLP\\) to 8, got 9"):
+        TokenAttentionFusion({"image": 8, "text": 6}, mlp_ratio=9)
 
 
 def test_attention_maps_relate_each_token_to_the_other_modalitys_tokens():
