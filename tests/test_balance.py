@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from mmdomain import ModalitySpec, hookimpl
 from mmdomain.checkpoint import load_checkpoint, save_checkpoint
 from mmdomain.config import ModelConfig, contrastive_variant, parse, single_modality
 from mmdomain.data.sample import Batch
@@ -21,26 +20,12 @@ from mmdomain.training import train_one_epoch
 
 FUSIONS = ["concat", "late", "gated", "cross_attention"]
 
-
-class TwoModalities:
-    @hookimpl
-    def register_modalities(self, register):
-        register(ModalitySpec("image", "image", channels=1))
-        register(ModalitySpec("text", "text"))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster, and a busy machine does not stall on thread hand-offs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
-def reg(register_plugin):
-    return register_plugin(TwoModalities()).registry
+def reg(image_text):
+    return image_text.registry
 
 
 def _config(fusion="concat", task=None, **model) -> ModelConfig:

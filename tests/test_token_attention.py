@@ -38,12 +38,7 @@ class ImageAndText:
         register(EncoderSpec("pooled_only", ("image",), Pooled, out_dim=8))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
