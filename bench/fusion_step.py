@@ -1,6 +1,9 @@
 """Fusion training step vs the sum of its encoders' forward+backward, same batch, same run.
 
 Target (issue #7): every head <= 1.15x its encoders; cross-attention <= 1.10x late fusion.
+Target (issue #14): the token-level head's whole training step <= 1.3x the late-fusion model's at
+16x16 image tokens + 128 text tokens (the image encoder at depth 3 on the 128 px image, the same
+encoders for both models, side by side in one run).
 The batch mixes availability (some samples lack the image, some the text), as real data does.
 
     ./dev bench fusion_step [--batch 32] [--size 128] [--repeats 7]
@@ -23,7 +26,7 @@ from mmdomain.data import Batch  # noqa: E402
 from mmdomain.models import build_model  # noqa: E402
 from mmdomain.plugins import PluginManager  # noqa: E402
 
-HEADS = ["concat", "late", "gated", "cross_attention"]
+HEADS = ["concat", "late", "gated", "cross_attention", "hemis"]
 
 
 class BenchModalities:
@@ -43,12 +46,14 @@ def make_batch(n: int, size: int, tokens: int) -> Batch:
                  torch.randint(0, 4, (n,), generator=g))
 
 
-def model_for(registry, head: str):
+def model_for(registry, head: str, depth: int = 4, max_text_length: int = 128):
+    # the token-level head at its own defaults (dim 64, no MLP): what a user gets from `fusion = "token_attention"`
+    options = {"dim": 256} if head == "cross_attention" else {} if head == "token_attention" else {"out_dim": 256}
     cfg = ModelConfig(modalities=["image", "text"],
-                      encoders={"image": {"name": "cnn", "options": {"out_dim": 256, "width": 32, "depth": 4}},
+                      encoders={"image": {"name": "cnn", "options": {"out_dim": 256, "width": 32, "depth": depth}},
                                 "text": {"name": "tiny_transformer", "options": {"out_dim": 256}}},
                       tokenizers={"text": {"name": "hashing", "options": {"buckets": 4095}}},
-                      fusion={"name": head, "options": {"dim": 256} if head == "cross_attention" else {"out_dim": 256}},
+                      fusion={"name": head, "options": options}, max_text_length=max_text_length,
                       task={"name": "multiclass", "options": {"num_classes": 4}})
     torch.manual_seed(0)
     return build_model(cfg, registry)
@@ -86,6 +91,21 @@ def main() -> None:
         medians[head] = row["ours_value"]
     bench.record("cross_attention / late (step time)", ratio=round(medians["cross_attention"] / medians["late"], 3),
                  target="<= 1.10")
+    tokens_batch = make_batch(args.batch, args.size, 128)
+    token_model = model_for(registry, "token_attention", depth=3).train()
+    late_model = model_for(registry, "late", depth=3).train()
+    cells = token_model.encode_tokens(token_model.tokenize(tokens_batch))[1]["image"][0].shape[1]
+
+    def step(model):
+        def run():
+            out = model(tokens_batch)
+            model.loss(out, tokens_batch).backward()
+            model.zero_grad(set_to_none=True)
+        return run
+
+    bench.compare(f"token_attention / late (step, {cells} image + 128 text tokens)",
+                  anchor=("late", step(late_model)), ours=("token_attention", step(token_model)), items=1,
+                  repeats=args.repeats, higher_is_better=False, target="<= 1.30")
     bench.record("peak RSS of training steps", peak_rss_mb=round(peak_rss_mb(), 1),
                  batch=args.batch, image=f"1x{args.size}x{args.size}", tokens=args.tokens)
     bench.finish()
