@@ -32,6 +32,11 @@ left the mean coefficient at 0.97-0.99 and fusion+aux+ogm-ge at a mean 0.804 ove
 alpha 4 gave mean coefficients 0.82-0.95 (the image encoder's the lower at 2 of 3 sites) and 0.822.
 
     python bench/fusion_balance.py --threads 1                 # seeds 0,1,2 (~14 min, 2 CPUs)
+    python bench/fusion_balance.py --dataset s2s1_scenes --out bench/results/fusion_balance_s2s1_scenes.json
+
+``--dataset s2s1_scenes``: the demo's 3 synthetic regions instead (its ``demo_options``, the remote-sensing
+default model: concat, modality dropout, no remedy), scored on the pooled test patches of those regions
+holding both sensors (the demo's own test rows: a larger draw of the same regions is not the same scenes).
     python bench/fusion_balance.py --quick                     # smoke run (1 seed, 1 site, few steps)
 """
 
@@ -64,7 +69,7 @@ from mmdomain_federated import task  # noqa: E402
 from mmdomain_federated.experiment import Clock, full_rows, site, site_options, synthetic_sites  # noqa: E402
 from mmdomain_federated.settings import Settings  # noqa: E402
 
-DATASET, METRIC = "medical", "macro_auroc"
+METRIC = "macro_auroc"
 FUSION_ARMS = ("fusion", "fusion+aux", "fusion+aux+ogm-ge", "fusion+ogm-ge")
 DEFAULT_ARMS = ("fusion", "fusion+aux", "fusion+aux+ogm-ge")
 
@@ -95,15 +100,15 @@ def recording(model) -> list[dict[str, float]]:
 
 def one_seed(registry, seed: int, args, work: Path, log: Callable[[str], None]) -> dict[str, Any]:
     clock = Clock(log)
-    settings = synthetic_sites(registry, DATASET, work / f"demo-{seed}", sites=args.sites, seed=seed, quick=False,
+    settings = synthetic_sites(registry, args.dataset, work / f"demo-{seed}", sites=args.sites, seed=seed, quick=False,
                                clock=clock, config={"num-server-rounds": args.rounds, "local-epochs": 1,
                                                     "fusion": args.fusion or ""})
     test_settings = settings
-    if args.test_studies != 96:
+    if args.dataset == "medical" and args.test_studies != 96:
         root = Path(args.test_data or work) / f"test-{seed}-{args.sites}x{args.test_studies}"
         if not (root / ".done").exists():  # ~4 min of DICOM writing per seed on 2 CPUs: --test-data keeps them
             clock.step(f"test rows: the same sites written with {args.test_studies} studies each")
-            gen = registry.synthetic_for(DATASET)
+            gen = registry.synthetic_for(args.dataset)
             gen.generate(root, num_sites=args.sites, seed=seed,
                          **{**site_options(gen, False), "studies_per_site": args.test_studies})
             (root / ".done").write_text("ok")
@@ -201,6 +206,8 @@ def markdown(rows: list[dict[str, Any]], means: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="medical", help="medical (the demo's hospitals) or s2s1_scenes (its "
+                    "regions, scored on the demo's own test rows: --test-studies is medical's)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"fusion arms, of {', '.join(FUSION_ARMS)} "
                     "(the single-modality models always run)")
@@ -210,7 +217,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=8, help="the demo's rounds: each site trains rounds x 1 epochs")
     ap.add_argument("--fusion", default=None, help="fusion head (default: the dataset's, concat)")
     ap.add_argument("--test-studies", type=int, default=400, help="studies per site of the test sites (96: the "
-                    "demo's own test rows)")
+                    "demo's own test rows; medical only)")
     ap.add_argument("--test-data", default=None, help="folder to keep the test sites in and reuse them from "
                     "(default: a temporary folder)")
     ap.add_argument("--resamples", type=int, default=500)
