@@ -59,6 +59,15 @@ def model_for(registry, head: str, depth: int = 4, max_text_length: int = 128):
     return build_model(cfg, registry)
 
 
+def training_step(model, batch: Batch):
+    """One forward + loss + backward of ``model`` on ``batch``, gradients cleared (the timed unit)."""
+    def run():
+        out = model(batch)
+        model.loss(out, batch).backward()
+        model.zero_grad(set_to_none=True)
+    return run
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=32)
@@ -81,12 +90,8 @@ def main() -> None:
             sum(e.float().pow(2).mean() for e in emb.values()).backward()
             model.zero_grad(set_to_none=True)
 
-        def full_step(model=model):
-            out = model(batch)
-            model.loss(out, batch).backward()
-            model.zero_grad(set_to_none=True)
-
-        row = bench.compare(f"{head}: step / encoders", anchor=("encoders", encoders_only), ours=(head, full_step),
+        row = bench.compare(f"{head}: step / encoders", anchor=("encoders", encoders_only),
+                            ours=(head, training_step(model, batch)),
                             items=1, repeats=args.repeats, higher_is_better=False, target="<= 1.15")
         medians[head] = row["ours_value"]
     bench.record("cross_attention / late (step time)", ratio=round(medians["cross_attention"] / medians["late"], 3),
@@ -95,16 +100,9 @@ def main() -> None:
     token_model = model_for(registry, "token_attention", depth=3).train()
     late_model = model_for(registry, "late", depth=3).train()
     cells = token_model.encode_tokens(token_model.tokenize(tokens_batch))[1]["image"][0].shape[1]
-
-    def step(model):
-        def run():
-            out = model(tokens_batch)
-            model.loss(out, tokens_batch).backward()
-            model.zero_grad(set_to_none=True)
-        return run
-
     bench.compare(f"token_attention / late (step, {cells} image + 128 text tokens)",
-                  anchor=("late", step(late_model)), ours=("token_attention", step(token_model)), items=1,
+                  anchor=("late", training_step(late_model, tokens_batch)),
+                  ours=("token_attention", training_step(token_model, tokens_batch)), items=1,
                   repeats=args.repeats, higher_is_better=False, target="<= 1.30")
     bench.record("peak RSS of training steps", peak_rss_mb=round(peak_rss_mb(), 1),
                  batch=args.batch, image=f"1x{args.size}x{args.size}", tokens=args.tokens)

@@ -51,6 +51,23 @@ def machine() -> dict[str, Any]:
     }
 
 
+def each_dataset_and_seed(one_seed: Callable[..., dict[str, Any]], registry, args,
+                          prefix: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(seeds, rows)``: ``one_seed(registry, dataset, seed, args, work, log)`` for every dataset of
+    ``args.datasets`` and seed of ``args.seeds`` (comma lists), in one temporary work folder, each
+    result's ``rows`` gathered into one list and the rest of it kept per seed."""
+    import tempfile
+
+    seeds, rows = [], []
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        for dataset in args.datasets.split(","):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                result = one_seed(registry, dataset, seed, args, Path(tmp), lambda line: print(line, flush=True))
+                rows += result.pop("rows")
+                seeds.append(result)
+    return seeds, rows
+
+
 def write_quality(name: str, args: Any, started: _dt.datetime, load: list[float], **fields: Any) -> Path | None:
     """A quality benchmark's results file (``args.out``, else ``results/<name>.json``; none for a
     ``--quick`` run without ``--out``): when, how, on what machine and under what load, and ``fields``."""

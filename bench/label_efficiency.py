@@ -43,7 +43,6 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -53,7 +52,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import write_quality  # noqa: E402
+from harness import each_dataset_and_seed, write_quality  # noqa: E402
 
 from mmdomain.bootstrap import paired_bootstrap, predictions  # noqa: E402
 from mmdomain.checkpoint import describe_init, init_from_checkpoint, save_checkpoint  # noqa: E402
@@ -267,13 +266,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started, load = dt.datetime.now(dt.timezone.utc), [round(os.getloadavg()[0], 2)]
     print(f"# label_efficiency  ({started:%Y-%m-%d %H:%M} UTC, {torch.get_num_threads()} torch thread(s))", flush=True)
-    seeds, rows = [], []
-    with tempfile.TemporaryDirectory(prefix="labeleff-") as tmp:
-        for dataset in args.datasets.split(","):
-            for seed in (int(s) for s in args.seeds.split(",")):
-                result = one_seed(registry, dataset, seed, args, Path(tmp), lambda line: print(line, flush=True))
-                rows += result.pop("rows")
-                seeds.append(result)
+    seeds, rows = each_dataset_and_seed(one_seed, registry, args, "labeleff-")
     means = summary(rows)
     load.append(round(os.getloadavg()[0], 2))
     print(markdown(rows, means))

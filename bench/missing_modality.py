@@ -40,7 +40,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -50,7 +49,7 @@ import torch
 from torch.utils.data import Dataset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import write_quality  # noqa: E402
+from harness import each_dataset_and_seed, write_quality  # noqa: E402
 from label_efficiency import InMemory, steps_for, train  # noqa: E402
 
 from mmdomain.bootstrap import paired_bootstrap, predictions  # noqa: E402
@@ -275,13 +274,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started, load = dt.datetime.now(dt.timezone.utc), [round(os.getloadavg()[0], 2)]
     print(f"# missing_modality  ({started:%Y-%m-%d %H:%M} UTC, {torch.get_num_threads()} torch thread(s))", flush=True)
-    seeds, rows = [], []
-    with tempfile.TemporaryDirectory(prefix="missing-") as tmp:
-        for dataset in args.datasets.split(","):
-            for seed in (int(s) for s in args.seeds.split(",")):
-                result = one_seed(registry, dataset, seed, args, Path(tmp), lambda line: print(line, flush=True))
-                rows += result.pop("rows")
-                seeds.append(result)
+    seeds, rows = each_dataset_and_seed(one_seed, registry, args, "missing-")
     means = summary(rows)
     load.append(round(os.getloadavg()[0], 2))
     print(markdown(means))
