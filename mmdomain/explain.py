@@ -158,22 +158,20 @@ def attention_maps(model: FusionModel, batch: Batch) -> dict[str, Tensor]:
     row = Batch({m: (None if v is None else v[:1]) for m, v in batch.inputs.items()},
                 {m: p[:1] for m, p in batch.present.items()},
                 None if batch.target is None else batch.target[:1], batch.meta[:1])
-    row = model.tokenize(row)
-    _, tokens = model.encode_tokens(row)
     model.fusion.record_attention = True
     try:
         model(row)
-        weights = model.fusion.last_attention or {}
+        weights, valids = model.fusion.last_attention or {}, model.fusion.last_valid or {}
     finally:
         model.fusion.record_attention = False
-        model.fusion.last_attention = None
+        model.fusion.last_attention = model.fusion.last_valid = None
     maps = {}
     for key, w in weights.items():
         src, dst = key.split("->")
         x = row.inputs.get(dst)
         if model.modality_kinds[dst] not in ("image", "raster") or not isinstance(x, Tensor) or x.dim() != 4:
             continue
-        valid = tokens[src][1][0] & row.present[src][0]
+        valid = valids[src][0]  # the source's real tokens: present, not padding
         if not bool(row.present[dst][0]) or not bool(valid.any()):
             continue
         cells = w[0][valid].mean(0)  # [T_dst]

@@ -103,6 +103,7 @@ def test_attention_maps_relate_each_token_to_the_other_modalitys_tokens():
     head(emb, present, tokens=tokens)
     maps = head.last_attention
     assert set(maps) == {"image->text", "text->image"}
+    assert all(torch.equal(head.last_valid[m], v & present[m][:, None]) for m, (_, v) in tokens.items())
     assert maps["text->image"].shape == (5, 4, 6) and maps["image->text"].shape == (5, 6, 4)
     assert torch.all(maps["image->text"][:, :, 2:] == 0)  # padded text tokens get no attention
     assert torch.all(maps["image->text"][~present["text"]] == 0)  # nor an absent report

@@ -23,8 +23,9 @@ embeddings only) each modality's pooled embedding is its one token.
 
 ``record_attention = True`` keeps the last layer's attention (heads averaged) in
 ``last_attention``: ``{"a->b": [B, T_a, T_b]}``, how much each token of ``a`` attends to each
-token of ``b`` (rows sum to at most 1: the rest went to the null key); explanations overlay the
-report->image map on the image.
+token of ``b`` (rows sum to at most 1: the rest went to the null key), and in ``last_valid``
+``{m: bool[B, T_m]}`` which of those tokens were real (present and not padding); explanations
+overlay the report->image map on the image.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class TokenAttentionFusion(FusionHead):
         self.norm = nn.LayerNorm(dim)
         self.record_attention = False
         self.last_attention: dict[str, Tensor] | None = None
+        self.last_valid: dict[str, Tensor] | None = None
 
     def forward(self, embeddings: dict[str, Tensor], present: dict[str, Tensor],
                 tokens: dict[str, tuple[Tensor, Tensor]] | None = None) -> Tensor:
@@ -121,6 +123,7 @@ class TokenAttentionFusion(FusionHead):
             xs, weights = block(xs, valids, self.null, self.record_attention and j == len(self.blocks) - 1)
         if weights and weights[0] is not None:
             self.last_attention = {}
+            self.last_valid = {m: v.detach() for m, v in zip(self.names, valids)}
             for a, w in enumerate(weights):
                 start = 1  # after the null key
                 for b in (i for i in range(len(self.names)) if i != a):
