@@ -14,6 +14,7 @@ from mmdomain.config import ModelConfig, contrastive_variant, parse, single_moda
 from mmdomain.data.sample import Batch
 from mmdomain.errors import ConfigError
 from mmdomain.fusion import CrossAttentionFusion, HeMISFusion
+from mmdomain.fusion.base import mask_like
 from mmdomain.models import build_model, missing
 from mmdomain.training import train_one_epoch
 
@@ -40,10 +41,6 @@ def _config(fusion="concat", task=None, **model) -> ModelConfig:
 def _model(reg, fusion="concat", seed=0, **model):
     torch.manual_seed(seed)
     return build_model(_config(fusion, **model), reg).train()
-
-
-def _rows(mask, x):
-    return mask.view(-1, *[1] * (x.dim() - 1))
 
 
 # -- HeMIS ---------------------------------------------------------------------------------------------
@@ -108,7 +105,7 @@ def test_an_absent_embedding_becomes_the_translation_of_the_present_ones(reg, fa
     torch.testing.assert_close(filled["text"][no_text], model.translators["text"]["image"](emb["image"][no_text]))
     torch.testing.assert_close(filled["text"][present["text"]], emb["text"][present["text"]])  # own kept
     # what stood in the absent rows never matters: NaN there changes nothing
-    poisoned = {m: torch.where(_rows(present[m], e), e, torch.full_like(e, float("nan"))) for m, e in emb.items()}
+    poisoned = {m: torch.where(mask_like(present[m], e), e, torch.full_like(e, float("nan"))) for m, e in emb.items()}
     again, _ = missing.impute(model.translators, poisoned, present)
     for m in emb:
         torch.testing.assert_close(again[m], filled[m])
