@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from ..config import BalanceConfig
 from ..errors import ConfigError
+from ..fusion.base import mask_like
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from ..data.sample import Batch
@@ -87,16 +88,12 @@ def _pooled(x: Tensor) -> Tensor:
     return x.flatten(2).mean(-1) if x.dim() > 2 else x
 
 
-def _rows(mask: Tensor, x: Tensor) -> Tensor:
-    return mask.view(mask.shape[0], *([1] * (x.dim() - 1)))
-
-
 def aux_outputs(heads: nn.ModuleDict, embeddings: dict[str, Tensor], present: dict[str, Tensor]) -> dict[str, Tensor]:
     """Each head's output on its modality's embedding, absent rows' embeddings zeroed first."""
     out = {}
     for m, head in heads.items():
         e = _pooled(embeddings[m])
-        out[m] = head(torch.where(_rows(present[m], e), e, torch.zeros((), dtype=e.dtype, device=e.device)))
+        out[m] = head(torch.where(mask_like(present[m], e), e, torch.zeros((), dtype=e.dtype, device=e.device)))
     return out
 
 
@@ -105,7 +102,7 @@ def unimodal_fallback(output: Tensor, aux: dict[str, Tensor], present: dict[str,
     (``missing.unimodal_fallback``, evaluation only); rows with two or more modalities unchanged."""
     count = torch.stack([present[m] for m in aux]).sum(0)
     for m, a in aux.items():
-        output = torch.where(_rows(present[m] & (count == 1), output), a.to(output.dtype), output)
+        output = torch.where(mask_like(present[m] & (count == 1), output), a.to(output.dtype), output)
     return output
 
 
