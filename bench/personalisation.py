@@ -11,6 +11,8 @@ modality-aware FedAvg, the same seed) once per method:
   fedbn      normalisation layers kept at each site (``personalise = "fedbn"``)
   fedper     fusion and task heads kept at each site (``personalise = "fedper"``)
   finetune   the global model fine-tuned at each site for ``--finetune-epochs`` (``personalise = "finetune"``)
+  finetune-val  the same for up to ``--finetune-val-epochs``, each site keeping the epoch (0: the global
+             model) of least loss on its own validation split (``finetune-select = "val-loss"``)
   ditto      each site's own model trained every round beside the global one, pulled toward it
              (``personalise = "ditto"``, ``--ditto-lambda``)
 
@@ -56,7 +58,7 @@ from mmdomain_federated.server_app import run_server  # noqa: E402
 from mmdomain_federated.settings import Settings  # noqa: E402
 
 METRIC = "macro_auroc"
-METHODS = ("fedavg", "fedbn", "fedper", "finetune", "ditto")
+METHODS = ("fedavg", "fedbn", "fedper", "finetune", "finetune-val", "ditto")
 SITES = 4
 SHIFTS = {"medical": {"label_skew": 0.5, "intensity_shift": 1.0},
           "s2s1_scenes": {"label_skew": 0.5, "season_shift": 1.0, "cloud_climate": 0.5}}
@@ -72,9 +74,11 @@ def federation(registry, dataset: str, root: Path, method: str, seed: int, args,
     config = {"dataset": dataset, "data-root": str(root), "num-server-rounds": args.rounds, "local-epochs": 1,
               "seed": seed, "readiness": False, "min-sites": SITES, "device": "cpu", "lr": args.lr}
     if method != "fedavg":
-        config["personalise"] = method
+        config["personalise"] = "finetune" if method == "finetune-val" else method
         if method == "finetune":
             config["finetune-epochs"] = args.finetune_epochs
+        if method == "finetune-val":
+            config.update({"finetune-epochs": args.finetune_val_epochs, "finetune-select": "val-loss"})
         if method == "ditto":
             config["ditto-lambda"] = args.ditto_lambda
     settings = Settings.from_run_config(config)
@@ -179,6 +183,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--lr", type=float, default=0.003)
     ap.add_argument("--finetune-epochs", type=int, default=2)
+    ap.add_argument("--finetune-val-epochs", type=int, default=4, help="finetune-val: the most epochs a site tries")
     ap.add_argument("--ditto-lambda", type=float, default=0.1)
     ap.add_argument("--resamples", type=int, default=500)
     ap.add_argument("--quick", action="store_true", help="smoke run (its figures mean nothing): 1 seed, 2 rounds, "

@@ -243,7 +243,10 @@ def _personalise(model, settings, registry, node_config, context: Context) -> di
     site = _site_index(node_config, context.node_id)
     train_data = task.load_site(settings, node_config, registry, "train") if settings.personalise == "finetune" \
         else None
-    done = personal.personalised(model, settings, context.state, train_data, seed=settings.seed * 1000 + 7 + site)
+    val_data = task.load_site(settings, node_config, registry, "val") \
+        if settings.personalise == "finetune" and settings.finetune_select == "val-loss" else None
+    done = personal.personalised(model, settings, context.state, train_data, seed=settings.seed * 1000 + 7 + site,
+                                 val_data=val_data)
     if node_config.get("personal-dir"):
         path = personal.save(model, str(node_config["personal-dir"]), context.run_id, registry)
         log.info("site %s: personalised model (%s) written to %s", context.node_id, settings.personalise, path)

@@ -9,7 +9,10 @@ personalised model.
 - ``fedper`` (Arivazhagan et al. 2019), modality-aware: the fusion and task heads stay at the site,
   the encoders are shared (each averaged over the sites holding its modality, as always).
 - ``finetune``: everything is shared during training; after the last round each site fine-tunes the
-  global model on its own training split for ``finetune-epochs`` epochs.
+  global model on its own training split for ``finetune-epochs`` epochs. With ``finetune-select =
+  "val-loss"`` the site keeps, of the global model (epoch 0) and each epoch's model, the one with the
+  lowest loss on its own validation split (early stopping: where fine-tuning does not help a site, it
+  keeps the global model); ``"last"`` (the default) keeps the last epoch's.
 - ``ditto`` (Li et al. 2021): everything is shared and trained as usual; each round a site also
   trains a model of its own, from its own of the last round (round 1: the global model), on the
   same local epochs with ``ditto-lambda / 2 ||v - w||^2`` pulling it toward the global model ``w``
@@ -95,17 +98,56 @@ def ditto(global_weights: dict[str, Any], settings, registry, data, state, seed:
     return {"personal-train-loss": float(stats["train-loss"])}
 
 
-def personalised(model: torch.nn.Module, settings, state, train_data, seed: int) -> dict[str, Any]:
+def personalised(model: torch.nn.Module, settings, state, train_data, seed: int, val_data=None) -> dict[str, Any]:
     """Turn ``model`` (holding the global weights) into this site's personalised model, in place;
-    returns what was done (numbers only, they leave the site with the metrics)."""
+    returns what was done (numbers only, they leave the site with the metrics). ``val_data``: the
+    site's validation split, which ``finetune-select = "val-loss"`` chooses the epoch on."""
     from .task import train_site
 
     if settings.personalise == "finetune":
         if len(train_data) == 0:
             return {"personal-epochs": 0}
-        stats = train_site(model, train_data, _own(settings, local_epochs=settings.finetune_epochs), seed=seed)
-        return {"personal-epochs": settings.finetune_epochs, "personal-train-loss": float(stats["train-loss"])}
+        select = _ByValidationLoss(model, val_data, settings) \
+            if settings.finetune_select == "val-loss" and val_data is not None and len(val_data) > 0 else None
+        stats = train_site(model, train_data, _own(settings, local_epochs=settings.finetune_epochs), seed=seed,
+                           after_epoch=select)
+        done = {"personal-epochs": settings.finetune_epochs, "personal-train-loss": float(stats["train-loss"])}
+        if select is not None:
+            done.update(select.restore_best())
+        return done
     return {"personal-kept": int(restore(model, state))}
+
+
+class _ByValidationLoss:
+    """Early stopping of a site's fine-tuning: the loss on its validation split of the model before
+    fine-tuning (epoch 0) and after each epoch; ``restore_best`` puts back the lowest (ties: the
+    earlier epoch)."""
+
+    def __init__(self, model: torch.nn.Module, val_data, settings):
+        self.model, self.val_data, self.settings = model, val_data, settings
+        self.best_epoch, self.best_loss, self.best_state = 0, self._loss(), self._state()
+        self.start_loss = self.best_loss
+
+    def _loss(self) -> float:
+        from .task import evaluate_site
+
+        loss = float(evaluate_site(self.model, self.val_data, self.settings)["loss"])
+        self.model.train()
+        return loss
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def __call__(self, epoch: int) -> None:
+        loss = self._loss()
+        if loss < self.best_loss:
+            self.best_epoch, self.best_loss, self.best_state = epoch, loss, self._state()
+
+    def restore_best(self) -> dict[str, float]:
+        self.model.load_state_dict(self.best_state)
+        self.model.eval()
+        return {"personal-epochs": self.best_epoch, "personal-val-loss": self.best_loss,
+                "personal-val-loss-start": self.start_loss}
 
 
 def save(model: torch.nn.Module, folder: str, run_id: int, registry) -> Path:

@@ -26,6 +26,7 @@ STRATEGIES = ("fedavg", "fedprox", *SERVER_OPTIMISERS)
 AGGREGATIONS = ("modality", "plain", "median", "trimmed-mean", "krum")
 #: ``personalise`` values (``personal``): what stays at each site, or fine-tuning after the last round.
 PERSONALISATION = ("fedbn", "fedper", "finetune", "ditto")
+FINETUNE_SELECT = ("last", "val-loss")  # which fine-tuned epoch a site keeps (personal.py)
 
 
 @dataclass
@@ -97,6 +98,7 @@ class Settings:
     personalise: str = ""  # "" = off | fedbn | fedper | finetune | ditto: each site's own model (personal.py)
     ditto_lambda: float = 0.1  # personalise=ditto: how strongly each site's model is pulled toward the global one
     finetune_epochs: int = 1  # personalise=finetune: epochs each site fine-tunes the global model after the last round
+    finetune_select: str = "last"  # personalise=finetune: last | val-loss (the epoch, 0 = global, of least val loss)
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> "Settings":
@@ -239,6 +241,11 @@ class Settings:
             raise ConfigError(f"run config: finetune-epochs must be >= 1, got {self.finetune_epochs}")
         if self.finetune_epochs != 1 and self.personalise != "finetune":
             raise ConfigError("run config: finetune-epochs applies to personalise=finetune only")
+        if self.finetune_select not in FINETUNE_SELECT:
+            raise ConfigError(f"run config: finetune-select must be one of {', '.join(FINETUNE_SELECT)}, "
+                              f"got {self.finetune_select!r}")
+        if self.finetune_select != "last" and self.personalise != "finetune":
+            raise ConfigError("run config: finetune-select applies to personalise=finetune only")
         if not (self.ditto_lambda > 0 and math.isfinite(self.ditto_lambda)):
             raise ConfigError(f"run config: ditto-lambda must be a finite number > 0, got {self.ditto_lambda:g}")
         if self.ditto_lambda != 0.1 and self.personalise != "ditto":

@@ -12,7 +12,7 @@ import hashlib
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -257,8 +257,10 @@ def training_counts(model: FusionModel, dataset: Dataset) -> tuple[dict[str, int
 # -- local work ----------------------------------------------------------------------------------
 def train_site(model: FusionModel, dataset: Dataset, settings: Settings, *, device: torch.device | None = None,
                seed: int = 0, server_round: int = 1,
-               proximal: tuple[float, dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
-    """Local epochs with the core loop over the trainable parameters; FedProx adds
+               proximal: tuple[float, dict[str, np.ndarray]] | None = None,
+               after_epoch: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Local epochs with the core loop over the trainable parameters (``after_epoch(e)`` called
+    after epoch ``e`` = 1, 2, ... of a non-private run, with the model as it then is); FedProx adds
     ``mu/2 ||w - w_global||^2`` (the start's weights); ``proximal = (mu, anchor)`` the same term
     toward the named ``anchor`` arrays instead (Ditto's personal model toward the global one);
     local DP-SGD (Opacus) when ``settings.local_dp``. Returns loss,
@@ -291,10 +293,12 @@ def train_site(model: FusionModel, dataset: Dataset, settings: Settings, *, devi
                                server_round=server_round)
     else:
         loss, seen = 0.0, 0
-        for _ in range(settings.local_epochs):
+        for epoch in range(1, settings.local_epochs + 1):
             stats = train_one_epoch(model, loader, optimizer, device=device, grad_clip=1.0, extra_loss=extra,
                                     max_steps=settings.max_steps or None)
             loss, seen = stats["loss"], seen + stats["samples"]
+            if after_epoch is not None:
+                after_epoch(epoch)
         out = {"train-loss": float(loss), "train-samples": seen}
     if device.type == "cuda":  # what this site's share of a (possibly shared) GPU has to hold
         out["gpu-peak-mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)

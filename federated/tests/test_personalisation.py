@@ -5,6 +5,7 @@ a site that sends what it should keep is rejected."""
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import Array
 
 from mmdomain.checkpoint import load_checkpoint
@@ -39,6 +40,8 @@ def test_what_each_method_keeps_at_the_site(registry):
     ({"personalise": "fedbn", "secagg": True}, "SecAgg"),
     ({"finetune-epochs": 2}, "applies to personalise=finetune only"),
     ({"personalise": "finetune", "finetune-epochs": 0}, "finetune-epochs must be >= 1"),
+    ({"personalise": "finetune", "finetune-select": "best"}, "finetune-select must be one of last, val-loss"),
+    ({"finetune-select": "val-loss"}, "finetune-select applies to personalise=finetune only"),
 ])
 def test_bad_personalisation_settings_are_refused(config, message):
     with pytest.raises(ConfigError, match=message):
@@ -121,6 +124,37 @@ def test_finetune_writes_each_sites_model_where_it_asks_and_it_scores_as_reporte
         metric = "macro_auroc" if "macro_auroc" in scored["overall"] else "accuracy"
         assert scored["overall"][metric] == pytest.approx(mine[str(node)][metric])
     assert not any((tmp_path / "run").glob("personal-*"))  # nothing of it at the server
+
+
+def _val_loss(model, data, s):
+    return float(task.evaluate_site(model, data, s)["loss"])
+
+
+@pytest.mark.parametrize("lr", [0.003, 30.0])
+def test_finetune_by_validation_keeps_the_epoch_of_least_validation_loss(registry, lr):
+    """``finetune-select = val-loss``: of the global model (epoch 0) and each epoch's, the site keeps
+    the one with the least loss on its validation split; an absurd learning rate (fine-tuning that
+    only hurts) leaves it the global model."""
+    s = Settings.from_run_config({"dataset": "toy", "max-steps": 3, "personalise": "finetune", "finetune-epochs": 3,
+                                  "finetune-select": "val-loss", "lr": lr})
+    grid = LocalGrid(1, s.as_run_config())
+    node_config = dict(next(iter(grid.contexts.values())).node_config)
+    train, val = (task.load_site(s, node_config, registry, split) for split in ("train", "val"))
+    model = task.build(s, registry)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    losses = [_val_loss(model, val, s)]
+    replay = task.build(s, registry)  # the same fine-tuning, every epoch's model scored
+    replay.load_state_dict(start)
+    task.train_site(replay, train, personal._own(s, local_epochs=3), seed=11,
+                    after_epoch=lambda e: losses.append(_val_loss(replay, val, s)))
+    done = personal.personalised(model, s, None, train, seed=11, val_data=val)
+    best = int(np.argmin(losses))
+    assert done["personal-epochs"] == best
+    assert done["personal-val-loss"] == pytest.approx(losses[best])
+    assert done["personal-val-loss-start"] == pytest.approx(losses[0])
+    assert _val_loss(model, val, s) == pytest.approx(losses[best])
+    if lr > 1:
+        assert best == 0 and all(torch.equal(model.state_dict()[k], v) for k, v in start.items())
 
 
 def _ditto(registry, tmp_path, lam):
