@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from mmdomain.errors import DataError
 
 from .groups import GROUP_FUSION, GROUP_TASK, param_group
 
@@ -107,11 +108,18 @@ def personalised(model: torch.nn.Module, settings, state, train_data, seed: int,
     if settings.personalise == "finetune":
         if len(train_data) == 0:
             return {"personal-epochs": 0}
-        select = _ByValidationLoss(model, val_data, settings) \
-            if settings.finetune_select == "val-loss" and val_data is not None and len(val_data) > 0 else None
+        select, skipped = None, {}
+        if settings.finetune_select == "val-loss":
+            try:  # an empty or tiny validation split: fine-tune as "last" does, and say so
+                select = _ByValidationLoss(model, val_data, settings) if val_data is not None and len(val_data) \
+                    else None
+            except (DataError, IndexError, ValueError, RuntimeError):
+                select = None
+            skipped = {} if select is not None else {"personal-select-skipped": 1}
         stats = train_site(model, train_data, _own(settings, local_epochs=settings.finetune_epochs), seed=seed,
                            after_epoch=select)
-        done = {"personal-epochs": settings.finetune_epochs, "personal-train-loss": float(stats["train-loss"])}
+        done = {"personal-epochs": settings.finetune_epochs, "personal-train-loss": float(stats["train-loss"]),
+                **skipped}
         if select is not None:
             done.update(select.restore_best())
         return done

@@ -157,6 +157,15 @@ def test_finetune_by_validation_keeps_the_epoch_of_least_validation_loss(registr
         assert best == 0 and all(torch.equal(model.state_dict()[k], v) for k, v in start.items())
 
 
+def test_finetune_by_validation_without_a_validation_split_fine_tunes_as_last_and_says_so(registry):
+    s = Settings.from_run_config({"dataset": "toy", "max-steps": 2, "personalise": "finetune", "finetune-epochs": 2,
+                                  "finetune-select": "val-loss"})
+    grid = LocalGrid(1, s.as_run_config())
+    train = task.load_site(s, dict(next(iter(grid.contexts.values())).node_config), registry, "train")
+    done = personal.personalised(task.build(s, registry), s, None, train, seed=3, val_data=[])
+    assert done["personal-select-skipped"] == 1 and done["personal-epochs"] == 2
+
+
 def _ditto(registry, tmp_path, lam):
     s = Settings.from_run_config({"dataset": "toy", "num-server-rounds": 2, "max-steps": 3, "readiness": False,
                                   "personalise": "ditto", "ditto-lambda": lam})
