@@ -141,7 +141,10 @@ def test_no_private_key_in_a_kit_but_its_owners(kits):
     assert len({k.private_numbers().private_value for k in keys.values()}) == 4  # four distinct keys
     traces = {}  # what of each key could leak: its PKCS8 DER, its private scalar (raw and hex)
     for path, key in keys.items():
-        scalar = key.private_numbers().private_value.to_bytes((key.curve.key_size + 7) // 8, "big")
+        value = key.private_numbers().private_value
+        # its shortest big-endian bytes: inside both the fixed-width field of PKCS8 / SEC1 and the
+        # OpenSSH mpint, which drops a leading zero byte (a fixed-width scalar would miss those 1 in 256)
+        scalar = value.to_bytes((value.bit_length() + 7) // 8, "big")
         der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
         traces[path] = [der, scalar, scalar.hex().encode()]
