@@ -11,7 +11,7 @@ import time
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from mmdomain.errors import ConfigError, DataError
+from mmdomain.errors import ConfigError
 
 from . import personal, task
 from .groups import FUSION_FROM_MULTI, held, trained_groups
@@ -23,7 +23,6 @@ from .secure import SECAGG_CONFIGS
 from .settings import Settings
 
 app = ClientApp()
-EVAL_ERRORS = (DataError, IndexError, ValueError, RuntimeError)  # metric failures on tiny splits
 log = logging.getLogger("mmdomain.federated.site")
 
 
@@ -127,7 +126,7 @@ def _train_locally(cfg, settings, registry, node_config, global_w, node_id: int,
         try:
             metrics.update(task.flat_metrics(task.evaluate_site(model, task.load_site(
                 settings, node_config, registry, "val"), settings), prefix="eval-"))
-        except EVAL_ERRORS:  # e.g. an empty or tiny validation split: train anyway
+        except task.EVAL_ERRORS:  # e.g. an empty or tiny validation split: train anyway
             metrics["eval-skipped"] = 1
     rnd = int(cfg.get("server-round", 0))
     site = _site_index(node_config, node_id)
@@ -225,7 +224,7 @@ def evaluate(msg: Message, context: Context) -> Message:
             return Message(RecordDict({"metrics": MetricRecord({"num-examples": 0}),
                                        "site": ConfigRecord({"eval-empty": True})}), reply_to=msg)
         result = task.evaluate_site(model, data, settings)
-    except EVAL_ERRORS as exc:  # the type leaves the site; the message (it may name files) stays in its log
+    except task.EVAL_ERRORS as exc:  # the type leaves the site; the message (it may name files) stays in its log
         log.warning("site %s: evaluation skipped: %s", context.node_id, exc)
         return Message(RecordDict({"metrics": MetricRecord({"num-examples": 0}),
                                    "site": ConfigRecord({"eval-error": type(exc).__name__})}),

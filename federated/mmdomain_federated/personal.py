@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from mmdomain.errors import DataError
 
 from .groups import GROUP_FUSION, GROUP_TASK, param_group
 
@@ -103,25 +102,25 @@ def personalised(model: torch.nn.Module, settings, state, train_data, seed: int,
     """Turn ``model`` (holding the global weights) into this site's personalised model, in place;
     returns what was done (numbers only, they leave the site with the metrics). ``val_data``: the
     site's validation split, which ``finetune-select = "val-loss"`` chooses the epoch on."""
-    from .task import train_site
+    from .task import EVAL_ERRORS, train_site
 
     if settings.personalise == "finetune":
         if len(train_data) == 0:
             return {"personal-epochs": 0}
-        select, skipped = None, {}
-        if settings.finetune_select == "val-loss":
-            try:  # an empty or tiny validation split: fine-tune as "last" does, and say so
-                select = _ByValidationLoss(model, val_data, settings) if val_data is not None and len(val_data) \
-                    else None
-            except (DataError, IndexError, ValueError, RuntimeError):
-                select = None
-            skipped = {} if select is not None else {"personal-select-skipped": 1}
+        by_val = settings.finetune_select == "val-loss"
+        select = None
+        if by_val and val_data is not None and len(val_data):
+            try:
+                select = _ByValidationLoss(model, val_data, settings)
+            except EVAL_ERRORS:  # a validation split too small to score: fine-tune as "last" does, and say so
+                pass
         stats = train_site(model, train_data, _own(settings, local_epochs=settings.finetune_epochs), seed=seed,
                            after_epoch=select)
-        done = {"personal-epochs": settings.finetune_epochs, "personal-train-loss": float(stats["train-loss"]),
-                **skipped}
+        done = {"personal-epochs": settings.finetune_epochs, "personal-train-loss": float(stats["train-loss"])}
         if select is not None:
             done.update(select.restore_best())
+        elif by_val:
+            done["personal-select-skipped"] = 1
         return done
     return {"personal-kept": int(restore(model, state))}
 
@@ -136,12 +135,10 @@ class _ByValidationLoss:
         self.best_epoch, self.best_loss, self.best_state = 0, self._loss(), self._state()
         self.start_loss = self.best_loss
 
-    def _loss(self) -> float:
+    def _loss(self) -> float:  # the next epoch puts the model back in train mode (train_one_epoch)
         from .task import evaluate_site
 
-        loss = float(evaluate_site(self.model, self.val_data, self.settings)["loss"])
-        self.model.train()
-        return loss
+        return float(evaluate_site(self.model, self.val_data, self.settings)["loss"])
 
     def _state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}

@@ -305,6 +305,10 @@ def train_site(model: FusionModel, dataset: Dataset, settings: Settings, *, devi
     return out
 
 
+#: what scoring a tiny split can raise (a metric with too few rows or one class): a site skips that score
+EVAL_ERRORS = (DataError, IndexError, ValueError, RuntimeError)
+
+
 def evaluate_site(model: FusionModel, dataset: Dataset, settings: Settings,
                   device: torch.device | None = None) -> dict[str, Any]:
     device = device or select_device(settings.device)
