@@ -9,6 +9,8 @@ Arms (each trained federated, in-process, on the real ServerApp/ClientApp):
   local-frozen  local DP-SGD of fusion + task only, on encoders pretrained self-supervised
                 (contrastive, image<->text or S1<->S2) on a separate public site of unlabelled
                 pairs (another seed of the generator): they cost no privacy and never travel
+  local-pretrained  local DP-SGD of every parameter from that same pretrained start (at the
+                default learning rate, as local-all): the private counterpart of no-dp-pretrained
 
 Target (issue #13): at epsilon <= 8, delta 1e-5, 3 sites of >= 2,000 samples, the private model
 within 0.05 macro AUROC of the non-private one, in both domains.
@@ -44,7 +46,7 @@ from mmdomain_federated import task  # noqa: E402
 from mmdomain_federated.experiment import main_metric, pooled_predictions, pooled_test, run_flower  # noqa: E402
 from mmdomain_federated.settings import Settings  # noqa: E402
 
-ARMS = ("local-frozen", "local-all", "central")
+ARMS = ("local-frozen", "local-all", "central")  # "local-pretrained" (not a default): see the docstring
 # "no-dp-pretrained" (not a default): the no-DP federation from the same pretrained start, every
 # parameter trained: against it, what privacy costs at an equal starting point
 
@@ -71,6 +73,8 @@ def arm_config(arm: str, epsilon: float, modalities: list[str], pretrained: Path
     config = {"local-dp": True, "target-epsilon": epsilon, "local-clip-norm": 1.0}
     if arm == "local-frozen":
         config |= {"init-from": str(pretrained), "encoder-train": ";".join(f"{m}={encoder_train}" for m in modalities)}
+    elif arm == "local-pretrained":
+        config["init-from"] = str(pretrained)
     return config
 
 
@@ -125,7 +129,7 @@ def one_seed(registry, dataset: str, seed: int, args, work: Path, log, done: lis
             max((summary.get("local-epsilon") or {}).values(), default=None)
         rows.append({"dataset": dataset, "seed": seed, "arm": arm, "epsilon_target": eps, "epsilon_spent": spent,
                      **({"encoder_train": args.encoder_train, "pretrain": args.pretrain} if arm == "local-frozen"
-                        else {"pretrain": args.pretrain} if arm == "no-dp-pretrained" else {}),
+                        else {"pretrain": args.pretrain} if arm in ("no-dp-pretrained", "local-pretrained") else {}),
                      "metric": metric, "value": value, "rounds": summary.get("rounds"),
                      "seconds": round(time.perf_counter() - t0, 1)})
         log(f"  {dataset} seed {seed} {arm:<12} eps {eps!s:>4}: {metric} {rows[-1]['value']:.3f} "
@@ -169,8 +173,9 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epsilons", default="8,3,1", help="target epsilons of the local-frozen arm")
     ap.add_argument("--other-epsilons", default="8", help="target epsilons of the local-all and central arms")
-    ap.add_argument("--arms", default=",".join(ARMS), help="of local-frozen, local-all, central and no-dp-pretrained "
-                    "(no DP from the pretrained start); no-dp always runs")
+    ap.add_argument("--arms", default=",".join(ARMS), help="of local-frozen, local-all, central, local-pretrained "
+                    "(local DP-SGD of every parameter from the pretrained start) and no-dp-pretrained (no DP from "
+                    "the pretrained start); no-dp always runs")
     ap.add_argument("--sites", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--batch", type=int, default=64, help="batch size of the no-DP arm")
