@@ -67,10 +67,10 @@ def pretrain(registry, dataset: str, public_site: Path, out: Path, epochs: int, 
 
 
 def arm_config(arm: str, epsilon: float, modalities: list[str], pretrained: Path,
-               encoder_train: str = "none") -> dict[str, Any]:
+               encoder_train: str = "none", clip: float = 1.0) -> dict[str, Any]:
     if arm == "central":
         return {"central-dp": True, "target-epsilon": epsilon, "clip-norm": 1.0}
-    config = {"local-dp": True, "target-epsilon": epsilon, "local-clip-norm": 1.0}
+    config = {"local-dp": True, "target-epsilon": epsilon, "local-clip-norm": clip}
     if arm == "local-frozen":
         config |= {"init-from": str(pretrained), "encoder-train": ";".join(f"{m}={encoder_train}" for m in modalities)}
     elif arm == "local-pretrained":
@@ -114,13 +114,15 @@ def one_seed(registry, dataset: str, seed: int, args, work: Path, log, done: lis
             for e in (args.epsilons if a == "local-frozen" else args.other_epsilons)]
     for arm, eps in [("no-dp", None)] + [("no-dp-pretrained", None)] * ("no-dp-pretrained" in args.arms) + runs:
         config = {**base, **({} if eps is None else arm_config(arm, eps, modalities, pretrained,
-                                                                         args.encoder_train))}
+                                                                         args.encoder_train, args.clip))}
         if arm == "no-dp-pretrained":
             config["init-from"] = str(pretrained)
         if eps is not None:
             config["local-batch-size"] = args.dp_batch
             if arm == "local-frozen":  # only fusion + task train: a larger step for the few noisy ones
                 config["lr"] = args.head_lr
+            elif args.private_lr and arm != "central":
+                config["lr"] = args.private_lr
         t0 = time.perf_counter()
         out = root / f"{arm}-{eps}"
         summary = run_flower("in-process", args.sites, config, out, 0.0, lambda *_: None)
@@ -180,6 +182,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--batch", type=int, default=64, help="batch size of the no-DP arm")
     ap.add_argument("--dp-batch", type=int, default=256, help="expected Poisson batch size of the private arms")
+    ap.add_argument("--private-lr", type=float, default=0.0,
+                    help="learning rate of the local-all and local-pretrained arms (0: the app's default)")
+    ap.add_argument("--clip", type=float, default=1.0, help="per-sample clip norm of the local DP arms")
     ap.add_argument("--head-lr", type=float, default=0.03, help="learning rate of the local-frozen arm's fusion + task")
     ap.add_argument("--large", action="store_true", help="the generators' large_options (~2,000 samples a site)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
