@@ -9,8 +9,8 @@ Arms (each trained federated, in-process, on the real ServerApp/ClientApp):
   local-frozen  local DP-SGD of fusion + task only, on encoders pretrained self-supervised
                 (contrastive, image<->text or S1<->S2) on a separate public site of unlabelled
                 pairs (another seed of the generator): they cost no privacy and never travel
-  local-pretrained  local DP-SGD of every parameter from that same pretrained start (at the
-                default learning rate, as local-all): the private counterpart of no-dp-pretrained
+  local-pretrained  local DP-SGD of every parameter from that same pretrained start (the app's
+                default learning rate unless --private-lr): the private counterpart of no-dp-pretrained
 
 Target (issue #13): at epsilon <= 8, delta 1e-5, 3 sites of >= 2,000 samples, the private model
 within 0.05 macro AUROC of the non-private one, in both domains.
