@@ -18,6 +18,10 @@ within 0.05 macro AUROC of the non-private one, in both domains.
     ./dev bench dp_utility --large            # 3 sites of ~2,000 each (the generators' large_options)
     ./dev bench dp_utility --large --datasets medical --seeds 0 --arms local-frozen --epsilons 8
 
+The public site is another seed of the same generator with the sites' options, or larger with
+``--public-options '{"scenes_per_site": 8}'`` (public corpora outsize one hospital's or region's).
+``--pretrain supervised`` pretrains the whole model on the public site's labels instead.
+
 Private arms train with ``--dp-batch`` (large Poisson-sampled batches, as DP-SGD wants); the
 no-DP arm with ``--batch``. Rows are written to bench/results/dp_utility.json as they finish.
 """
@@ -84,7 +88,8 @@ def one_seed(registry, dataset: str, seed: int, args, work: Path, log, done: lis
         (gen.large_options if args.large else gen.quick_options)
     root = work / f"{dataset}-{seed}"
     gen.generate(root / "sites", num_sites=args.sites, seed=seed, **options)
-    public = gen.generate(root / "public", num_sites=1, seed=seed + 1000, **options)[0]
+    public_options = {**options, **json.loads(args.public_options or "{}")}
+    public = gen.generate(root / "public", num_sites=1, seed=seed + 1000, **public_options)[0]
     base = {"dataset": dataset, "data-root": str(root / "sites"), "seed": seed, "num-server-rounds": args.rounds,
             "local-epochs": 1, "batch-size": args.batch, "min-sites": 2, "readiness": False, "resume": False,
             "target-delta": 1e-5}
@@ -150,7 +155,7 @@ def one_seed(registry, dataset: str, seed: int, args, work: Path, log, done: lis
             same = paired_bootstrap(model.task, row["metric"], p[0], {"no-dp-pretrained": preds[("no-dp-pretrained",
                                     None)][0]}, target, resamples=args.resamples, seed=seed)
             row["minus_no_dp_pretrained"], row["interval_pretrained"] = same["margin"], same["interval"]
-    return {"rows": rows, "test_rows": len(target), "site_options": options}
+    return {"rows": rows, "test_rows": len(target), "site_options": options, "public_options": public_options}
 
 
 def save(args, rows: list[dict[str, Any]]) -> None:
@@ -198,6 +203,8 @@ def main() -> None:
                          "lora:R); anything but none is trained privately too")
     ap.add_argument("--resamples", type=int, default=500)
     ap.add_argument("--site-options", default="", help="JSON generator options per site (default: its quick options)")
+    ap.add_argument("--public-options", default="", help="JSON generator options of the public pretraining site over "
+                    "the sites' (e.g. a larger one: public corpora outsize a hospital's or a region's)")
     args = ap.parse_args()
     args.epsilons = [float(e) for e in args.epsilons.split(",")]
     args.other_epsilons = [float(e) for e in args.other_epsilons.split(",") if e]
