@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import RESULTS  # noqa: E402
+from harness import RESULTS, dataset_names, json_options  # noqa: E402
 
 from mmdomain.bootstrap import paired_bootstrap  # noqa: E402
 from mmdomain.checkpoint import load_checkpoint  # noqa: E402
@@ -84,11 +84,11 @@ def arm_config(arm: str, epsilon: float, modalities: list[str], pretrained: Path
 
 def one_seed(registry, dataset: str, seed: int, args, work: Path, log, done: list) -> dict[str, Any]:
     gen = registry.synthetic_for(dataset)
-    options = json.loads(args.site_options) if args.site_options else \
+    options = args.site_options if args.site_options is not None else \
         (gen.large_options if args.large else gen.quick_options)
     root = work / f"{dataset}-{seed}"
     gen.generate(root / "sites", num_sites=args.sites, seed=seed, **options)
-    public_options = {**options, **json.loads(args.public_options or "{}")}
+    public_options = {**options, **args.public_options}
     public = gen.generate(root / "public", num_sites=1, seed=seed + 1000, **public_options)[0]
     base = {"dataset": dataset, "data-root": str(root / "sites"), "seed": seed, "num-server-rounds": args.rounds,
             "local-epochs": 1, "batch-size": args.batch, "min-sites": 2, "readiness": False, "resume": False,
@@ -206,6 +206,8 @@ def main() -> None:
     ap.add_argument("--public-options", default="", help="JSON generator options of the public pretraining site over "
                     "the sites' (e.g. a larger one: public corpora outsize a hospital's or a region's)")
     args = ap.parse_args()
+    args.site_options = json_options(ap, "--site-options", args.site_options) if args.site_options else None
+    args.public_options = json_options(ap, "--public-options", args.public_options or "{}")
     args.epsilons = [float(e) for e in args.epsilons.split(",")]
     args.other_epsilons = [float(e) for e in args.other_epsilons.split(",") if e]
     args.arms = [a for a in args.arms.split(",") if a]
@@ -214,7 +216,7 @@ def main() -> None:
     registry = get_registry()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="dp-utility-") as tmp:
-        for dataset in args.datasets.split(","):
+        for dataset in dataset_names(registry, args.datasets):
             for seed in (int(s) for s in args.seeds.split(",")):
                 rows += one_seed(registry, dataset, seed, args, Path(tmp), lambda line: print(line, flush=True),
                                  rows)["rows"]

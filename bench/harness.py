@@ -12,6 +12,7 @@ in the same run, alternating the two so drift hits both alike.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import gc
 import json
@@ -51,6 +52,20 @@ def machine() -> dict[str, Any]:
     }
 
 
+def dataset_names(registry, text: str) -> list[str]:
+    """The datasets of a ``--datasets`` comma list, each checked to have a synthetic generator before the
+    first site is generated (else exit with the names available)."""
+    from mmdomain.errors import UnknownComponentError
+
+    datasets = [d for d in text.split(",") if d]
+    for dataset in datasets:
+        try:
+            registry.synthetic_for(dataset)
+        except UnknownComponentError as error:
+            raise SystemExit(f"--datasets: {error}") from None
+    return datasets
+
+
 def each_dataset_and_seed(one_seed: Callable[..., dict[str, Any]], registry, args,
                           prefix: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(seeds, rows)``: ``one_seed(registry, dataset, seed, args, work, log)`` for every dataset of
@@ -58,9 +73,10 @@ def each_dataset_and_seed(one_seed: Callable[..., dict[str, Any]], registry, arg
     result's ``rows`` gathered into one list and the rest of it kept per seed."""
     import tempfile
 
+    datasets = dataset_names(registry, args.datasets)
     seeds, rows = [], []
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-        for dataset in args.datasets.split(","):
+        for dataset in datasets:
             for seed in (int(s) for s in args.seeds.split(",")):
                 result = one_seed(registry, dataset, seed, args, Path(tmp), lambda line: print(line, flush=True))
                 rows += result.pop("rows")
@@ -81,6 +97,20 @@ def write_quality(name: str, args: Any, started: _dt.datetime, load: list[float]
                                "minutes": round((time.time() - started.timestamp()) / 60, 1), **fields}, indent=2))
     print(f"results: {out}", flush=True)
     return out
+
+
+def json_options(ap: argparse.ArgumentParser, flag: str, text: str, *, per_dataset: bool = False) -> dict[str, Any]:
+    """Generator options given as JSON on the command line (``per_dataset``: an object of such objects,
+    keyed by dataset), checked at start-up, before any site is generated; bad input exits through ``ap.error``."""
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as error:
+        ap.error(f"{flag} is not valid JSON ({error.msg} at character {error.pos}): {text!r}")
+    what = "a JSON object of generator options per dataset, e.g. '{\"medical\": {...}}'" if per_dataset \
+        else "a JSON object of generator options (name: value)"
+    if not isinstance(options, dict) or (per_dataset and not all(isinstance(v, dict) for v in options.values())):
+        ap.error(f"{flag} must be {what}; got {text!r}")
+    return options
 
 
 def timed(fn: Callable[[], Any]) -> float:

@@ -52,7 +52,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import each_dataset_and_seed, write_quality  # noqa: E402
+from harness import each_dataset_and_seed, json_options, write_quality  # noqa: E402
 
 from mmdomain.bootstrap import paired_bootstrap, predictions  # noqa: E402
 from mmdomain.checkpoint import describe_init, init_from_checkpoint, save_checkpoint  # noqa: E402
@@ -128,7 +128,7 @@ def paired(data: InMemory, pair: list[str]) -> int:
 
 def one_seed(registry, dataset: str, seed: int, args, work: Path, log: Callable[[str], None]) -> dict[str, Any]:
     gen = registry.synthetic_for(dataset)
-    options = {**(gen.large_options or gen.quick_options), **json.loads(args.site_options or "{}").get(dataset, {})}
+    options = {**(gen.large_options or gen.quick_options), **args.site_options.get(dataset, {})}
     t0 = time.perf_counter()
     site = gen.generate(work / f"{dataset}-{seed}", num_sites=1, seed=seed, **options)[0]
     spec = registry.dataset(dataset)
@@ -247,8 +247,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3, help="learning rate from scratch")
     ap.add_argument("--ft-lr", type=float, default=3e-4, help="learning rate of the fine-tuned and probe arms")
     ap.add_argument("--resamples", type=int, default=500)
-    ap.add_argument("--site-options", default="", help='JSON generator options per dataset over its large_options, '
-                    'e.g. \'{"medical": {"studies_per_site": 500}}\'')
+    ap.add_argument("--site-options", default="", help='JSON generator options per dataset over its large_options '
+                    '(--quick: over its small sites), e.g. \'{"medical": {"studies_per_site": 500}}\'')
     ap.add_argument("--quick", action="store_true",
                     help="smoke run (checks the code path; its figures mean nothing): small sites, 1 seed, "
                     "2 fractions, few steps")
@@ -259,7 +259,10 @@ def main() -> None:
     if args.quick:
         args.seeds, args.fractions = "0", "0.1,1.0"
         args.pretrain_epochs, args.epochs, args.min_steps, args.resamples = 2, 2, 5, 100
-        args.site_options = args.site_options or json.dumps(QUICK_SITES)
+    args.site_options = json_options(ap, "--site-options", args.site_options or "{}", per_dataset=True)
+    if args.quick:  # small sites, under what --site-options sets
+        args.site_options = {d: {**QUICK_SITES.get(d, {}), **args.site_options.get(d, {})}
+                             for d in {*QUICK_SITES, *args.site_options}}
     args.fractions = [float(f) for f in args.fractions.split(",")]
     args.arms = [a for a in args.arms.split(",") if a]
     registry = get_registry()

@@ -54,7 +54,7 @@ import torch
 from torch.utils.data import Dataset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import each_dataset_and_seed, write_quality  # noqa: E402
+from harness import each_dataset_and_seed, json_options, write_quality  # noqa: E402
 from label_efficiency import InMemory, steps_for, train  # noqa: E402
 
 from mmdomain.bootstrap import paired_bootstrap, predictions  # noqa: E402
@@ -134,7 +134,7 @@ def one_seed(registry, dataset: str, seed: int, args, work: Path, log: Callable[
     gen = registry.synthetic_for(dataset)
     options = {**(QUICK_SITES[dataset] if args.quick else SITES.get(dataset) or gen.large_options
                   or gen.quick_options),
-               **json.loads(args.site_options or "{}").get(dataset, {})}
+               **args.site_options.get(dataset, {})}
     t0 = time.perf_counter()
     site = gen.generate(work / f"{dataset}-{seed}", num_sites=1, seed=seed, **options)[0]
     spec = registry.dataset(dataset)
@@ -290,6 +290,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.seeds, args.rates, args.epochs, args.min_steps, args.max_steps, args.resamples = "0", "0,0.6", 1, 3, 3, 50
+    args.site_options = json_options(ap, "--site-options", args.site_options or "{}", per_dataset=True)
     args.rates = [float(r) for r in args.rates.split(",")]
     args.methods = [m for m in args.methods.split(",") if m]
     registry = get_registry()
