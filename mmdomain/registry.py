@@ -211,6 +211,9 @@ class SyntheticSpec:
     demo_options: dict[str, Any] | None = None
     #: Options of ``mmdomain demo --quick`` (default: ``quick_options``).
     demo_quick_options: dict[str, Any] | None = None
+    #: Options of the full demo's public pretraining site, over ``demo_options`` (public corpora
+    #: outsize one hospital's or region's: e.g. a few times a site's samples); None: as a demo site.
+    demo_public_options: dict[str, Any] | None = None
     #: Sites large enough to measure privacy and label efficiency (2,000+ samples each at a small
     #: image / patch size, written and trained within minutes on a laptop); used by the quality benchmarks.
     large_options: dict[str, Any] | None = None

@@ -4,9 +4,11 @@ For each domain (default: every installed synthetic generator that registers ``d
 by dataset name; today ``medical`` and ``s2s1_scenes``): generate synthetic sites with the
 generator's demo options (``demo_quick_options`` with ``--quick``), print a readiness report,
 train locally at each site (fusion and each single modality), then federated across the sites
-in Flower's simulation, and compare on the pooled test set. Then the private arm: the encoders
-are pretrained self-supervised (contrastive, on unlabelled pairs) on a separate public synthetic
-site (the same generator, another seed), frozen, and the rest trained federated to a target
+in Flower's simulation, and compare on the pooled test set. Then the private arm: the model is
+pretrained on a separate public synthetic site (the same generator, another seed, a few times a
+site's size: ``demo_public_options``), on its labels (``--pretrain supervised``, the default; the
+public model alone is scored too) or self-supervised on its unlabelled pairs (``contrastive``);
+its encoders are frozen and the rest trained federated to a target
 epsilon with local DP-SGD (record-level, at every site: the mode that suits a few sites; central
 DP, site-level, with ``--privacy central``). Each site's local fusion model and both federated
 models are also scored on every site's own test set (``cross_site``). Writes a report folder (``report``: metrics
@@ -40,6 +42,7 @@ PUBLIC_SEED_OFFSET = 1000  # the public site's generator seed: the demo's seed +
 #: The private arm's step size when only the fusion and task head train (on frozen features): larger
 #: than a full model's, for the few noisy full-size steps (``local-batch-size``) a budget allows.
 PRIVATE_HEAD_LR = 0.03
+PRETRAIN_KINDS = ("supervised", "contrastive")
 PRIVACY_MODES = {"local": "local DP-SGD (record-level, at every site)",
                  "central": "central DP (site-level, noise added by the server)"}
 
@@ -100,7 +103,7 @@ def _domain(registry, dataset: str, out: Path, plan: dict[str, Any], device: str
     metric = main_metric(fed["overall"])
     fed_preds = pooled_predictions(fed_model, test, settings)
     versus = versus_local(fed_model, metric, fed_preds, local_preds, seed, log)
-    pretrained = _pretrain(registry, dataset, settings, out, plan, clock, log)
+    pretrained = _pretrain(registry, dataset, settings, out, plan, test, clock, log)
     private = _private(registry, dataset, settings, plan, pretrained, test, runs / "private", gpus, clock, log,
                        cross)
     matrix = cross.matrix(metric)
@@ -109,6 +112,9 @@ def _domain(registry, dataset: str, out: Path, plan: dict[str, Any], device: str
     private["versus_federated"] = _versus_federated(fed_model, metric, private.pop("_preds"), fed_preds, seed)
     log(f"  {dataset}: federated {metric} {fed['overall'].get(metric, float('nan')):.3f}; private ({describe(private)}) "
         f"{private['overall'].get(metric, float('nan')):.3f} ({private['minus_federated']:+.3f})")
+    if pretrained and pretrained["public_only"]:
+        log(f"  {dataset}: the public model alone (pretrained on the public site's labels, no site's data) "
+            f"{metric} {pretrained['public_only'].get(metric, float('nan')):.3f}")
     return {"metric": metric, "test_samples": len(test), "readiness": readiness, "local": local,
             "federated": fed, "private": private, "versus_local": versus, "fusion_vs_single": fusion_vs_single,
             "cross_site": matrix, "heterogeneity": heterogeneity}
@@ -128,36 +134,53 @@ def _heterogeneity(settings, registry, sites: int, seed: int, log) -> dict[str, 
     return div
 
 
-def _pretrain(registry, dataset: str, settings, out: Path, plan: dict[str, Any], clock: Clock,
+def public_site_options(gen, quick: bool) -> dict[str, Any]:
+    """The demo's public pretraining site: the demo sites' options, with the generator's
+    ``demo_public_options`` over them (a public corpus larger than one site); as a site with ``quick``."""
+    return {**site_options(gen, quick), **({} if quick else gen.demo_public_options or {})}
+
+
+def _pretrain(registry, dataset: str, settings, out: Path, plan: dict[str, Any], test, clock: Clock,
               log) -> dict[str, Any] | None:
-    """Contrastive pretraining of the federated model's encoders on a public synthetic site (the
-    same generator, another seed; the pairs only, no label is used), locally with the core's
-    ``fit``. None when the model has no modality pair to contrast."""
+    """Pretraining of the federated model on a public synthetic site (the same generator, another
+    seed; sized by ``public_site_options``), locally with the core's ``fit``: ``supervised`` (the whole
+    model on the public site's labels, as public ImageNet / CheXpert / BigEarthNet weights are made;
+    then scored alone on the pooled ``test``, so the private arm shows what the sites' data add) or
+    ``contrastive`` (the encoders only, on the image/text or S1/S2 pairs, no label read). None
+    when a contrastive pretraining has no modality pair to contrast."""
+    from mmdomain.checkpoint import load_checkpoint
     from mmdomain.config import DataConfig, ModelConfig, RunConfig, TrainConfig, contrastive_variant, parse
     from mmdomain.data import availability_counts
     from mmdomain.training import fit
 
+    kind = plan["pretrain"]
     model = task.model_config(settings, registry).model_dump(mode="json")
-    if len(model["modalities"]) != 2:
+    if kind == "contrastive" and len(model["modalities"]) != 2:
         log(f"  {dataset}: {len(model['modalities'])} modalities, no pair to pretrain contrastively; "
             "the private arm trains every parameter")
         return None
     gen = registry.synthetic_for(dataset)
     seed, epochs = plan["seed"] + PUBLIC_SEED_OFFSET, plan["pretrain_epochs"]
-    clock.step(f"{dataset}: contrastive pretraining of the encoders on a public synthetic site (seed {seed}, "
-               f"labels unused, {epochs} epochs)")
+    what = "the model on its labels" if kind == "supervised" else "the encoders contrastively, labels unused"
+    clock.step(f"{dataset}: pretraining {what}, on a public synthetic site (seed {seed}, {epochs} epochs)")
     folder = gen.generate(out / "data" / f"{dataset}-public", num_sites=1, seed=seed,
-                          **site_options(gen, plan["quick"]))[0]
-    pairs = availability_counts(registry.dataset(dataset).build(folder, split="train"),
-                                model["modalities"])[1].get("+".join(model["modalities"]), 0)
-    log(f"  public site: {pairs} train pairs ({' + '.join(model['modalities'])})")
+                          **public_site_options(gen, plan["quick"]))[0]
+    train = registry.dataset(dataset).build(folder, split="train")
+    pairs = availability_counts(train, model["modalities"])[1].get("+".join(model["modalities"]), 0)
+    log(f"  public site: {len(train)} train samples, {pairs} with both modalities ({' + '.join(model['modalities'])})")
     config = RunConfig(data=DataConfig(dataset=dataset, root=folder),
-                       model=parse(ModelConfig, contrastive_variant(model, proj_dim=64)),
+                       model=parse(ModelConfig, model if kind == "supervised" else contrastive_variant(model,
+                                                                                                   proj_dim=64)),
                        train=TrainConfig(epochs=epochs, batch_size=32, seed=plan["seed"], device=settings.device,
                                          out_dir=out / "runs" / dataset / "pretrain", progress=False))
     result = fit(config, registry, log=lambda line: log("    " + line) if line.startswith("epoch") else None)
-    return {"site": str(folder), "seed": seed, "pairs": pairs, "epochs": epochs, "checkpoint": str(result.checkpoint),
-            "val": result.history[-1]["overall"] if result.history else {}}
+    pretrained = {"kind": kind, "site": str(folder), "seed": seed, "samples": len(train), "pairs": pairs,
+                  "epochs": epochs, "checkpoint": str(result.checkpoint),
+                  "val": result.history[-1]["overall"] if result.history else {}, "public_only": None}
+    if kind == "supervised":  # the public model alone, before any site's data
+        public_model, _ = load_checkpoint(result.checkpoint, registry)
+        pretrained["public_only"] = task.evaluate_site(public_model, test, settings)["overall"]
+    return pretrained
 
 
 def _private(registry, dataset: str, settings, plan: dict[str, Any], pretrained: dict[str, Any] | None, test,
@@ -233,8 +256,9 @@ def _versus_federated(model, metric: str, private, fed, seed: int) -> dict[str, 
 
 
 def run_demo(*, datasets: list[str], out: Path, sites: int, rounds: int, local_epochs: int, fusion: str | None,
-             privacy: str, target_epsilon: float, target_delta: float, clip: float, pretrain_epochs: int, quick: bool,
-             engine: str, gpu: bool, seed: int, log: Callable[[str], None] = click.echo) -> Path:
+             privacy: str, target_epsilon: float, target_delta: float, clip: float, pretrain_epochs: int,
+             quick: bool, engine: str, gpu: bool, seed: int, pretrain: str = "supervised",
+             log: Callable[[str], None] = click.echo) -> Path:
     from mmdomain.plugins import get_registry
 
     registry = get_registry()
@@ -243,7 +267,7 @@ def run_demo(*, datasets: list[str], out: Path, sites: int, rounds: int, local_e
     out.mkdir(parents=True, exist_ok=True)
     plan = {"datasets": datasets, "sites": sites, "rounds": rounds, "local_epochs": local_epochs, "fusion": fusion,
             "privacy": privacy, "target_epsilon": target_epsilon, "target_delta": target_delta, "clip": clip,
-            "pretrain_epochs": pretrain_epochs, "quick": quick, "engine": engine, "seed": seed}
+            "pretrain": pretrain, "pretrain_epochs": pretrain_epochs, "quick": quick, "engine": engine, "seed": seed}
     results = {dataset: _domain(registry, dataset, out, plan, device, gpus, clock, log) for dataset in datasets}
     clock.step("writing the report")
     summary = write_report(results, plan, out / "report", clock.start)
@@ -269,8 +293,12 @@ def run_demo(*, datasets: list[str], out: Path, sites: int, rounds: int, local_e
               help="The private arm's delta.")
 @click.option("--clip", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="DP clipping norm: of each record's gradient (local) or of each site's update (central).")
+@click.option("--pretrain", type=click.Choice(PRETRAIN_KINDS), default="supervised", show_default=True,
+              help="How the private arm's frozen encoders are pretrained on the public site: on its labels "
+                   "(supervised, as public ImageNet / CheXpert / BigEarthNet weights are made; the public model "
+                   "alone is scored too) or self-supervised on its image/text or S1/S2 pairs (contrastive).")
 @click.option("--pretrain-epochs", default=None, type=click.IntRange(min=1),
-              help="Epochs of contrastive pretraining of the encoders on the public site [default: 5, --quick 2].")
+              help="Epochs of pretraining on the public site [default: 5, --quick 2].")
 @click.option("--quick", is_flag=True, help="Small data, 2 rounds, in-process Flower apps: a few minutes.")
 @click.option("--engine", type=click.Choice(["simulation", "in-process"]), default=None,
               help="Flower's Ray simulation, or the same apps called in-process [default: simulation; --quick: in-process].")
@@ -279,8 +307,8 @@ def run_demo(*, datasets: list[str], out: Path, sites: int, rounds: int, local_e
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default: a new temp folder).")
 @tracking_options(DEMO_EXPERIMENT)
 def demo(datasets: tuple[str, ...], sites: int, rounds: int | None, local_epochs: int, fusion: str | None,
-         privacy: str, target_epsilon: float, target_delta: float, clip: float, pretrain_epochs: int | None,
-         quick: bool, engine: str | None, gpu: bool, seed: int, out: Path | None, track: bool,
+         privacy: str, target_epsilon: float, target_delta: float, clip: float, pretrain: str,
+         pretrain_epochs: int | None, quick: bool, engine: str | None, gpu: bool, seed: int, out: Path | None, track: bool,
          tracking_uri: str | None, experiment: str):
     """Synthetic hospitals and regions: readiness, local-only vs federated, and federated private
     training to a target epsilon (local DP-SGD on encoders pretrained on a public site, frozen);
@@ -302,7 +330,8 @@ def demo(datasets: tuple[str, ...], sites: int, rounds: int | None, local_epochs
     out = (out or Path(tempfile.mkdtemp(prefix="mmdomain-demo-"))).resolve()
     report = run_demo(datasets=chosen, out=out, sites=sites, rounds=rounds or (2 if quick else 8),
                       local_epochs=local_epochs, fusion=fusion, privacy=privacy, target_epsilon=target_epsilon,
-                      target_delta=target_delta, clip=clip, pretrain_epochs=pretrain_epochs or (2 if quick else 5),
+                      target_delta=target_delta, clip=clip, pretrain=pretrain,
+                      pretrain_epochs=pretrain_epochs or (2 if quick else 5),
                       quick=quick, engine=engine or ("in-process" if quick else "simulation"), gpu=gpu, seed=seed)
     if track:  # the report is written: a tracking failure loses nothing
         from .tracking import log_demo

@@ -39,6 +39,10 @@ def describe(private: dict[str, Any]) -> str:
     return f"{mode}, epsilon {private['epsilon']:.1f} at delta {private['delta']:g}, {encoders}"
 
 
+#: The model pretrained on the public site's labels, scored alone (``mmdomain demo --pretrain supervised``).
+PUBLIC_MODEL = "public model"
+
+
 def private_label(private: dict[str, Any]) -> str:
     return f"federated fusion + {private['mode']} DP"
 
@@ -64,6 +68,8 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         rows += [{"dataset": dataset, "model": label, "site": "all", "metric": k, "value": v} for k, v in extra.items()]
         rows += [{"dataset": dataset, "model": label, "site": f"node {site}", "metric": "epsilon", "value": e}
                  for site, e in sorted(p["epsilon_per_site"].items())]  # each site's own accountant
+        rows += [{"dataset": dataset, "model": PUBLIC_MODEL, "site": "all", "metric": k, "value": v}
+                 for k, v in ((p.get("pretrain") or {}).get("public_only") or {}).items()]
         for site, m in (r.get("fusion_vs_single") or {}).items():
             for k, value in (("margin", m["margin"]), ("interval_low", m["interval"][0]),
                              ("interval_high", m["interval"][1])):
@@ -230,8 +236,10 @@ def _rounds(ax, dataset: str, r: dict[str, Any]) -> None:
 
 
 def markdown(results: dict[str, Any], plan: dict[str, Any], seconds: float) -> str:
-    encoders = ("encoders pretrained contrastively on a public synthetic site (another seed, pairs only, "
-                f"{plan['pretrain_epochs']} epochs) and frozen")
+    how = ("on its labels" if plan.get("pretrain", "contrastive") == "supervised"
+           else "contrastively (pairs only, no label)")
+    encoders = f"encoders pretrained {how} on a public synthetic site (another seed, {plan['pretrain_epochs']} epochs) " \
+               "and frozen"
     lines = ["# mmdomain demo report", "",
              f"{plan['sites']} synthetic sites per domain, {plan['rounds']} federated rounds "
              f"({plan['engine']}), fusion head: {plan['fusion'] or 'dataset default'}. Private arm: "
@@ -257,6 +265,11 @@ def markdown(results: dict[str, Any], plan: dict[str, Any], seconds: float) -> s
         lines.append(f"| fusion, {mode}{frozen} | {p['overall'].get(metric, float('nan')):.3f} | "
                      f"{p['minus_federated']:+.3f} | {p['epsilon']:.2f} ({p['epsilon_target']:g}) at delta "
                      f"{p['delta']:g} | {p['rounds']} | {p['stopped']} |")
+        public = (p.get("pretrain") or {}).get("public_only")
+        if public:
+            value = public.get(metric, float("nan"))
+            lines.append(f"| the public model alone (pretrained on the public site's labels, no site's data) | "
+                         f"{value:.3f} | {value - f['overall'].get(metric, float('nan')):+.3f} | - | - | - |")
         lines += ["", *_private_lines(dataset, r)]
         best_local, best_name = max((m["overall"].get(metric, float("-inf")), f"{site} {variant}")
                                     for variant, per_site in r["local"].items() for site, m in per_site.items())
@@ -380,8 +393,10 @@ def _private_lines(dataset: str, r: dict[str, Any]) -> list[str]:
         pre = p["pretrain"]
         val = ", ".join(f"{k} {v:.3f}" for k, v in pre["val"].items()) or "-"
         same = "unchanged" if p["frozen"]["unchanged"] else "CHANGED"
-        lines.append(f"Encoders ({', '.join(p['frozen']['encoders'])}) pretrained contrastively on a public site "
-                     f"(seed {pre['seed']}, {pre['pairs']} train pairs, {pre['epochs']} epochs; its validation "
+        how = ("with the whole model on its labels (supervised)" if pre.get("kind") == "supervised"
+               else f"contrastively on its {pre['pairs']} train pairs")
+        lines.append(f"Encoders ({', '.join(p['frozen']['encoders'])}) pretrained on a public site {how} "
+                     f"(seed {pre['seed']}, {pre.get('samples', pre['pairs'])} train samples, {pre['epochs']} epochs; its validation "
                      f"{val}), frozen: they cost no privacy and never travel; their {p['frozen']['tensors']} tensors "
                      f"are {same} in the final model (SHA-256 {p['frozen']['sha256_final'][:12]}).")
     sent = [(r[key]["history"][0].get("bytes-down"), key) for key in ("federated", "private") if r[key]["history"]]

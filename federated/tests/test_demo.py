@@ -118,6 +118,14 @@ def test_demo_quick_writes_a_consistent_report(tmp_path):
             f"{p['epsilon']:.2f} (8) at delta 1e-05 |") in summary
     assert "local DP-SGD (record-level" in summary and "unchanged in the final model" in summary
     assert "each site on its own accountant" in summary
+    pre = p["pretrain"]  # supervised on the public site (the default): its model alone is scored and reported
+    assert pre["kind"] == "supervised" and pre["samples"] >= pre["pairs"] > 0
+    public = pre["public_only"][metric]
+    assert (f"| the public model alone (pretrained on the public site's labels, no site's data) | {public:.3f} | "
+            f"{public - fed:+.3f} |") in summary
+    assert f"toy: the public model alone (pretrained on the public site's labels, no site's data) {metric} " \
+           f"{public:.3f}" in proc.stdout
+    assert "pretrained on a public site with the whole model on its labels (supervised)" in summary
     sent = [metrics[k]["history"][0]["bytes-down"] for k in ("federated", "private")]
     assert 0 < sent[1] < sent[0]  # the frozen encoders do not travel
     assert f"A round sends the sites {sent[1] / 1e3:,.0f} kB of weights in all" in summary
@@ -136,11 +144,12 @@ def test_demo_quick_writes_a_consistent_report(tmp_path):
     assert private["all", metric] == pytest.approx(value) and private["all", "epsilon"] == pytest.approx(p["epsilon"])
     assert private["all", "delta"] == pytest.approx(1e-5)
     assert private["all", f"minus federated {metric}"] == pytest.approx(value - fed)
+    assert cells["public model", "all"] == pytest.approx(public)
     assert [private[f"node {site}", "epsilon"] for site in spent] == pytest.approx(list(spent.values()))
     het_rows = {(r["site"], r["metric"]): float(r["value"]) for r in rows if r["model"] == "data"}
     assert het_rows["site-1", "heterogeneity labels"] == pytest.approx(het["site-1"]["labels"])
     assert {r["model"] for r in rows} >= {"local fusion", "local toy_image only", "local toy_note only",
-                                          "federated fusion", "federated fusion + local DP"}
+                                          "federated fusion", "federated fusion + local DP", "public model"}
 
     # MLflow (on by default): one run for the demo, a nested one per model, read through MLflow's own API
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 reads its file store only with this
@@ -197,3 +206,30 @@ def test_report_shows_a_central_private_arm_with_its_mode_budget_and_difference(
     rows = (tmp_path / "metrics.csv").read_text()
     assert "toy,federated fusion + central DP,all,epsilon,5.25" in rows
     assert (tmp_path / "rounds.png").stat().st_size > 10_000
+
+
+def test_the_public_site_is_larger_than_a_demo_site_and_contrastive_pretraining_scores_no_public_model(tmp_path):
+    """``--pretrain contrastive`` (the end-to-end test runs the supervised default): the encoders are
+    pretrained on the public site's pairs, and there is no public model to score alone."""
+    from mmdomain.checkpoint import load_checkpoint
+    from mmdomain.plugins import get_registry
+    from mmdomain_federated.demo import _pretrain, public_site_options
+    from mmdomain_federated.experiment import Clock, pooled_test, site_options, synthetic_sites
+
+    registry = get_registry()
+    gen = registry.synthetic_for("medical")
+    assert public_site_options(gen, False) == {**gen.demo_options, **gen.demo_public_options}
+    assert public_site_options(gen, False)["studies_per_site"] > gen.demo_options["studies_per_site"]
+    assert public_site_options(gen, True) == site_options(gen, True)  # --quick: as small as a site
+
+    lines: list[str] = []
+    clock = Clock(lines.append)
+    settings = synthetic_sites(registry, "toy", tmp_path / "data" / "toy", sites=2, seed=0, quick=True, clock=clock,
+                               config={"num-server-rounds": 1})
+    test = pooled_test(settings, registry, 2)
+    plan = {"pretrain": "contrastive", "seed": 0, "pretrain_epochs": 1, "quick": True}
+    pre = _pretrain(registry, "toy", settings, tmp_path, plan, test, clock, lines.append)
+    assert pre["kind"] == "contrastive" and pre["public_only"] is None and 0 < pre["pairs"] <= pre["samples"]
+    model, _ = load_checkpoint(pre["checkpoint"], registry)
+    assert model.config.task.name == "contrastive"
+    assert any("contrastively, labels unused" in line for line in lines)

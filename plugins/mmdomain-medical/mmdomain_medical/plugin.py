@@ -173,7 +173,7 @@ def register_datasets(register):
 @hookimpl
 def register_synthetic(register):
     register(SyntheticSpec("medical", "medical", _lazy("synthetic", "generate"), quick_options={"studies_per_site": 24},
-                           demo_options={"studies_per_site": 96},
+                           demo_options={"studies_per_site": 96}, demo_public_options={"studies_per_site": 400},
                            large_options={"studies_per_site": 2000, "image_size": 32, "coupling": 0.8,
                                           "sign_strength": 0.4},
                            description="seeded chest X-ray sites: real DICOM (vendor mix, RLE/J2K), "

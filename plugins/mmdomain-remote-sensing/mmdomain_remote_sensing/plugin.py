@@ -106,6 +106,7 @@ def register_synthetic(register):
                                        "whose land cover needs both sensors",
                            quick_options={"scenes_per_site": 1, "size": 128, "patch_size": 32},
                            demo_options={"scenes_per_site": 2, "size": 192, "patch_size": 16},
+                           demo_public_options={"scenes_per_site": 6},
                            large_options={"scenes_per_site": 2, "size": 512, "patch_size": 16, "coupling": 0.8},
                            demo_quick_options={"scenes_per_site": 1, "size": 128, "patch_size": 16}))
 
