@@ -4,8 +4,9 @@ training split, per dataset, over seeds, with paired bootstrap intervals (qualit
 timed test).
 
 Per dataset and seed: one site of the generator's ``large_options`` (medical: 2,000 studies at
-32x32 with faint signs, ``sign_strength`` 0.4, whose reports share the images' signs, ``coupling`` 0.8; remote sensing: 2 scenes of 512x512
-in 16x16 patches whose sensors share the classes' signal, ``coupling`` 0.8), split by the dataset itself (train / val / test). Then:
+32x32 with faint signs, ``sign_strength`` 0.4, whose reports share the images' signs, ``coupling``
+0.8; remote sensing: 2 scenes of 512x512 in 16x16 patches whose sensors share the classes' signal,
+``coupling`` 0.8), split by the dataset itself (train / val / test). Then:
 
   pretrain   the dataset's default model with the contrastive task (image<->report or S1<->S2,
              symmetric InfoNCE) on every train row that has both modalities; no label is read

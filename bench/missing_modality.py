@@ -7,8 +7,9 @@ in 16x16 patches with the sensors uncoupled (``coupling`` 0, where some classes 
 and some the other: what bench/README's tables were measured on; the generator's ``large_options``
 couple them at 0.8 for pretraining); medical 800 studies at 32x32 whose reports
 share the images' signs (``coupling`` 0.8) and whose image signs are faint (``sign_strength`` 0.5),
-since on 2,000 studies with full-strength signs (the medical ``large_options`` before they had faint ones) every method sits at the
-ceiling (full rows 0.99+) and nothing is told apart. ``--site-options`` overrides either. Training-time missingness ``r`` in
+since on 2,000 studies with full-strength signs (the medical ``large_options`` before they had
+faint ones) every method sits at the ceiling (full rows 0.99+) and nothing is told apart.
+``--site-options`` overrides either. Training-time missingness ``r`` in
 ``--rates`` (0, 30, 60%): each train row holding both modalities loses one of them, chosen at
 random, with probability ``r`` (seeded; the same rows for every method). Methods, each the dataset's
 default model (its fusion head, learned missing tokens, modality dropout, balance remedies) with:

@@ -308,8 +308,8 @@ def run_demo(*, datasets: list[str], out: Path, sites: int, rounds: int, local_e
 @tracking_options(DEMO_EXPERIMENT)
 def demo(datasets: tuple[str, ...], sites: int, rounds: int | None, local_epochs: int, fusion: str | None,
          privacy: str, target_epsilon: float, target_delta: float, clip: float, pretrain: str,
-         pretrain_epochs: int | None, quick: bool, engine: str | None, gpu: bool, seed: int, out: Path | None, track: bool,
-         tracking_uri: str | None, experiment: str):
+         pretrain_epochs: int | None, quick: bool, engine: str | None, gpu: bool, seed: int, out: Path | None,
+         track: bool, tracking_uri: str | None, experiment: str):
     """Synthetic hospitals and regions: readiness, local-only vs federated, and federated private
     training to a target epsilon (local DP-SGD on encoders pretrained on a public site, frozen);
     unless --no-track, then logged to MLflow (one run, a nested run per model; OUT/mlruns by default)."""

@@ -238,8 +238,8 @@ def _rounds(ax, dataset: str, r: dict[str, Any]) -> None:
 def markdown(results: dict[str, Any], plan: dict[str, Any], seconds: float) -> str:
     how = ("on its labels" if plan.get("pretrain", "contrastive") == "supervised"
            else "contrastively (pairs only, no label)")
-    encoders = f"encoders pretrained {how} on a public synthetic site (another seed, {plan['pretrain_epochs']} epochs) " \
-               "and frozen"
+    encoders = (f"encoders pretrained {how} on a public synthetic site (another seed, {plan['pretrain_epochs']} "
+                "epochs) and frozen")
     lines = ["# mmdomain demo report", "",
              f"{plan['sites']} synthetic sites per domain, {plan['rounds']} federated rounds "
              f"({plan['engine']}), fusion head: {plan['fusion'] or 'dataset default'}. Private arm: "
@@ -396,8 +396,9 @@ def _private_lines(dataset: str, r: dict[str, Any]) -> list[str]:
         how = ("with the whole model on its labels (supervised)" if pre.get("kind") == "supervised"
                else f"contrastively on its {pre['pairs']} train pairs")
         lines.append(f"Encoders ({', '.join(p['frozen']['encoders'])}) pretrained on a public site {how} "
-                     f"(seed {pre['seed']}, {pre.get('samples', pre['pairs'])} train samples, {pre['epochs']} epochs; its validation "
-                     f"{val}), frozen: they cost no privacy and never travel; their {p['frozen']['tensors']} tensors "
+                     f"(seed {pre['seed']}, {pre.get('samples', pre['pairs'])} train samples, {pre['epochs']} epochs; "
+                     f"its validation {val}), frozen: they cost no privacy and never travel; "
+                     f"their {p['frozen']['tensors']} tensors "
                      f"are {same} in the final model (SHA-256 {p['frozen']['sha256_final'][:12]}).")
     sent = [(r[key]["history"][0].get("bytes-down"), key) for key in ("federated", "private") if r[key]["history"]]
     if len(sent) == 2 and all(b for b, _ in sent):
