@@ -35,7 +35,7 @@ from .cross_site import GLOBAL, CrossSite
 from .cross_site import describe as describe_cross_site
 from .experiment import (BOOTSTRAP_RESAMPLES, Clock, federated, local_only, main_metric, pooled_predictions,
                          pooled_test, run_flower, site, site_options, site_tests, synthetic_sites, versus_local)
-from .report import describe, write_report
+from .report import PUBLIC_ALONE, describe, write_report
 from .tracking import DEMO_EXPERIMENT
 
 PUBLIC_SEED_OFFSET = 1000  # the public site's generator seed: the demo's seed + this
@@ -113,8 +113,7 @@ def _domain(registry, dataset: str, out: Path, plan: dict[str, Any], device: str
     log(f"  {dataset}: federated {metric} {fed['overall'].get(metric, float('nan')):.3f}; private ({describe(private)}) "
         f"{private['overall'].get(metric, float('nan')):.3f} ({private['minus_federated']:+.3f})")
     if pretrained and pretrained["public_only"]:
-        log(f"  {dataset}: the public model alone (pretrained on the public site's labels, no site's data) "
-            f"{metric} {pretrained['public_only'].get(metric, float('nan')):.3f}")
+        log(f"  {dataset}: {PUBLIC_ALONE} {metric} {pretrained['public_only'].get(metric, float('nan')):.3f}")
     return {"metric": metric, "test_samples": len(test), "readiness": readiness, "local": local,
             "federated": fed, "private": private, "versus_local": versus, "fusion_vs_single": fusion_vs_single,
             "cross_site": matrix, "heterogeneity": heterogeneity}
@@ -148,7 +147,6 @@ def _pretrain(registry, dataset: str, settings, out: Path, plan: dict[str, Any],
     then scored alone on the pooled ``test``, so the private arm shows what the sites' data add) or
     ``contrastive`` (the encoders only, on the image/text or S1/S2 pairs, no label read). None
     when a contrastive pretraining has no modality pair to contrast."""
-    from mmdomain.checkpoint import load_checkpoint
     from mmdomain.config import DataConfig, ModelConfig, RunConfig, TrainConfig, contrastive_variant, parse
     from mmdomain.data import availability_counts
     from mmdomain.training import fit
@@ -177,9 +175,8 @@ def _pretrain(registry, dataset: str, settings, out: Path, plan: dict[str, Any],
     pretrained = {"kind": kind, "site": str(folder), "seed": seed, "samples": len(train), "pairs": pairs,
                   "epochs": epochs, "checkpoint": str(result.checkpoint),
                   "val": result.history[-1]["overall"] if result.history else {}, "public_only": None}
-    if kind == "supervised":  # the public model alone, before any site's data
-        public_model, _ = load_checkpoint(result.checkpoint, registry)
-        pretrained["public_only"] = task.evaluate_site(public_model, test, settings)["overall"]
+    if kind == "supervised":  # the public model alone (the checkpoint's weights), before any site's data
+        pretrained["public_only"] = task.evaluate_site(result.model, test, settings)["overall"]
     return pretrained
 
 

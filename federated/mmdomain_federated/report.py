@@ -39,8 +39,10 @@ def describe(private: dict[str, Any]) -> str:
     return f"{mode}, epsilon {private['epsilon']:.1f} at delta {private['delta']:g}, {encoders}"
 
 
-#: The model pretrained on the public site's labels, scored alone (``mmdomain demo --pretrain supervised``).
+#: The model pretrained on the public site's labels, scored alone (``mmdomain demo --pretrain supervised``):
+#: its name in metrics.csv / MLflow, and in words.
 PUBLIC_MODEL = "public model"
+PUBLIC_ALONE = "the public model alone (pretrained on the public site's labels, no site's data)"
 
 
 def private_label(private: dict[str, Any]) -> str:
@@ -268,8 +270,8 @@ def markdown(results: dict[str, Any], plan: dict[str, Any], seconds: float) -> s
         public = (p.get("pretrain") or {}).get("public_only")
         if public:
             value = public.get(metric, float("nan"))
-            lines.append(f"| the public model alone (pretrained on the public site's labels, no site's data) | "
-                         f"{value:.3f} | {value - f['overall'].get(metric, float('nan')):+.3f} | - | - | - |")
+            lines.append(f"| {PUBLIC_ALONE} | {value:.3f} | {value - f['overall'].get(metric, float('nan')):+.3f} "
+                         "| - | - | - |")
         lines += ["", *_private_lines(dataset, r)]
         best_local, best_name = max((m["overall"].get(metric, float("-inf")), f"{site} {variant}")
                                     for variant, per_site in r["local"].items() for site, m in per_site.items())
@@ -393,10 +395,10 @@ def _private_lines(dataset: str, r: dict[str, Any]) -> list[str]:
         pre = p["pretrain"]
         val = ", ".join(f"{k} {v:.3f}" for k, v in pre["val"].items()) or "-"
         same = "unchanged" if p["frozen"]["unchanged"] else "CHANGED"
-        how = ("with the whole model on its labels (supervised)" if pre.get("kind") == "supervised"
+        how = ("with the whole model on its labels (supervised)" if pre["kind"] == "supervised"
                else f"contrastively on its {pre['pairs']} train pairs")
         lines.append(f"Encoders ({', '.join(p['frozen']['encoders'])}) pretrained on a public site {how} "
-                     f"(seed {pre['seed']}, {pre.get('samples', pre['pairs'])} train samples, {pre['epochs']} epochs; "
+                     f"(seed {pre['seed']}, {pre['samples']} train samples, {pre['epochs']} epochs; "
                      f"its validation {val}), frozen: they cost no privacy and never travel; "
                      f"their {p['frozen']['tensors']} tensors "
                      f"are {same} in the final model (SHA-256 {p['frozen']['sha256_final'][:12]}).")
